@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs proctor's whole test suite; sets up .venv first when needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  python3 -m venv .venv
+fi
+echo "==> installing proctor and its test dependencies into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "==> running the tests"
+exec .venv/bin/python -m pytest -n 2 "$@"

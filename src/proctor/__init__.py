@@ -1,0 +1,6 @@
+"""proctor: LLM evaluations as durable, observable jobs."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,134 @@
+"""How a spec describes a model role: where its replicas are, how to call them, how to launch them.
+
+These are the validated shapes only; behaviour lives in ``client``, ``pool``, ``router`` and
+``launch``. Keeping them here lets the task spec, the server and ``--dry-run`` share one schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Rejects unknown keys so a typo in a spec is an error, not a silently ignored option."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateParams(StrictModel):
+    """Sampling parameters sent with every chat request of a role."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    """Stream the answer; needed to measure time to first token."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """Passed through verbatim into the request body, e.g. ``chat_template_kwargs``."""
+
+    def merged(self, other: GenerateParams | None) -> GenerateParams:
+        """``other``'s explicitly set fields win over ours."""
+        if other is None:
+            return self
+        data = self.model_dump(exclude_unset=True)
+        extra = {**data.pop("extra_body", {}), **other.extra_body}
+        data.update(other.model_dump(exclude_unset=True, exclude={"extra_body"}))
+        data["extra_body"] = extra
+        return GenerateParams(**data)
+
+
+class ReplicaAddress(StrictModel):
+    """One replica given as host and port (the shape of model-config JSON files)."""
+
+    host: str
+    port: int = Field(ge=1, le=65535)
+    scheme: Literal["http", "https"] = "http"
+    path: str = "/v1"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+
+
+class RetryConfig(StrictModel):
+    """Bounded retries: never more than ``max_attempts`` tries nor ``total_deadline`` seconds."""
+
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    backoff_base: float = Field(default=0.5, ge=0)
+    backoff_max: float = Field(default=30.0, ge=0)
+    total_deadline: float = Field(default=900.0, gt=0)
+
+
+class HealthConfig(StrictModel):
+    """How replicas are probed, at start and periodically."""
+
+    path: str = "/models"
+    """Probed relative to the replica's base URL (``/v1/models`` for ``.../v1``)."""
+    interval: float = Field(default=15.0, gt=0)
+    timeout: float = Field(default=5.0, gt=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failed calls that open a replica's circuit breaker."""
+    cooldown: float = Field(default=10.0, gt=0)
+    """Seconds an open breaker waits before probing the replica back in."""
+    check_at_start: bool = True
+
+
+class LaunchConfig(StrictModel):
+    """A model server proctor starts (or reuses) for the run and stops afterwards."""
+
+    kind: Literal["llama-cpp", "vllm", "sglang", "command"]
+    model_path: str | None = None
+    """GGUF file / HF directory to serve; relative paths are relative to the spec file."""
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    gpus: str | None = None
+    """Value for ``CUDA_VISIBLE_DEVICES``."""
+    extra_args: list[str] = Field(default_factory=list)
+    argv: list[str] | None = None
+    """For kind ``command``: argv template with ``{port}``, ``{host}``, ``{model_path}``, ``{model}``."""
+    env: dict[str, str] = Field(default_factory=dict)
+    health_deadline: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _command_needs_argv(self) -> LaunchConfig:
+        if self.kind == "command" and not self.argv:
+            raise ValueError("launch kind 'command' needs 'argv' (a list: program and arguments)")
+        return self
+
+
+class ModelConfig(StrictModel):
+    """One model role: a pool of replicas of the same model, and how to call it."""
+
+    model: str
+    """Model name sent in requests (``model`` field of the OpenAI API)."""
+    base_url: str | None = None
+    replicas: list[str | ReplicaAddress] = Field(default_factory=list)
+    """Several replicas of the same model: base URLs or ``{host, port}`` entries."""
+    pool_file: str | None = None
+    """Model-config JSON: ``{"model-name": [{"ip_addr": "node1", "port": 1800}, ...]}``."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key; the key itself never goes in a file."""
+    request_timeout: float = Field(default=600.0, gt=0)
+    max_connections: int = Field(default=512, ge=1)
+    """Connection cap per replica."""
+    adaptive_concurrency: bool = True
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    launch: LaunchConfig | None = None
+    params: GenerateParams = Field(default_factory=GenerateParams)
+    """Per-role sampling defaults (e.g. a judge at temperature 0)."""
+    supports_images: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        sources = [self.base_url is not None, bool(self.replicas), self.pool_file is not None]
+        if sum(sources) > 1:
+            raise ValueError("give only one of 'base_url', 'replicas' or 'pool_file'")
+        if sum(sources) == 0 and self.launch is None:
+            raise ValueError("give one of 'base_url', 'replicas', 'pool_file' or 'launch'")
+        return self
