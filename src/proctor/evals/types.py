@@ -33,6 +33,17 @@ class Sample:
     """Image URLs / data URLs for multimodal questions."""
 
 
+class SampleSkipped(Exception):
+    """A solver cannot run this sample at all (e.g. an image question for a text-only model).
+
+    Not an error: the sample is counted under its reason and left out of the accuracy.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(slots=True)
 class SolveResult:
     """What a solver produced for one sample."""

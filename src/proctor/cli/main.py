@@ -1,0 +1,94 @@
+"""The ``proctor`` typer app and its one error reporter.
+
+Every ``ProctorError`` is printed as ``Error: message`` (plus a hint) with its exit code and no
+traceback; Ctrl-C exits 130. Anything else is a bug and keeps its traceback. Command modules
+are imported lazily inside their commands, so ``proctor --help`` and ``proctor run`` do not pay
+for the server's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from proctor import __version__
+from proctor.errors import ProctorError
+
+app = typer.Typer(
+    name="proctor",
+    help="Run LLM evaluations as durable, observable jobs: locally, or on a shared server.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"proctor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Run LLM evaluations as durable, observable jobs: locally, or on a shared server."""
+
+
+# Command groups; a group whose module is absent (an optional part) is simply not offered.
+_GROUPS = (
+    "proctor.cli.run",
+    "proctor.cli.analyze",
+    "proctor.cli.server_cmd",
+    "proctor.cli.remote",
+    "proctor.cli.tunnel_cmd",
+)
+for _name in _GROUPS:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _name:
+            raise
+        continue
+    _module.register(app)
+
+
+def report_error(exc: ProctorError) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console.print(f"[bold red]Error:[/bold red] {exc.message}", markup=True) if "[" not in exc.message else \
+        console.print(f"Error: {exc.message}", markup=False)
+    if exc.hint:
+        console.print(f"  hint: {exc.hint}", markup=False)
+
+
+def main() -> None:
+    try:
+        rc = app(standalone_mode=False)
+    except ProctorError as exc:
+        report_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        # Usage errors from click (typer vendors its own copy, so match by shape, not class).
+        if type(exc).__name__ == "Abort":
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""``proctor run`` and ``proctor rescore``: the local engine's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from proctor.errors import InputError
+
+
+def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{stats['name']} — {stats['model']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    counts = stats["counts"]
+    acc = stats["accuracy"]
+    if acc["value"] is not None:
+        lo, hi = acc["ci95"]
+        table.add_row("accuracy", f"{acc['value']:.1%}  ({acc['correct']:g}/{acc['denominator']}, 95% CI {lo:.1%}–{hi:.1%})")
+    else:
+        table.add_row("accuracy", "-  (nothing scored yet)")
+    table.add_row("samples", f"{counts['total']} total: {counts['scored']} scored, {stats['errors']['total']} errors, "
+                             f"{counts['skipped']} skipped, {counts['pending'] + counts['running']} not run")
+    errors = stats["errors"]
+    if errors["total"]:
+        classes = ", ".join(f"{k} {v}" for k, v in errors["by_class"].items())
+        table.add_row("errors", f"{errors['infra']} infra, {errors['other']} other ({classes}) — not counted as wrong")
+    if stats["skipped"]:
+        table.add_row("skipped", ", ".join(f"{k}: {v}" for k, v in stats["skipped"].items()))
+    if stats["outcomes"]:
+        table.add_row("outcomes", ", ".join(f"{k} {v}" for k, v in stats["outcomes"].items()))
+    for cat, cat_acc in list(stats["by_category"].items())[:20]:
+        if cat_acc["value"] is not None:
+            table.add_row(f"  {cat}", f"{cat_acc['value']:.1%} ({cat_acc['correct']:g}/{cat_acc['denominator']})")
+    table.add_row("tokens", f"{stats['tokens']['in']:,} in, {stats['tokens']['out']:,} out")
+    latency = stats["latency"]["model_call_s"]
+    if latency:
+        table.add_row("model calls", f"{latency['n']}, p50 {latency['p50']:.3f} s, p90 {latency['p90']:.3f} s, "
+                                     f"p99 {latency['p99']:.3f} s")
+    table.add_row("wall time", f"{stats['wall_time_s']:.1f} s")
+    table.add_row("run directory", str(run_dir))
+    console.print(table)
+
+
+def run(
+    spec: Path = typer.Argument(..., help="Task spec (YAML).", show_default=False),
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<spec name>]. "
+                             "Running again into the same directory resumes."),
+    model: list[str] = typer.Option([], "--model", "-m", metavar="ROLE=URL@NAME",
+                                    help="Send a role's requests elsewhere, e.g. subject=http://127.0.0.1:8000/v1@qwen."),
+    limit: int = typer.Option(None, "--limit", "-n", min=1, help="Run at most N samples."),
+    concurrency: int = typer.Option(None, "--concurrency", "-c", min=1, help="Samples in flight at once."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="Run the samples that errored again."),
+    force_new: bool = typer.Option(False, "--force-new", help="Start afresh when --out holds an incomparable run "
+                                   "(the old one is moved aside, not deleted)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show where each role's requests would go, with replica "
+                                 "health; run no sample."),
+    progress: str = typer.Option("auto", "--progress", help="auto | rich | plain | none."),
+    grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds in-flight samples get after Ctrl-C."),
+) -> None:
+    """Run an evaluation (resumable: run it again to continue where it stopped).
+
+    Exit codes: 0 all samples done, 1 finished but some samples errored, 2 bad input, 130 interrupted.
+    """
+    from rich.console import Console
+
+    from proctor.evals.runner import RunOptions, Runner, resume_command
+    from proctor.evals.spec import apply_model_override, load_spec
+
+    if progress not in ("auto", "rich", "plain", "none"):
+        raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
+    task = load_spec(spec)
+    for override in model:
+        task = apply_model_override(task, override)
+    if concurrency:
+        task = task.model_copy(update={"concurrency": concurrency})
+    if dry_run:
+        raise typer.Exit(_dry_run(task, spec.parent.resolve()))
+    run_dir = (out or Path("runs") / task.name).resolve()
+    console = Console(highlight=False)
+    options = RunOptions(out=run_dir, retry_errors=retry_errors, force_new=force_new, grace=grace, progress=progress)
+    runner = Runner(task, spec_dir=spec.parent.resolve(), options=options, limit=limit, console=console)
+    result = runner.run()
+    if progress != "none" or result.exit_code:
+        _summary(result.stats, run_dir, console=console)
+    if result.interrupted:
+        console.print(f"interrupted; resume with: {resume_command(run_dir)}")
+    elif result.exit_code == 1:
+        console.print(f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors")
+    raise typer.Exit(result.exit_code)
+
+
+def _dry_run(task: Any, spec_dir: Path) -> int:
+    import asyncio
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from proctor.errors import NoHealthyReplicaError
+    from proctor.models.router import ModelRouter
+
+    async def probe() -> tuple[list[dict[str, Any]], str | None]:
+        router = ModelRouter(task.models, base_dir=spec_dir)
+        problem = None
+        try:
+            await router.start()
+        except NoHealthyReplicaError as exc:
+            problem = str(exc)
+            await router.check_health()
+        try:
+            return router.describe(), problem
+        finally:
+            await router.aclose()
+
+    described, problem = asyncio.run(probe())
+    table = Table(title=f"{task.name}: where requests go (no sample is run)", title_justify="left")
+    for col in ("role", "model", "replica", "healthy", "limit"):
+        table.add_column(col)
+    for role in described:
+        for i, rep in enumerate(role["replicas"]):
+            table.add_row(role["role"] if i == 0 else "", role["model"] if i == 0 else "", rep["url"],
+                          "yes" if rep.get("healthy") else f"no ({rep.get('last_error') or 'unreachable'})",
+                          str(rep.get("concurrency_limit", "")))
+    console = Console(highlight=False)
+    console.print(table)
+    if problem:
+        console.print(f"[red]{problem}[/red]")
+        return 2
+    return 0
+
+
+def rescore(
+    run_dir: Path = typer.Argument(..., help="A run directory made by `proctor run`."),
+    scorer: str = typer.Option(None, "--scorer", help="Score with another scorer type (e.g. numeric, boxed)."),
+    judge: str = typer.Option(None, "--judge", metavar="URL@NAME",
+                              help="Re-grade with another judge model (for the judge scorer)."),
+    concurrency: int = typer.Option(None, "--concurrency", "-c", min=1),
+) -> None:
+    """Score a finished run again, without calling the model under evaluation."""
+    from rich.console import Console
+
+    from proctor.evals.rescore import rescore_run
+
+    console = Console(highlight=False)
+    stats = rescore_run(run_dir.resolve(), scorer=scorer, judge=judge, concurrency=concurrency)
+    _summary(stats, run_dir.resolve(), console=console)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run", no_args_is_help=True)(run)
+    app.command("rescore", no_args_is_help=True)(rescore)

@@ -1,0 +1,284 @@
+"""The ``python`` tool: run model-written code in a subprocess sandbox.
+
+Model-written code is untrusted: it may loop forever, eat memory, fill the disk, fork, or read the
+secrets of the process that runs the evaluation. Each call therefore gets
+
+- a fresh private temporary directory as its working directory and ``HOME`` (removed afterwards);
+- an environment built from a small allowlist (``PATH``, ``LANG``...), never inherited, so API
+  keys in the engine's environment are invisible to the code;
+- rlimits set in the child before ``exec``: CPU seconds, address space, file size, open files
+  and, optionally, the number of processes;
+- its own session (process group): at the wall-time limit, and after every run, the whole group
+  is killed with SIGKILL, together with any descendants found by walking the process tree (which
+  also catches children that moved to a new session while the parent was still alive).
+
+This is a resource sandbox, not a security boundary against a determined attacker (no network or
+filesystem isolation: use a container runner for that); it stops the accidents that take down an
+evaluation host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+from pydantic import Field
+
+from proctor.errors import ToolError
+from proctor.evals.agent.tools.base import Tool, ToolCallContext
+from proctor.models.config import StrictModel
+
+__all__ = ["PythonOptions", "PythonTool", "SandboxResult", "run_python"]
+
+_ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ")
+"""Inherited only if set; everything else (keys, tokens, proxies) stays out."""
+
+
+class PythonOptions(StrictModel):
+    """Limits of one code execution (spec keys of the ``python`` tool)."""
+
+    name: str = "python"
+    description: str = (
+        "Run a Python 3 program and return what it prints. Each call is a fresh process in an empty "
+        "directory: nothing persists between calls, so print() every result you need."
+    )
+    timeout: float = Field(default=30.0, gt=0)
+    """Wall-time limit of one execution, in seconds."""
+    cpu_seconds: int | None = Field(default=None, ge=1)
+    """CPU-time rlimit; default: the wall-time limit rounded up, plus 1."""
+    memory_mb: int | None = Field(default=2048, ge=16)
+    """Address-space rlimit (``None``: unlimited)."""
+    file_size_mb: int = Field(default=64, ge=1)
+    open_files: int = Field(default=256, ge=16)
+    max_processes: int | None = Field(default=None, ge=1)
+    """RLIMIT_NPROC. Off by default because Linux counts it per *user*, not per sandbox (and
+    ignores it for root); the process-group kill is what contains fork storms."""
+    output_chars: int = Field(default=8000, ge=100)
+    """Stdout and stderr are each cut to this many characters (head and tail kept)."""
+    interpreter: str | None = None
+    """Python executable for the code; default: the one running proctor."""
+
+
+@dataclass(slots=True)
+class SandboxResult:
+    stdout: str
+    stderr: str
+    returncode: int | None
+    timed_out: bool
+    truncated: bool
+
+
+def _limits(opts: PythonOptions) -> Callable[[], None]:
+    cpu = opts.cpu_seconds or int(opts.timeout) + 1
+    mem = opts.memory_mb * 1024 * 1024 if opts.memory_mb else None
+    fsize = opts.file_size_mb * 1024 * 1024
+    nproc = opts.max_processes
+    nofile = opts.open_files
+
+    def apply() -> None:  # runs in the child between fork and exec: keep it trivial
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        if mem is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if nproc is not None:
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+
+    return apply
+
+
+def _environment(home: str) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _ENV_ALLOWLIST if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(
+        HOME=home,
+        TMPDIR=home,
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONIOENCODING="utf-8",
+        # BLAS libraries reserve memory per thread; one thread keeps numpy inside RLIMIT_AS.
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    return env
+
+
+class _CappedReader:
+    """Drains a pipe to the end (so the child never blocks on a full pipe) but keeps only a cap."""
+
+    def __init__(self, cap: int) -> None:
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.cap = cap
+        self.total = 0
+
+    async def drain(self, stream: asyncio.StreamReader) -> None:
+        half = self.cap // 2
+        while chunk := await stream.read(65536):
+            self.total += len(chunk)
+            if len(self.head) < half:
+                take = half - len(self.head)
+                self.head += chunk[:take]
+                chunk = chunk[take:]
+            if chunk:
+                self.tail += chunk
+                if len(self.tail) > half:
+                    del self.tail[: len(self.tail) - half]
+
+    def text(self) -> tuple[str, bool]:
+        data = bytes(self.head) + bytes(self.tail)
+        if self.total <= self.cap:
+            return data.decode("utf-8", "replace"), False
+        omitted = self.total - len(data)
+        note = f"\n... [{omitted} bytes omitted] ...\n"
+        return self.head.decode("utf-8", "replace") + note + self.tail.decode("utf-8", "replace"), True
+
+
+class _ExitAwareProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's stream protocol plus a future that resolves when the process itself exits."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+def _kill_tree(pid: int, known: list[psutil.Process]) -> None:
+    """SIGKILL the process group ``pid`` leads and every process in ``known`` still alive."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in known:
+        try:
+            proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+async def run_python(code: str, opts: PythonOptions) -> SandboxResult:
+    """Run ``code`` in a fresh sandbox and return its (capped) output."""
+    workdir = tempfile.mkdtemp(prefix="proctor-py-")
+    try:
+        script = os.path.join(workdir, "main.py")
+        with open(script, "w", encoding="utf-8") as fh:
+            fh.write(code)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ExitAwareProtocol(loop),
+                opts.interpreter or sys.executable,
+                "-I",  # isolated: no PYTHON* variables, no user site, script dir not trusted
+                "main.py",
+                cwd=workdir,
+                env=_environment(workdir),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_limits(opts),
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise ToolError(f"could not start the Python interpreter: {exc}") from exc
+        pid = transport.get_pid()
+        out, err = _CappedReader(opts.output_chars), _CappedReader(opts.output_chars)
+        assert protocol.stdout is not None and protocol.stderr is not None
+        readers = asyncio.gather(out.drain(protocol.stdout), err.drain(protocol.stderr))
+        readers.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "unretrieved"
+        timed_out = False
+        try:
+            # Wait for the *process*, not its pipes: a background child that inherited stdout
+            # would otherwise hold the call until the wall-time limit.
+            async with asyncio.timeout(opts.timeout):
+                await asyncio.shield(protocol.exited)
+        except TimeoutError:
+            timed_out = True
+        except BaseException:  # cancelled (the sample ended): leave nothing running
+            _kill_tree(pid, _descendants(pid))
+            readers.cancel()
+            transport.close()
+            raise
+        # Always: a finished program may have left children behind in its group.
+        _kill_tree(pid, _descendants(pid))
+        try:
+            # The pipes close once every holder is dead; bound the wait all the same, since a
+            # grandchild that escaped the group could keep them open.
+            async with asyncio.timeout(2.0):
+                await readers
+                await protocol.exited
+        except TimeoutError:
+            readers.cancel()
+        finally:
+            transport.close()
+        stdout, t1 = out.text()
+        stderr, t2 = err.text()
+        return SandboxResult(stdout, stderr, None if timed_out else transport.get_returncode(), timed_out, t1 or t2)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def format_result(res: SandboxResult, timeout: float) -> str:
+    """What the model reads: output first, then what went wrong, in plain words."""
+    parts: list[str] = []
+    if res.stdout:
+        parts.append(res.stdout.rstrip("\n"))
+    if res.stderr:
+        parts.append("[stderr]\n" + res.stderr.rstrip("\n"))
+    if res.timed_out:
+        parts.append(f"[error] execution killed: wall-time limit of {timeout:g}s exceeded")
+    elif res.returncode not in (0, None):
+        rc = res.returncode
+        why = f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit code {rc}"
+        if rc == -signal.SIGXCPU or rc == -signal.SIGKILL:
+            why += " (CPU or memory limit?)"
+        parts.append(f"[error] {why}")
+    if not parts:
+        return "(no output; use print() to show results)"
+    return "\n".join(parts)
+
+
+class PythonTool(Tool):
+    """Runs the ``code`` argument and returns stdout/stderr, or the reason it failed."""
+
+    parameters = {
+        "type": "object",
+        "properties": {"code": {"type": "string", "description": "A complete Python 3 program."}},
+        "required": ["code"],
+    }
+
+    def __init__(self, options: PythonOptions | None = None) -> None:
+        self.options = options or PythonOptions()
+        self.name = self.options.name
+        self.description = self.options.description
+        # The sandbox enforces the wall limit itself; the outer timeout is a backstop only.
+        self.timeout = self.options.timeout + 10.0
+
+    async def run(self, args: dict[str, Any], ctx: ToolCallContext) -> str:
+        with ctx.step("execution"):
+            res = await run_python(args["code"], self.options)
+        return format_result(res, self.options.timeout)

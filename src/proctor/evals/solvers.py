@@ -1,0 +1,120 @@
+"""Built-in single-turn solvers: ``generate`` and ``multiple_choice``.
+
+Both are one model call per sample; they differ only in how the prompt is built. Options are
+validated with their own pydantic model so that a typo names ``solver.<key>``.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from proctor.errors import ContextOverflowError, SpecError
+from proctor.evals.types import Sample, SampleSkipped, SolveContext, SolveResult, register_solver
+from proctor.models.config import StrictModel
+
+LETTERS = string.ascii_uppercase
+
+
+def validate_options(model: type[BaseModel], options: Mapping[str, Any], *, section: str) -> Any:
+    """Validate a component's options, naming the offending key as ``section.key`` on error."""
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join([section, *(str(p) for p in err["loc"])])
+            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
+            lines.append(f"  - {key}: {msg}")
+        raise SpecError("invalid options:\n" + "\n".join(lines)) from None
+
+
+def user_content(sample: Sample, text: str, *, images_ok: bool) -> str | list[dict[str, Any]]:
+    """The user message content: plain text, or text plus image parts for a multimodal model."""
+    if not sample.images:
+        return text
+    if not images_ok:
+        raise SampleSkipped("image input, but the subject model does not accept images (supports_images: false)")
+    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    parts.extend({"type": "image_url", "image_url": {"url": url}} for url in sample.images)
+    return parts
+
+
+def build_messages(sample: Sample, text: str, system_prompt: str | None, *, images_ok: bool) -> list[dict[str, Any]]:
+    if isinstance(sample.input, list):  # the dataset already holds chat messages
+        messages = list(sample.input)
+    else:
+        messages = [{"role": "user", "content": user_content(sample, text, images_ok=images_ok)}]
+    if system_prompt and not (messages and messages[0].get("role") == "system"):
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+class GenerateOptions(StrictModel):
+    system_prompt: str | None = None
+    template: str = "{input}"
+    """Prompt template; ``{input}`` is the sample's input, ``{category}`` and metadata keys also work."""
+    role: str = "subject"
+
+
+class GenerateSolver:
+    """One chat call with a templated prompt."""
+
+    def __init__(self, options: GenerateOptions) -> None:
+        self.options = options
+
+    def prompt(self, sample: Sample) -> str:
+        fields = {**sample.metadata, "input": sample.input, "category": sample.category or ""}
+        try:
+            return self.options.template.format_map(fields)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise SpecError(f"solver.template: cannot fill {exc} for sample {sample.id!r}") from None
+
+    async def __call__(self, sample: Sample, ctx: SolveContext) -> SolveResult:
+        role = ctx.models.role(self.options.role)
+        images_ok = role.config.supports_images
+        text = sample.input if isinstance(sample.input, list) else self.prompt(sample)
+        messages = build_messages(sample, text, self.options.system_prompt, images_ok=images_ok)  # type: ignore[arg-type]
+        try:
+            result = await role.chat(messages, sample_id=sample.id)
+        except ContextOverflowError as exc:
+            return SolveResult(output="", messages=messages, model_calls=1, outcome="context_overflow",
+                               extra={"error": str(exc)})
+        return SolveResult(
+            output=result.content or "",
+            messages=[*messages, result.message],
+            tokens_in=result.prompt_tokens,
+            tokens_out=result.completion_tokens,
+            model_calls=1,
+            outcome="truncated" if result.finish_reason == "length" else None,
+        )
+
+
+class MultipleChoiceOptions(GenerateOptions):
+    template: str = "{input}\n\n{choices}\n\nAnswer with the letter of the correct choice only."
+
+
+class MultipleChoiceSolver(GenerateSolver):
+    """Lettered choices (A, B, C, …) from the sample's ``choices`` field."""
+
+    def prompt(self, sample: Sample) -> str:
+        if not sample.choices:
+            raise SpecError(
+                f"sample {sample.id!r} has no choices; multiple_choice needs dataset.fields.choices",
+            )
+        lines = "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(sample.choices))
+        fields = {**sample.metadata, "input": sample.input, "choices": lines, "category": sample.category or ""}
+        return self.options.template.format_map(fields)
+
+
+@register_solver("generate")
+def generate(options: Mapping[str, Any]) -> GenerateSolver:
+    return GenerateSolver(validate_options(GenerateOptions, options, section="solver"))
+
+
+@register_solver("multiple_choice")
+def multiple_choice(options: Mapping[str, Any]) -> MultipleChoiceSolver:
+    return MultipleChoiceSolver(validate_options(MultipleChoiceOptions, options, section="solver"))

@@ -1,0 +1,212 @@
+"""The task spec: one YAML file that says what to evaluate, with what, and how.
+
+A spec runs unchanged locally and on a server, so everything in it is declarative and paths are
+relative to the spec file. Validation errors name the key and what was expected, because the
+person reading them is mid-way through writing a YAML file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from proctor.errors import SpecError
+from proctor.models.config import GenerateParams, ModelConfig, StrictModel
+
+FieldName = str | list[str]
+"""A dataset column, or several alternatives (the first one present in a row is used)."""
+
+
+class FieldMap(StrictModel):
+    """Which dataset columns hold proctor's sample fields."""
+
+    id: FieldName | None = "id"
+    """``null`` numbers the rows instead (stable only while the file does not change)."""
+    input: FieldName = "input"
+    target: FieldName | None = "target"
+    choices: FieldName | None = None
+    """A column holding a list of choices."""
+    category: FieldName | None = None
+    images: FieldName | None = None
+    """A column holding an image URL / data URL, or a list of them."""
+    metadata: list[str] = Field(default_factory=list)
+    """Extra columns copied into the sample's metadata."""
+
+
+class DatasetConfig(StrictModel):
+    """Where the samples come from and which of them to run."""
+
+    path: str
+    format: Literal["jsonl", "json", "csv", "parquet"] | None = None
+    """Inferred from the file's extension when not given."""
+    fields: FieldMap = Field(default_factory=FieldMap)
+    limit: int | None = Field(default=None, ge=1)
+    shuffle: bool = False
+    seed: int = 0
+    shard: str | None = None
+    """``i/n``: run only the i-th of n interleaved shards (0-based)."""
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"expected 'i/n' such as '0/4', got {value!r}")
+        index, count = (int(p) for p in parts)
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"shard index must be in 0..n-1, got {value!r}")
+        return value
+
+
+class ComponentConfig(BaseModel):
+    """A solver or scorer: its registered ``type`` plus that type's own options."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TaskSpec(StrictModel):
+    """A whole evaluation."""
+
+    name: str
+    dataset: DatasetConfig
+    solver: ComponentConfig
+    scorer: ComponentConfig
+    models: dict[str, ModelConfig]
+    concurrency: int = Field(default=32, ge=1, le=100_000)
+    generate: GenerateParams = Field(default_factory=GenerateParams)
+    """Sampling parameters for the subject model."""
+    time_limit: float | None = Field(default=None, gt=0)
+    """Seconds one sample may take in all (model and tool calls); past it the sample errors."""
+    description: str | None = None
+
+    @field_validator("solver", "scorer", mode="before")
+    @classmethod
+    def _name_only(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("models")
+    @classmethod
+    def _needs_subject(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+        if "subject" not in value:
+            raise ValueError("a 'subject' role (the model under evaluation) is required")
+        return value
+
+    def fingerprint(self, dataset_digest: str) -> dict[str, str]:
+        """What must not change between a run and its resumption for results to be comparable."""
+        return {
+            "dataset": dataset_digest,
+            "fields": _digest(self.dataset.fields.model_dump()),
+            "model": self.models["subject"].model,
+            "solver": _digest(self.solver.model_dump()),
+            "generate": _digest(self.generate.model_dump()),
+        }
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    """One line per problem, each naming the dotted key, what was wrong and what was given."""
+    lines = [f"{source} is not a valid task spec:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling; see `proctor run --help` and docs/spec.md)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        given = err.get("input")
+        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(given, dict | list):
+            msg = f"{msg} (got {given!r})"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member's type name in the location ("str", "list[str]"): noise here.
+    return isinstance(part, str) and (part in {"str", "int", "float"} or "[" in part or part.startswith("function-"))
+
+
+def parse_spec(data: Any, *, source: str) -> TaskSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source} must be a YAML mapping of keys (name, dataset, solver, scorer, models)")
+    try:
+        return TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source=source)) from None
+
+
+def load_spec(path: Path) -> TaskSpec:
+    """Read and validate a spec file."""
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}", hint="give the path to a task spec YAML file")
+    if path.is_dir():
+        raise SpecError(f"{path} is a directory, not a spec file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path} is not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path} is not a UTF-8 text file") from None
+    return parse_spec(data, source=str(path))
+
+
+def apply_model_override(spec: TaskSpec, override: str) -> TaskSpec:
+    """``ROLE=URL@NAME`` (or ``ROLE=URL``) replaces where that role's requests go."""
+    role, sep, target = override.partition("=")
+    if not sep or not role or not target:
+        raise SpecError(f"--model {override!r}: expected ROLE=URL@NAME, e.g. subject=http://127.0.0.1:8000/v1@qwen")
+    url, at, name = target.rpartition("@")
+    if not at or "://" in name:
+        url, name = target, ""
+    if not url.startswith(("http://", "https://")):
+        raise SpecError(f"--model {override!r}: the URL must start with http:// or https://")
+    current = spec.models.get(role)
+    if current is None and not name:
+        raise SpecError(f"--model {override!r}: role {role!r} is not in the spec, so a model name is needed (URL@NAME)")
+    base = current.model_dump(exclude={"base_url", "replicas", "pool_file", "launch"}) if current else {}
+    base.update(base_url=url.rstrip("/"), model=name or base.get("model"))
+    models = dict(spec.models)
+    models[role] = ModelConfig.model_validate(base)
+    return spec.model_copy(update={"models": models})
+
+
+def dump_spec(spec: TaskSpec, *, dataset_path: Path) -> str:
+    """The spec as run, for the run directory: absolute dataset path, defaults left implicit.
+
+    A spec never holds secrets (keys are referenced by environment-variable name), but extra
+    headers or bodies might; keys that look secret are redacted all the same.
+    """
+    data = spec.model_dump(mode="json", exclude_unset=True)
+    data["dataset"]["path"] = str(dataset_path)
+    return yaml.safe_dump(_redact(data), sort_keys=False)
+
+
+_SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password", "authorization")
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(w in k.lower() for w in _SECRET_WORDS) and not k.endswith("_env") else _redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value

@@ -1,0 +1,112 @@
+"""The python sandbox: output, limits, secrets, and that nothing it starts survives it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+from proctor.evals.agent.tools.python import PythonOptions, PythonTool, run_python
+from proctor.evals.agent.tools.base import ToolCall, ToolCallContext, invoke_tool
+from proctor.evals.types import Sample
+
+from .conftest import FakeModels, arun, make_ctx
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie left to an init that does not reap is dead for our purposes)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_prints_result_in_a_private_directory_that_is_removed() -> None:
+    code = "import os\nprint(sum(int(d) for d in str(2**100)))\nprint(os.getcwd())\nopen('f.txt','w').write('x')"
+    res = arun(run_python(code, PythonOptions(timeout=20)))
+    assert res.returncode == 0 and not res.timed_out
+    total, cwd = res.stdout.split()
+    assert total == "115"
+    assert cwd != os.getcwd() and Path(cwd).name.startswith("proctor-py-")
+    assert not Path(cwd).exists()
+
+
+def test_parent_secret_is_not_visible(monkeypatch) -> None:
+    monkeypatch.setenv("PROCTOR_TEST_SECRET_KEY", "sk-very-secret-123")
+    code = "import os,subprocess\nprint(dict(os.environ))\nprint(subprocess.run(['env'],capture_output=True,text=True).stdout)"
+    res = arun(run_python(code, PythonOptions(timeout=20)))
+    assert res.returncode == 0
+    assert "sk-very-secret-123" not in res.stdout + res.stderr
+    assert "PROCTOR_TEST_SECRET_KEY" not in res.stdout
+    assert "HOME" in res.stdout  # the environment exists, it is just not the parent's
+
+
+def test_runaway_loop_is_killed_at_the_wall_limit() -> None:
+    code = "import os\nprint(os.getpid(), flush=True)\nwhile True: pass"
+    res = arun(run_python(code, PythonOptions(timeout=1.5)))
+    assert res.timed_out and res.returncode is None
+    assert not _alive(int(res.stdout.split()[0]))
+
+
+def test_children_and_escaped_grandchildren_are_all_killed() -> None:
+    # A sleeper in the same group, one that moved to its own session, and the parent spinning.
+    code = (
+        "import os, subprocess, time\n"
+        "a = subprocess.Popen(['sleep', '300'])\n"
+        "b = subprocess.Popen(['sleep', '301'], start_new_session=True)\n"
+        "print(a.pid, b.pid, flush=True)\n"
+        "for _ in range(20):\n"
+        "    if os.fork() == 0:\n"
+        "        print(os.getpid(), flush=True)\n"
+        "        time.sleep(300)\n"
+        "        os._exit(0)\n"
+        "while True: pass\n"
+    )
+    res = arun(run_python(code, PythonOptions(timeout=2)))
+    assert res.timed_out
+    pids = [int(p) for p in res.stdout.split()]
+    assert len(pids) == 22  # two sleepers and twenty forked children reported themselves
+    assert [p for p in pids if _alive(p)] == []
+
+
+def test_background_child_of_a_finished_program_is_killed_without_waiting() -> None:
+    code = "import subprocess\np = subprocess.Popen(['sleep', '302'])\nprint(p.pid)"
+    res = arun(run_python(code, PythonOptions(timeout=30)))
+    assert not res.timed_out and res.returncode == 0  # returned when the program ended
+    assert not _alive(int(res.stdout.strip()))
+
+
+def test_memory_and_file_size_limits() -> None:
+    res = arun(run_python("x = bytearray(1024 * 1024 * 1024)\nprint('allocated')", PythonOptions(memory_mb=256, timeout=20)))
+    assert "MemoryError" in res.stderr and "allocated" not in res.stdout
+    res = arun(run_python("open('big','wb').write(b'x' * 3 * 1024 * 1024)\nprint('written')", PythonOptions(file_size_mb=1, timeout=20)))
+    assert "written" not in res.stdout and res.returncode != 0
+
+
+def test_output_is_capped_but_drained() -> None:
+    res = arun(run_python("print('a' * 200000)\nprint('END')", PythonOptions(output_chars=1000, timeout=20)))
+    assert res.truncated and res.returncode == 0
+    assert len(res.stdout) < 1200 and res.stdout.rstrip().endswith("END")
+
+
+def test_tool_reports_errors_to_the_model() -> None:
+    tool = PythonTool(PythonOptions(timeout=1))
+    models = FakeModels()
+    ctx, events = make_ctx(models)
+    sample = Sample(id="p", input="x")
+
+    async def go() -> list[str]:
+        outs = []
+        for i, code in enumerate(["1/0", "while True: pass", "print('ok')"]):
+            call = ToolCall(f"c{i}", "python", {"code": code})
+            out = await invoke_tool({"python": tool}, call, ToolCallContext(sample, ctx), turn=1)
+            outs.append(out.content)
+        return outs
+
+    div, loop, ok = arun(go())
+    assert "ZeroDivisionError" in div and "exit code 1" in div
+    assert "wall-time limit" in loop
+    assert ok == "ok"
+    assert [e["tool"] for e in events.tools()] == ["python"] * 3
+    assert all("execution" in e["steps"] for e in events.tools())

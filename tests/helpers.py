@@ -1,0 +1,58 @@
+"""Helpers shared by tests: writing datasets and specs, running the real `proctor` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def arith_rows(n: int) -> list[dict[str, Any]]:
+    """Questions the fake server's ``arith`` mode answers correctly; every third target is wrong."""
+    rows = []
+    for i in range(n):
+        a, b = i + 1, 2 * i + 3
+        target = a + b if i % 3 else a + b + 1
+        rows.append({"id": f"q{i}", "question": f"What is {a} + {b}?", "answer": str(target),
+                     "category": "even" if i % 2 == 0 else "odd"})
+    return rows
+
+
+def write_spec(tmp_path: Path, base_url: str, *, n: int = 30, extra: str = "", rows: list[dict[str, Any]] | None = None,
+               scorer: str = "numeric", concurrency: int = 8) -> Path:
+    write_jsonl(tmp_path / "data.jsonl", rows if rows is not None else arith_rows(n))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""name: arith
+dataset:
+  path: data.jsonl
+  fields: {{id: id, input: question, target: answer, category: category}}
+solver: generate
+scorer: {scorer}
+models:
+  subject: {{base_url: {base_url}, model: fake}}
+concurrency: {concurrency}
+{extra}""",
+        encoding="utf-8",
+    )
+    return spec
+
+
+def run_proctor(*args: str | Path, timeout: float = 120, env: dict[str, str] | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `proctor` CLI in a child process (bounded by ``timeout``)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "proctor", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
