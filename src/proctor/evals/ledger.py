@@ -14,10 +14,10 @@ States: pending → running → generated → scored, or → error (with an erro
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,7 +128,10 @@ class Ledger:
         # Reports are refreshed while the writer thread commits: reads get their own connection so
         # they never run inside the writer's open transaction.
         self._reader = connect(path)
-        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...]] | None] = queue.SimpleQueue()
+        # deque.append is atomic and lock-free: the event loop never waits on the writer thread.
+        self._pending: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._wake = threading.Event()
+        self._closing = False
         self._flushed = threading.Condition()
         self._submitted = 0
         self._committed = 0
@@ -181,7 +184,7 @@ class Ledger:
         if self._error is not None:
             raise RuntimeError(f"the ledger writer failed: {self._error}") from self._error
         self._submitted += 1
-        self._queue.put((sql, params))
+        self._pending.append((sql, params))
 
     def mark_running(self, sample_id: str, started: float) -> None:
         self._put(
@@ -190,42 +193,45 @@ class Ledger:
             (started, sample_id),
         )
 
-    def record_generation(self, sample_id: str, result: SolveResult, duration: float) -> None:
-        self._put(
-            _UPSERT_GENERATION,
-            (
-                sample_id,
-                result.output,
-                _dumps(result.messages),
-                result.tokens_in,
-                result.tokens_out,
-                result.model_calls,
-                result.outcome,
-                duration,
-                _dumps(result.extra) if result.extra else None,
-                time.time(),
-            ),
+    @staticmethod
+    def _generation_params(sample_id: str, result: SolveResult, duration: float, now: float) -> tuple[Any, ...]:
+        return (
+            sample_id,
+            result.output,
+            _dumps(result.messages),
+            result.tokens_in,
+            result.tokens_out,
+            result.model_calls,
+            result.outcome,
+            duration,
+            _dumps(result.extra) if result.extra else None,
+            now,
         )
-        self._put("UPDATE samples SET state='generated', finished=? WHERE id=?", (time.time(), sample_id))
+
+    @staticmethod
+    def _score_params(sample_id: str, score: Score, scorer: str, now: float) -> tuple[Any, ...]:
+        extra = _dumps(score.extra) if score.extra else None
+        return (sample_id, score.value, score.answer, score.explanation, scorer, extra, now)
+
+    def record_generation(self, sample_id: str, result: SolveResult, duration: float) -> None:
+        now = time.time()
+        self._put(_UPSERT_GENERATION, self._generation_params(sample_id, result, duration, now))
+        self._put("UPDATE samples SET state='generated', finished=? WHERE id=?", (now, sample_id))
 
     def record_score(self, sample_id: str, score: Score, scorer: str) -> None:
-        self._put(
-            _UPSERT_SCORE,
-            (
-                sample_id,
-                score.value,
-                score.answer,
-                score.explanation,
-                scorer,
-                _dumps(score.extra) if score.extra else None,
-                time.time(),
-            ),
-        )
+        self._put(_UPSERT_SCORE, self._score_params(sample_id, score, scorer, time.time()))
         self._put(
             "UPDATE samples SET state='scored', error_class=NULL, error=NULL, finished=COALESCE(finished, ?)"
             " WHERE id=?",
             (time.time(), sample_id),
         )
+
+    def record_done(self, sample_id: str, result: SolveResult, duration: float, score: Score, scorer: str) -> None:
+        """Generation and score of a sample finished together: one row each, one state change."""
+        now = time.time()
+        self._put(_UPSERT_GENERATION, self._generation_params(sample_id, result, duration, now))
+        self._put(_UPSERT_SCORE, self._score_params(sample_id, score, scorer, now))
+        self._put("UPDATE samples SET state='scored', finished=? WHERE id=?", (now, sample_id))
 
     def record_error(self, sample_id: str, error_class: str, message: str) -> None:
         self._put(
@@ -237,33 +243,20 @@ class Ledger:
         self.record_error(sample_id, "skipped", reason)
 
     def _write_loop(self) -> None:
-        batch: list[tuple[str, tuple[Any, ...]]] = []
-        stop = False
-        while not stop:
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            closing = self._closing
+            batch: list[tuple[str, tuple[Any, ...]]] = []
             try:
-                item = self._queue.get(timeout=self.flush_interval)
-            except queue.Empty:
-                item = ...  # type: ignore[assignment]
-            if item is None:
-                stop = True
-            elif item is not ...:
-                batch.append(item)
-                deadline = time.monotonic() + self.flush_interval
-                while len(batch) < 5000:
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
-                        break
-                    try:
-                        nxt = self._queue.get(timeout=timeout)
-                    except queue.Empty:
-                        break
-                    if nxt is None:
-                        stop = True
-                        break
-                    batch.append(nxt)
+                while True:
+                    batch.append(self._pending.popleft())
+            except IndexError:
+                pass
             if batch:
                 self._commit(batch)
-                batch = []
+            if closing:
+                return
 
     def _commit(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         try:
@@ -281,12 +274,14 @@ class Ledger:
         if self._writer is None or not self._writer.is_alive():
             return self._submitted == self._committed
         target = self._submitted
+        self._wake.set()
         with self._flushed:
             return self._flushed.wait_for(lambda: self._committed >= target, timeout=timeout)
 
     def close(self) -> None:
         if self._writer is not None and self._writer.is_alive():
-            self._queue.put(None)
+            self._closing = True
+            self._wake.set()
             self._writer.join(timeout=30)
         self._writer = None
         self._reader.close()

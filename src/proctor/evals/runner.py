@@ -304,12 +304,19 @@ class Runner:
                 if needs_generation:
                     coro = solver(sample, sample_ctx)
                     result = await (asyncio.wait_for(coro, hard_limit) if hard_limit else coro)
-                    ledger.record_generation(sample.id, result, time.time() - started)
+                    duration = time.time() - started
+                    if scorer.needs_models:  # a judge call may fail: keep the generation first
+                        ledger.record_generation(sample.id, result, duration)
+                        score = await scorer(sample, result, sample_ctx)
+                        ledger.record_score(sample.id, score, self.spec.scorer.type)
+                    else:
+                        score = await scorer(sample, result, sample_ctx)
+                        ledger.record_done(sample.id, result, duration, score, self.spec.scorer.type)
                 else:
                     stored = ledger.generation(sample.id)
                     result = stored if stored is not None else SolveResult(output="")
-                score = await scorer(sample, result, sample_ctx)
-                ledger.record_score(sample.id, score, self.spec.scorer.type)
+                    score = await scorer(sample, result, sample_ctx)
+                    ledger.record_score(sample.id, score, self.spec.scorer.type)
                 self.counters.score_sum += score.value
                 self.counters.scored += 1
             except SampleSkipped as exc:

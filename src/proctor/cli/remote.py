@@ -1,0 +1,428 @@
+"""The remote commands: ``submit``, ``check``, ``status``, ``logs``, ``cancel``, ``results``,
+``list``, ``delete``, ``resume``. Thin: each one calls ``proctor.client.Client`` and prints.
+
+``submit`` also takes the Toolathlon client's options (``--mode``, ``--base-url``, ``--api-key``,
+``--model-name``, ``--workers``, ``--output-file``, ``--log-file``, ``--server-log``,
+``--traj-log``, ``--job-id``, ``--server-host``, ``--server-port``) so its users can switch without
+relearning. API keys are read from ``--api-key-env NAME`` (preferred: nothing in shell history) or
+``--api-key``; they are sent in the request body only and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from proctor.errors import InputError, ProctorError
+
+if TYPE_CHECKING:
+    from proctor.client import Client
+
+ServerOpt = Annotated[
+    str | None, typer.Option("--server", "-s", help="Server URL (env PROCTOR_SERVER, or client.yaml).")
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="Bearer token (env PROCTOR_TOKEN, or client.yaml).", show_default=False)
+]
+JobArg = Annotated[str, typer.Argument(help="The job's id.")]
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _client(server: str | None, token: str | None, host: str | None = None, port: int | None = None) -> Client:
+    from proctor.client import Client  # httpx: imported only by the commands that talk to a server
+
+    if server is None and (host or port):
+        server = f"http://{host or '127.0.0.1'}:{port or 8080}"
+    return Client(server, token)
+
+
+def _key_overrides(api_key: str | None, api_key_env: list[str]) -> dict[str, str]:
+    """``--api-key`` (subject) and ``--api-key-env [ROLE=]NAME`` → {role: key}; values never echoed."""
+    keys: dict[str, str] = {}
+    if api_key:
+        keys["subject"] = api_key
+    for item in api_key_env:
+        role, sep, name = item.partition("=")
+        if not sep:
+            role, name = "subject", item
+        value = os.environ.get(name)
+        if not value:
+            raise InputError(f"--api-key-env {item}: environment variable {name} is not set")
+        keys[role] = value
+    return keys
+
+
+def _models(
+    model: list[str], base_url: str | None, model_name: str | None, keys: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    models: dict[str, dict[str, Any]] = {}
+    for item in model:
+        role, sep, target = item.partition("=")
+        if not sep or not target:
+            raise InputError(f"--model {item!r}: expected ROLE=URL@NAME")
+        url, at, name = target.rpartition("@")
+        if not at or "://" in name:
+            url, name = target, ""
+        models[role] = {"base_url": url.rstrip("/") or None, "model": name or None}
+    if base_url or model_name:
+        models.setdefault("subject", {}).update(
+            {k: v for k, v in (("base_url", base_url and base_url.rstrip("/")), ("model", model_name)) if v}
+        )
+    for role, key in keys.items():
+        models.setdefault(role, {})["api_key"] = key
+    return models
+
+
+def submit(
+    spec: Annotated[Path | None, typer.Argument(help="Task spec YAML; its dataset is uploaded from beside it.")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    server_host: Annotated[str | None, typer.Option("--server-host", help="Server host (with --server-port).")] = None,
+    server_port: Annotated[int | None, typer.Option("--server-port", help="Server port.")] = None,
+    template: Annotated[str | None, typer.Option(help="Run a command template the admin registered.")] = None,
+    param: Annotated[list[str], typer.Option("--param", "-p", help="Template parameter KEY=VALUE.")] = [],  # noqa: B006
+    model: Annotated[list[str], typer.Option("--model", "-m", help="ROLE=URL@NAME for a model role.")] = [],  # noqa: B006
+    base_url: Annotated[str | None, typer.Option("--base-url", help="Subject's endpoint URL.")] = None,
+    model_name: Annotated[str | None, typer.Option("--model-name", help="Subject's model name.")] = None,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="Subject's API key (prefer --api-key-env).", show_default=False)
+    ] = None,
+    api_key_env: Annotated[
+        list[str], typer.Option("--api-key-env", help="[ROLE=]VAR: send the key held in env var VAR.")
+    ] = [],  # noqa: B006
+    mode: Annotated[str, typer.Option("--mode", help="public (server calls the model) or private (tunnel).")] = "public",
+    private: Annotated[bool, typer.Option("--private", help="Same as --mode private.")] = False,
+    private_role: Annotated[list[str], typer.Option("--private-role", help="Role served through the tunnel.")] = [],  # noqa: B006
+    workers: Annotated[int | None, typer.Option("--workers", "--concurrency", help="Samples in flight.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Run only the first N samples.")] = None,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Re-run samples that errored.")] = False,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Resume this job id (or choose the id).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Minutes the job may run (server caps it).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Use a dataset registered on the server.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where results go (default ./proctor-JOB).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Print the job id and return.")] = False,
+    output_file: Annotated[Path | None, typer.Option("--output-file", help="Copy eval_stats.json here.")] = None,
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="Write the followed log here.")] = None,
+    server_log: Annotated[Path | None, typer.Option("--server-log", help="Copy the job's process log here.")] = None,
+    traj_log: Annotated[Path | None, typer.Option("--traj-log", help="Copy traj_log_all.jsonl here.")] = None,
+) -> None:
+    """Submit a job, follow its logs with a progress bar, and download its results."""
+    if spec is None and template is None:
+        raise InputError("give a task spec file, or --template NAME for a command job")
+    if mode not in ("public", "private"):
+        raise InputError("--mode must be 'public' or 'private'")
+    is_private = private or mode == "private"
+    models = _models(model, base_url, model_name, _key_overrides(api_key, api_key_env))
+    roles = private_role or (["subject"] if is_private else [])
+    local_models: dict[str, dict[str, Any]] = {}
+    if is_private:
+        # The endpoint and key of a private role stay on this machine: only the name is sent.
+        for role in roles:
+            local = models.get(role, {})
+            local_models[role] = dict(local)
+            models[role] = {"model": local["model"]} if local.get("model") else {}
+            if not models[role]:
+                models.pop(role)
+    params = {}
+    for item in param:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--param {item!r}: expected KEY=VALUE")
+        params[key] = value
+    client = _client(server, token, server_host, server_port)
+    with client:
+        answer = client.submit(
+            spec,
+            template=template,
+            params=params or None,
+            models=models,
+            private=is_private,
+            private_roles=roles or None,
+            job_id=job_id,
+            limit=limit,
+            concurrency=workers,
+            retry_errors=retry_errors,
+            timeout=timeout * 60 if timeout else None,
+            dataset=dataset,
+        )
+        job = answer["job"]
+        for warning in answer.get("warnings", []):
+            err_console.print(f"[yellow]warning:[/] {warning}")
+        position = job.get("queue_position")
+        console.print(f"job {job['id']} {job['state']}" + (f" (queue position {position})" if position else ""))
+        agent = None
+        if is_private:
+            agent = _start_tunnel_agent(client, job["id"], answer.get("tunnel_secret"), local_models)
+        if detach:
+            if agent is not None:
+                err_console.print("private mode: the tunnel runs while this command runs; not detaching")
+            else:
+                console.print(f"follow it with: proctor logs {job['id']} -f")
+                return
+        try:
+            final = _follow(client, job["id"], log_file=log_file)
+        except KeyboardInterrupt:
+            err_console.print(f"\nstopped following; the job goes on. Follow again: proctor logs {job['id']} -f")
+            raise typer.Exit(130) from None
+        finally:
+            if agent is not None:
+                agent.stop()
+        status = client.status(job["id"])
+        dest = out or Path(f"proctor-{job['id']}")
+        paths = client.download_results(job["id"], dest)
+        _copy_named(dest, output_file=output_file, server_log=server_log, traj_log=traj_log)
+        note = f" — {status['note']}" if status.get("note") else ""
+        console.print(f"job {job['id']} {final}{note}; {len(paths)} file(s) in {dest}")
+        if final != "succeeded":
+            raise typer.Exit(1)
+
+
+class _AgentThread:
+    """The tunnel agent on its own event loop in a daemon thread, beside the log follower."""
+
+    def __init__(self, target: Any, **kwargs: Any) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=target, kwargs={**kwargs, "stop_event": self._stop}, name="proctor-tunnel", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def _start_tunnel_agent(
+    client: Client, job_id: str, tunnel_secret: str | None, local_models: dict[str, dict[str, Any]]
+) -> Any:
+    """Serve the job's private roles from the local model through ``proctor.tunnel``, in-process.
+
+    The tunnel secret, the local URL and the key are handed over in memory and never printed.
+    """
+    try:
+        from proctor.tunnel.agent import run_agent_sync
+    except ImportError:
+        raise ProctorError("private mode needs proctor.tunnel, which is not installed here") from None
+    if not tunnel_secret:
+        raise ProctorError("the server returned no tunnel secret for this private job")
+    local = local_models.get("subject") or next(iter(local_models.values()), {})
+    if not local.get("base_url"):
+        raise InputError("private mode needs the local model's URL: --base-url URL (or --model subject=URL@NAME)")
+    return _AgentThread(
+        run_agent_sync,
+        server_url=client.server,
+        job_id=job_id,
+        token=client.token or "",
+        tunnel_secret=tunnel_secret,
+        model_url=local["base_url"],
+        api_key=local.get("api_key"),
+        log=lambda line: err_console.print(f"[dim]tunnel:[/] {line}"),
+    )
+
+
+def _follow(client: Client, job_id: str, *, log_file: Path | None, last_event_id: int | None = None) -> str:
+    """Print the job's log as it comes, with a progress bar from its PROCTOR_PROGRESS lines."""
+    from proctor.client import event_progress
+
+    final = "unknown"
+    sink = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("errors {task.fields[errors]}  acc {task.fields[acc]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = progress.add_task(job_id[:8], total=None, errors=0, acc="-")
+    try:
+        with progress:
+            for event in client.follow(job_id, last_event_id=last_event_id):
+                if event.event == "end":
+                    final = _state_of(event.data)
+                    break
+                for line in event.data.split("\n"):
+                    record = event_progress(line)
+                    if record is not None:
+                        acc = record.get("accuracy")
+                        progress.update(
+                            task,
+                            total=record.get("total"),
+                            completed=record.get("done") or 0,
+                            errors=record.get("errors", 0),
+                            acc="-" if acc is None else f"{acc:.3f}",
+                        )
+                        continue
+                    progress.console.print(line, markup=False)
+                    if sink is not None:
+                        sink.write(line + "\n")
+    finally:
+        if sink is not None:
+            sink.close()
+    return final
+
+
+def _state_of(data: str) -> str:
+    import json
+
+    try:
+        return str(json.loads(data).get("state", "unknown"))
+    except ValueError:
+        return "unknown"
+
+
+def _copy_named(dest: Path, *, output_file: Path | None, server_log: Path | None, traj_log: Path | None) -> None:
+    for target, name in ((output_file, "eval_stats.json"), (server_log, "job.log"), (traj_log, "traj_log_all.jsonl")):
+        if target is not None and (dest / name).is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(dest / name, target)
+
+
+def check(server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Is the server up, idle or busy? Slots, queue, version; your jobs and others' (anonymized)."""
+    with _client(server, token) as client:
+        info = client.server_info()
+    console.print(
+        f"{client.server}: [bold]{info['status']}[/] · proctor {info['version']} · "
+        f"{info['running']}/{info['slots']} slots busy · queue {info['queue_length']}/{info['queue_max']}"
+        + (" · open mode" if info.get("open") else "")
+        + (f" · rate limit {info['rate_limit']}" if info.get("rate_limit") else "")
+    )
+    if info.get("you"):
+        console.print(f"you are {info['you']}")
+    if info["jobs"]:
+        table = Table("job", "state", "queue", "yours")
+        for job in info["jobs"]:
+            table.add_row(job["id"], job["state"], str(job.get("queue_position") or ""), "yes" if job["mine"] else "")
+        console.print(table)
+
+
+def status(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """A job's state, exit code, note and progress."""
+    with _client(server, token) as client:
+        job = client.status(job_id)
+    table = Table(show_header=False)
+    for key in ("id", "owner", "kind", "state", "queue_position", "exit_code", "note", "attempts", "progress"):
+        if job.get(key) is not None:
+            table.add_row(key, str(job[key]))
+    if job.get("waiting_for"):
+        table.add_row("waiting for", ", ".join(job["waiting_for"]))
+    console.print(table)
+
+
+def logs(
+    job_id: JobArg,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends.")] = False,
+    offset: Annotated[int, typer.Option(help="Start at this byte offset.")] = 0,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Print a job's log (stdout and stderr of its process); -f follows it live."""
+    with _client(server, token) as client:
+        if follow:
+            final = _follow(client, job_id, log_file=None, last_event_id=offset or None)
+            err_console.print(f"job {job_id} {final}")
+            return
+        while True:
+            page = client.logs(job_id, offset=offset)
+            sys.stdout.write(page["data"])
+            if page["eof"] or page["next_offset"] == offset:
+                break
+            offset = page["next_offset"]
+        sys.stdout.flush()
+
+
+def cancel(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Cancel a job: its whole process group is killed and cleanup hooks run."""
+    with _client(server, token) as client:
+        job = client.cancel(job_id)
+    console.print(f"job {job_id} {job['state']}")
+
+
+def results(
+    job_id: JobArg,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory (default ./proctor-JOB).")] = None,
+    tar: Annotated[bool, typer.Option("--tar", help="Download one JOB.tar.gz instead of the files.")] = False,
+    file: Annotated[str | None, typer.Option("--file", help="Only this artifact, e.g. out/eval_stats.json.")] = None,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Download a job's artifacts (eval_stats.json, samples.jsonl, logs, ...)."""
+    dest = out or Path(f"proctor-{job_id}")
+    with _client(server, token) as client:
+        if tar:
+            path = client.download_tar(job_id, dest / f"{job_id}.tar.gz")
+            console.print(f"{path}")
+        elif file:
+            console.print(str(client.download(job_id, file, dest / Path(file).name)))
+        else:
+            paths = client.download_results(job_id, dest)
+            console.print(f"{len(paths)} file(s) in {dest}")
+
+
+def list_jobs(
+    all_users: Annotated[bool, typer.Option("--all", help="Everyone's jobs (admins).")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Your jobs on the server."""
+    with _client(server, token) as client:
+        jobs = client.list(all_users=all_users)
+    table = Table("job", "state", "kind", "owner", "exit", "note")
+    for job in jobs:
+        table.add_row(job["id"], job["state"], job["kind"], job["owner"], str(job.get("exit_code") or ""), job.get("note") or "")
+    console.print(table)
+
+
+def delete(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None) -> None:
+    """Forget a stopped job and delete its files on the server."""
+    with _client(server, token) as client:
+        client.delete(job_id)
+    console.print(f"job {job_id} deleted")
+
+
+def resume(
+    job_id: JobArg,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="Subject's key.", show_default=False)] = None,
+    api_key_env: Annotated[
+        list[str], typer.Option("--api-key-env", help="[ROLE=]VAR: re-supply the key held in env var VAR.")
+    ] = [],  # noqa: B006
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Also re-run errored samples.")] = False,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Queue a stopped job again (e.g. after a server restart lost its key); finished samples are kept."""
+    keys = _key_overrides(api_key, api_key_env)
+    with _client(server, token) as client:
+        answer = client.resume(job_id, models={r: {"api_key": k} for r, k in keys.items()}, retry_errors=retry_errors)
+    console.print(f"job {job_id} {answer['job']['state']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the remote commands to ``app``."""
+    app.command("submit")(submit)
+    app.command("check")(check)
+    app.command("status")(status)
+    app.command("logs")(logs)
+    app.command("cancel")(cancel)
+    app.command("results")(results)
+    app.command("list")(list_jobs)
+    app.command("delete")(delete)
+    app.command("resume")(resume)
+
+
+__all__ = ["ProctorError", "register"]

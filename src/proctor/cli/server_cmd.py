@@ -1,0 +1,119 @@
+"""``proctor serve`` and ``proctor server token create``: running and administering a server.
+
+Flags win over the config file (``--config server.yaml``), which wins over the defaults. The
+config file is also where an admin registers command templates, datasets and cleanup hooks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Server config YAML (templates, datasets, hooks, any setting).")
+]
+DataOpt = Annotated[Path | None, typer.Option("--data", help="Data directory (job store, job directories, server.log).")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="PROCTOR_DATABASE_URL", help="SQLAlchemy URL (default SQLite in --data)."),
+]
+
+
+def serve_command(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8080; 0 picks a free one).")] = None,
+    data: DataOpt = None,
+    slots: Annotated[int | None, typer.Option(help="Jobs run at the same time (default 1).")] = None,
+    queue_max: Annotated[int | None, typer.Option("--queue-max", help="Queued jobs before 503 (default 100).")] = None,
+    job_timeout: Annotated[
+        float | None, typer.Option("--job-timeout", help="Minutes a job may run (default 240).")
+    ] = None,
+    open_mode: Annotated[
+        bool | None, typer.Option("--open/--no-open", help="No tokens: identify clients by IP (public demos).")
+    ] = None,
+    rate_limit: Annotated[
+        str | None, typer.Option("--rate-limit", help="Jobs per user (or IP) and window, e.g. 3/24h.")
+    ] = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+    ready_line: Annotated[
+        str | None, typer.Option("--ready-line", hidden=True, help="Print this once listening ({port}).")
+    ] = None,
+) -> None:
+    """Run the job server (FastAPI + uvicorn): API, queue, logs, results; OpenAPI at /docs."""
+    from proctor.server.serve import serve
+    from proctor.server.settings import load_settings
+
+    settings = load_settings(
+        config,
+        host=host,
+        port=port,
+        data_dir=data,
+        slots=slots,
+        queue_max=queue_max,
+        job_timeout=job_timeout * 60 if job_timeout is not None else None,
+        open=open_mode,
+        rate_limit=rate_limit,
+        database_url=database_url,
+    )
+    serve(settings, on_ready=ready_line)
+
+
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who the token is for (shown as the owner of their jobs).")],
+    admin: Annotated[bool, typer.Option("--admin", help="May see, cancel and delete every job.")] = False,
+    data: DataOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a bearer token; it is printed once and stored only as a sha256 digest."""
+    from proctor.server.settings import load_settings
+    from proctor.server.store import JobStore
+
+    settings = load_settings(config, data_dir=data, database_url=database_url)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.store_url)
+    try:
+        token = store.create_token(name, admin=admin)
+    finally:
+        store.close()
+    typer.echo(token)
+    typer.echo(f"token for {name!r}{' (admin)' if admin else ''}: shown once, keep it secret", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` and the ``server`` group (``server token create``) to ``app``."""
+    app.command("serve")(serve_command)
+    server_app = typer.Typer(help="Administer a proctor server.", no_args_is_help=True)
+    token_app = typer.Typer(help="API tokens of a proctor server.", no_args_is_help=True)
+    token_app.command("create")(token_create)
+    server_app.add_typer(token_app, name="token")
+    app.add_typer(server_app, name="server")
+
+
+def serve_main() -> None:
+    """Entry point of ``python -m proctor.server``: ``serve``'s options, errors printed like the CLI's."""
+    import sys
+
+    from proctor.errors import ProctorError
+
+    app = typer.Typer(add_completion=False)
+    app.command()(serve_command)
+    import click
+
+    try:
+        app(standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ProctorError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["register", "serve_command", "serve_main", "token_create"]

@@ -1,0 +1,359 @@
+"""The Python client of a proctor server; the CLI's remote commands are thin wrappers around it.
+
+Where the server and token come from, first match wins: arguments, then ``PROCTOR_SERVER`` /
+``PROCTOR_TOKEN``, then ``~/.config/proctor/client.yaml`` (``server:`` and ``token:``). Server
+errors come back as the same ``ProctorError`` classes the server raised, so callers (and the CLI's
+one error printer) handle local and remote failures alike. API keys are only ever sent in request
+bodies, never in URLs, and never printed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from proctor.errors import (
+    AuthenticationError,
+    ConflictError,
+    InputError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProctorError,
+    QueueFullError,
+    QuotaExceededError,
+)
+
+CONFIG_PATH = Path("~/.config/proctor/client.yaml")
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+
+@dataclass(slots=True)
+class LogEvent:
+    """One SSE event of a followed log: ``log`` (a chunk of whole lines) or ``end`` (final state)."""
+
+    event: str
+    data: str
+    id: int | None
+
+
+def load_client_config(path: Path | None = None) -> dict[str, Any]:
+    path = (path or CONFIG_PATH).expanduser()
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read client config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"client config {path} must be a mapping with 'server' and 'token'")
+    return data
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        message = str(body.get("error") or body)
+        hint = body.get("hint")
+    except (ValueError, AttributeError):
+        message, hint = response.text[:500] or response.reason_phrase, None
+    status = response.status_code
+    retry_after = float(response.headers.get("retry-after", "0") or 0)
+    if status == 429:
+        raise QuotaExceededError(message, retry_after=retry_after, hint=hint)
+    if status == 503:
+        raise QueueFullError(message, retry_after=retry_after, hint=hint)
+    classes: dict[int, type[ProctorError]] = {
+        400: InputError,
+        401: AuthenticationError,
+        403: PermissionDeniedError,
+        404: NotFoundError,
+        409: ConflictError,
+        422: InputError,
+    }
+    raise classes.get(status, ProctorError)(f"server: {message}" if status >= 500 else message, hint=hint)
+
+
+class Client:
+    """Talks to one proctor server as one user."""
+
+    def __init__(
+        self,
+        server: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        config_path: Path | None = None,
+    ) -> None:
+        config = load_client_config(config_path) if (server is None or token is None) else {}
+        self.server = (server or os.environ.get("PROCTOR_SERVER") or config.get("server") or DEFAULT_SERVER).rstrip("/")
+        self.token = token or os.environ.get("PROCTOR_TOKEN") or config.get("token")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ProctorError(
+                f"cannot reach the proctor server at {self.server}: {exc}",
+                hint="check --server / PROCTOR_SERVER and that `proctor serve` is running",
+            ) from None
+        _raise_for(response)
+        return response
+
+    # server ---------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/health").json())
+
+    def server_info(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/v1/server").json())
+
+    # jobs -----------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        spec: Path | None = None,
+        *,
+        template: str | None = None,
+        params: dict[str, str] | None = None,
+        models: dict[str, dict[str, Any]] | None = None,
+        private: bool = False,
+        private_roles: list[str] | None = None,
+        job_id: str | None = None,
+        limit: int | None = None,
+        concurrency: int | None = None,
+        retry_errors: bool = False,
+        timeout: float | None = None,
+        dataset: str | None = None,
+    ) -> dict[str, Any]:
+        """Submit a spec file (its dataset is uploaded from beside it) or a command template.
+
+        ``models`` maps roles to ``{base_url, model, api_key}``; in public mode a role whose spec
+        names ``api_key_env`` gets that variable's value from this machine's environment.
+        """
+        body: dict[str, Any] = {
+            "kind": "command" if template else "proctor",
+            "models": {role: {k: v for k, v in m.items() if v is not None} for role, m in (models or {}).items()},
+            "private": private,
+            "retry_errors": retry_errors,
+        }
+        for key, value in (
+            ("template", template),
+            ("params", params),
+            ("private_roles", private_roles),
+            ("job_id", job_id),
+            ("limit", limit),
+            ("concurrency", concurrency),
+            ("timeout", timeout),
+            ("dataset", dataset),
+        ):
+            if value is not None:
+                body[key] = value
+        if spec is not None:
+            body.update(_spec_upload(spec, body["models"], private_roles=(private_roles or ["subject"]) if private else [], named_dataset=dataset is not None))
+        return dict(self._request("POST", "/v1/jobs", json=body).json())
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def list(self, *, all_users: bool = False) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/jobs", params={"all": all_users}).json()["jobs"])
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+
+    def delete(self, job_id: str) -> None:
+        self._request("DELETE", f"/v1/jobs/{job_id}")
+
+    def resume(
+        self, job_id: str, *, models: dict[str, dict[str, Any]] | None = None, retry_errors: bool = False
+    ) -> dict[str, Any]:
+        body = {"models": models or {}, "retry_errors": retry_errors}
+        return dict(self._request("POST", f"/v1/jobs/{job_id}/resume", json=body).json())
+
+    def wait(self, job_id: str, *, poll: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job reaches a final state (follows the log stream, so no busy polling)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in self.follow(job_id, deadline=deadline):
+            pass
+        return self.status(job_id)
+
+    # logs -----------------------------------------------------------------------------------------
+
+    def logs(self, job_id: str, *, offset: int = 0, limit: int = 1024 * 1024) -> dict[str, Any]:
+        return dict(self._request("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset, "limit": limit}).json())
+
+    def follow(
+        self,
+        job_id: str,
+        *,
+        last_event_id: int | None = None,
+        reconnects: int = 20,
+        deadline: float | None = None,
+    ) -> Iterator[LogEvent]:
+        """Yield log events until the job ends; reconnects (``Last-Event-ID``) if the stream drops."""
+        last = last_event_id
+        attempts = 0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with self._http.stream(
+                    "GET",
+                    f"/v1/jobs/{job_id}/logs",
+                    params={"follow": 1},
+                    headers=headers,
+                    timeout=httpx.Timeout(10.0, read=60.0),
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        _raise_for(response)
+                    for event in _parse_sse(response.iter_lines()):
+                        attempts = 0
+                        if event.id is not None:
+                            last = event.id
+                        yield event
+                        if event.event == "end":
+                            return
+                        if deadline is not None and time.monotonic() > deadline:
+                            raise ProctorError(f"gave up following job {job_id}: deadline passed")
+            except httpx.TransportError:
+                attempts += 1
+                if attempts > reconnects:
+                    raise ProctorError(f"lost the log stream of job {job_id} {reconnects} times; giving up") from None
+                time.sleep(min(5.0, 0.2 * 2**attempts))
+
+    # results --------------------------------------------------------------------------------------
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/jobs/{job_id}/artifacts").json())
+
+    def download(self, job_id: str, path: str, dest: Path) -> Path:
+        """Stream one artifact to ``dest`` (a file path)."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{path}") as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            with open(dest, "wb") as fh:
+                for chunk in response.iter_bytes():
+                    fh.write(chunk)
+        return dest
+
+    def download_tar(self, job_id: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/results.tar.gz") as response:
+            if response.status_code >= 400:
+                response.read()
+                _raise_for(response)
+            with open(dest, "wb") as fh:
+                for chunk in response.iter_bytes():
+                    fh.write(chunk)
+        return dest
+
+    def download_results(self, job_id: str, out: Path) -> list[Path]:
+        """Every artifact of the job into ``out`` (``out/eval_stats.json``, ``job.log``, ...)."""
+        paths = []
+        for item in self.artifacts(job_id):
+            rel = item["path"]
+            target = out / (rel.removeprefix("out/") if rel.startswith("out/") else rel)
+            paths.append(self.download(job_id, rel, target))
+        return paths
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[LogEvent]:
+    event, data, event_id = "message", [], None
+    for line in lines:
+        if line == "":
+            if data:
+                yield LogEvent(event=event, data="\n".join(data), id=event_id)
+            event, data, event_id = "message", [], None
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id" and value.isdigit():
+            event_id = int(value)
+
+
+def _spec_upload(
+    spec_path: Path, models: dict[str, dict[str, Any]], *, private_roles: list[str], named_dataset: bool
+) -> dict[str, Any]:
+    """Read the spec and the files it names (dataset, pool files), relative to the spec file."""
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+        spec = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read spec {spec_path}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"{spec_path} must be a YAML mapping")
+    base = spec_path.parent
+    files: dict[str, dict[str, str]] = {}
+    names: list[tuple[str, str]] = []
+    dataset = spec.get("dataset")
+    if not named_dataset and isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+        names.append(("dataset.path", dataset["path"]))
+    for role, cfg in (spec.get("models") or {}).items():
+        if not isinstance(cfg, dict):
+            continue
+        if isinstance(cfg.get("pool_file"), str) and role not in models:
+            names.append((f"models.{role}.pool_file", cfg["pool_file"]))
+        env_name = cfg.get("api_key_env")
+        entry = models.setdefault(role, {}) if isinstance(env_name, str) else models.get(role)
+        if isinstance(env_name, str) and role not in private_roles and entry is not None and "api_key" not in entry:
+            value = os.environ.get(env_name)
+            if value:
+                entry["api_key"] = value
+        if entry == {}:
+            models.pop(role, None)
+    for where, rel in names:
+        path = base / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise InputError(f"{where} {rel!r} must be a path relative to the spec, inside its folder")
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {where} {path}: {exc}") from None
+        try:
+            files[Path(rel).as_posix()] = {"content": raw.decode("utf-8"), "encoding": "utf-8"}
+        except UnicodeDecodeError:
+            files[Path(rel).as_posix()] = {"content": base64.b64encode(raw).decode(), "encoding": "base64"}
+    return {"spec": text, "files": files}
+
+
+def event_progress(line: str) -> dict[str, Any] | None:
+    """The progress record of a ``PROCTOR_PROGRESS {...}`` line, else None."""
+    if not line.startswith("PROCTOR_PROGRESS "):
+        return None
+    try:
+        value = json.loads(line[len("PROCTOR_PROGRESS ") :])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

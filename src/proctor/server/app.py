@@ -1,0 +1,306 @@
+"""The FastAPI application: ``create_app(settings)`` builds it, ``serve()`` runs it.
+
+The factory is separate from serving so that tests (and embedders) can mount the app on their own
+uvicorn, socket and event loop. Every error a route raises on purpose is a ``ProctorError``,
+rendered by one handler as ``{"ok": false, "error": ..., "status": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import Scope
+
+from proctor import __version__
+from proctor.errors import InputError, NotFoundError, ProctorError
+from proctor.server import artifacts, logs
+from proctor.server.auth import Authenticator, Principal, anonymize, check_access
+from proctor.server.metrics import Metrics, MetricsMiddleware
+from proctor.server.quotas import Quota
+from proctor.server.scheduler import JobManager
+from proctor.server.schemas import (
+    ArtifactInfo,
+    JobView,
+    LogPage,
+    ResumeRequest,
+    ServerInfo,
+    SubmitRequest,
+    SubmitResponse,
+)
+from proctor.server.settings import ServerSettings
+from proctor.server.store import TERMINAL_STATES, JobStore
+
+log = logging.getLogger("proctor.server")
+
+JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The job's id.")]
+
+
+def error_response(status: int, message: str, *, hint: str | None = None, retry_after: float | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"ok": False, "error": message, "status": status}
+    headers = {}
+    if hint:
+        body["hint"] = hint
+    if retry_after is not None:
+        body["retry_after"] = int(retry_after)
+        headers["Retry-After"] = str(int(retry_after))
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _route_of(scope: Scope) -> str:
+    route = scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the server for ``settings``; the job store and scheduler start with the app's lifespan."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(settings.store_url)
+    auth = Authenticator(store, open_mode=settings.open)
+    metrics = Metrics()
+    manager = JobManager(settings, store, metrics, Quota(store, settings.rate_limit))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
+            store.close()
+
+    app = FastAPI(
+        title="proctor job server",
+        version=__version__,
+        description="Submit LLM evaluations as durable jobs; follow their logs; fetch their results.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.manager = manager
+    app.add_middleware(MetricsMiddleware, metrics=metrics, route_of=_route_of)
+    manager.hub = _attach_tunnel(app, manager, auth)
+
+    @app.exception_handler(ProctorError)
+    async def _proctor_error(_request: Request, exc: ProctorError) -> JSONResponse:
+        return error_response(
+            exc.http_status, exc.message, hint=exc.hint, retry_after=getattr(exc, "retry_after", None)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Same shape as every other error; the message never echoes input values (they may be keys).
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        )
+        return error_response(422, f"invalid request: {problems}")
+
+    def caller(request: Request) -> Principal:
+        principal = auth.identify(request)
+        assert principal is not None
+        return principal
+
+    def own_job(request: Request, job_id: str) -> tuple[Principal, Any]:
+        principal = caller(request)
+        job = store.get(job_id)
+        check_access(principal, job)
+        return principal, job
+
+    @app.get("/health", tags=["server"])
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers and its job store is readable."""
+        store.count({"queued"})
+        return {"ok": True, "version": __version__}
+
+    @app.get("/metrics", tags=["server"], response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        """Prometheus text format: queue length, running jobs, job outcomes, request latency."""
+        text = metrics.render(
+            queued=store.count({"queued"}),
+            running=len(manager.running),
+            slots=settings.slots,
+            waiting=store.count({"waiting_for_credentials"}),
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/server", tags=["server"], response_model=ServerInfo)
+    async def server_info(request: Request) -> ServerInfo:
+        """Idle or busy, slots, queue; other users' job ids anonymized. No token needed."""
+        principal = auth.identify(request, required=False)
+        active = store.list_jobs(states={"running", "waiting_for_tunnel"})
+        queued = store.queued()
+        entries = []
+        for position, job in enumerate(active + queued):
+            mine = principal is not None and principal.may_access(job)
+            entries.append(
+                {
+                    "id": job.id if mine else anonymize(job.id),
+                    "state": job.state,
+                    "mine": mine,
+                    "queue_position": position - len(active) + 1 if job.state == "queued" else None,
+                }
+            )
+        return ServerInfo(
+            status="busy" if manager.running or queued else "idle",
+            version=__version__,
+            slots=settings.slots,
+            running=len(manager.running),
+            queue_length=len(queued),
+            queue_max=settings.queue_max,
+            open=settings.open,
+            rate_limit=settings.rate_limit,
+            jobs=entries,
+            you=principal.name if principal else None,
+            tunnel=manager.hub is not None,
+        )
+
+    @app.post("/v1/jobs", tags=["jobs"], status_code=201, response_model=SubmitResponse)
+    async def submit(request: Request, body: SubmitRequest) -> SubmitResponse:
+        """Queue a job. The response's ``tunnel_secret`` (private mode) is shown only here."""
+        principal = caller(request)
+        job, warnings, tunnel_secret = manager.submit(principal, body)
+        return SubmitResponse(job=manager.view(job), warnings=warnings, tunnel_secret=tunnel_secret)
+
+    @app.get("/v1/jobs", tags=["jobs"])
+    async def list_jobs(request: Request, all: bool = False) -> dict[str, Any]:  # noqa: A002
+        """The caller's jobs (an admin may ask for everyone's with ``all=true``)."""
+        principal = caller(request)
+        owner = None if (all and principal.admin) else principal.name
+        queue = [j.id for j in store.queued()]
+        return {"ok": True, "jobs": [manager.view(j, queue=queue).model_dump() for j in store.list_jobs(owner=owner)]}
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView)
+    async def job_status(request: Request, job_id: JobId) -> JobView:
+        _, job = own_job(request, job_id)
+        return manager.view(job)
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"], response_model=JobView)
+    async def cancel(request: Request, job_id: JobId) -> JobView:
+        """Kill the job's whole process group and run the cleanup hooks; returns when it is gone."""
+        principal, job = own_job(request, job_id)
+        return manager.view(await manager.cancel(principal, job))
+
+    @app.post("/v1/jobs/{job_id}/resume", tags=["jobs"], response_model=SubmitResponse)
+    async def resume(request: Request, job_id: JobId, body: ResumeRequest) -> SubmitResponse:
+        """Queue a stopped job again (ahead of newer jobs), with the keys the server could not keep."""
+        principal, job = own_job(request, job_id)
+        job, tunnel_secret = manager.resume(principal, job, body)
+        return SubmitResponse(job=manager.view(job), tunnel_secret=tunnel_secret)
+
+    @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
+    async def delete(request: Request, job_id: JobId) -> dict[str, Any]:
+        """Forget a stopped job and remove its directory."""
+        principal, job = own_job(request, job_id)
+        manager.delete(principal, job)
+        return {"ok": True, "deleted": job_id}
+
+    @app.get(
+        "/v1/jobs/{job_id}/logs",
+        tags=["jobs"],
+        response_model=LogPage,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def job_logs(
+        request: Request,
+        job_id: JobId,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=4 * 1024 * 1024)] = 1024 * 1024,
+        follow: bool = False,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> Any:
+        """Page the job's log by byte offset, or (``follow=1``) stream it as SSE until the job ends.
+
+        SSE event ids are byte offsets; a reconnect with ``Last-Event-ID`` continues after it.
+        """
+        _, job = own_job(request, job_id)
+        path = manager.job_dir(job.id) / "job.log"
+        if not follow:
+            data, size = logs.read_page(path, offset, limit)
+            return LogPage(
+                offset=offset,
+                next_offset=offset + len(data),
+                data=data.decode("utf-8", errors="replace"),
+                eof=offset + len(data) >= size,
+                state=job.state,
+            )
+        if last_event_id is not None:
+            if not last_event_id.strip().isdigit():
+                raise InputError("Last-Event-ID must be a byte offset (the id of an event this server sent)")
+            offset = int(last_event_id.strip())
+
+        def finished() -> str | None:
+            if job.id in manager.running:  # in memory: no query per event per follower
+                return None
+            current = store.find(job.id)
+            if current is None:
+                return "deleted"
+            return current.state if current.state in TERMINAL_STATES else None
+
+        return StreamingResponse(
+            logs.follow(path, offset, manager.watch(job.id), finished),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/v1/jobs/{job_id}/artifacts", tags=["results"], response_model=list[ArtifactInfo])
+    async def list_artifacts(request: Request, job_id: JobId) -> list[ArtifactInfo]:
+        _, job = own_job(request, job_id)
+        root = manager.job_dir(job.id)
+        return artifacts.list_artifacts(root) if root.is_dir() else []
+
+    @app.get("/v1/jobs/{job_id}/artifacts/{path:path}", tags=["results"], response_class=FileResponse)
+    async def get_artifact(request: Request, job_id: JobId, path: str) -> FileResponse:
+        """One file of the job directory (e.g. ``out/eval_stats.json``); nothing outside it."""
+        _, job = own_job(request, job_id)
+        return FileResponse(artifacts.safe_path(manager.job_dir(job.id), path))
+
+    @app.get("/v1/jobs/{job_id}/results.tar.gz", tags=["results"], response_class=Response)
+    async def results_tar(request: Request, job_id: JobId) -> StreamingResponse:
+        """The whole job directory as a tar.gz, streamed."""
+        _, job = own_job(request, job_id)
+        root = manager.job_dir(job.id)
+        if not root.is_dir():
+            raise NotFoundError(f"job {job.id} has no files")
+        return StreamingResponse(
+            artifacts.iter_tar_gz(root, job.id),
+            media_type="application/gzip",
+            headers={"Content-Disposition": f'attachment; filename="{job.id}.tar.gz"'},
+        )
+
+    return app
+
+
+def _attach_tunnel(app: FastAPI, manager: JobManager, auth: Authenticator) -> Any:
+    """Mount the private-mode tunnel when ``proctor.tunnel`` is installed; the server works without."""
+    try:
+        from proctor.tunnel.hub import TunnelHub  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    authenticate: Callable[[str], Principal | None] = auth.from_token
+    try:
+        hub = TunnelHub(on_tunnel_state=manager.on_tunnel_state)
+    except TypeError:
+        hub = TunnelHub()
+        if hasattr(hub, "on_tunnel_state"):
+            hub.on_tunnel_state = manager.on_tunnel_state
+    if auth.open_mode:
+        # Open mode: no token needed; the agent is identified by its IP like every other request.
+        def by_host(token: str | None, host: str | None) -> Principal | None:
+            return auth.from_token(token) or (Principal(f"ip:{host}") if host else None)
+
+        hub.set_authenticator(by_host, with_client_host=True)
+    else:
+        hub.set_authenticator(authenticate)
+    app.include_router(hub.router)
+    app.state.tunnel_hub = hub
+    return hub
+
+
+def dump_openapi(app: FastAPI) -> str:
+    return json.dumps(app.openapi(), indent=2)

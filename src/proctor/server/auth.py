@@ -1,0 +1,86 @@
+"""Who is calling: a bearer token's owner, or (``--open`` mode) the client's IP address.
+
+Permission rules live here too, so that every route asks the same question the same way: only a
+job's owner or an admin may see its details, logs and results, or cancel, resume or delete it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from proctor.errors import AuthenticationError, PermissionDeniedError
+from proctor.server.store import JobRow, JobStore
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller: ``name`` is a token's name or ``ip:<address>`` in open mode."""
+
+    name: str
+    admin: bool = False
+
+    def may_access(self, job: JobRow) -> bool:
+        return self.admin or job.owner == self.name
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class Authenticator:
+    """Turns a request (or a raw token, for the tunnel) into a ``Principal``."""
+
+    def __init__(self, store: JobStore, *, open_mode: bool) -> None:
+        self.store = store
+        self.open_mode = open_mode
+        self._cache: dict[str, Principal] = {}
+
+    def from_token(self, token: str | None) -> Principal | None:
+        """Known tokens are cached in memory (tokens cannot be revoked at run time yet), so
+        a burst of log followers costs no query each; unknown ones are looked up every time."""
+        if not token:
+            return None
+        cached = self._cache.get(token)
+        if cached is not None:
+            return cached
+        info = self.store.lookup_token(token)
+        if info is None:
+            return None
+        principal = Principal(info.name, info.admin)
+        if len(self._cache) < 10_000:
+            self._cache[token] = principal
+        return principal
+
+    def identify(self, request: Request, *, required: bool = True) -> Principal | None:
+        """A valid token always wins; without one, open mode falls back to the client's IP."""
+        token = bearer_token(request)
+        principal = self.from_token(token)
+        if principal is not None:
+            return principal
+        if token is not None and not self.open_mode:
+            raise AuthenticationError("the token is not valid", hint="create one with `proctor server token create NAME`")
+        if self.open_mode:
+            host = request.client.host if request.client else "unknown"
+            return Principal(f"ip:{host}")
+        if required:
+            raise AuthenticationError(
+                "this server needs a token",
+                hint="pass --token, set PROCTOR_TOKEN, or put token: in ~/.config/proctor/client.yaml",
+            )
+        return None
+
+
+def check_access(principal: Principal, job: JobRow) -> None:
+    if not principal.may_access(job):
+        raise PermissionDeniedError(f"job {job.id} belongs to another user")
+
+
+def anonymize(job_id: str) -> str:
+    """First 6 and last 2 characters: enough to recognise one's own job, useless to act on."""
+    return f"{job_id[:6]}…{job_id[-2:]}" if len(job_id) > 8 else "…"

@@ -1,0 +1,455 @@
+"""Turning a submission into a job directory, and a job directory into a running process group.
+
+Layout of ``DATA/jobs/<id>/``: ``spec.yaml`` (the spec as the job runs it: keys referenced by
+environment-variable name only), uploaded files next to it, ``out/`` (the engine's run directory:
+ledger, samples, stats, events, run.log) and ``job.log`` (the process's stdout and stderr, appended
+across restarts so SSE offsets stay valid).
+
+The child runs in its own session (``start_new_session=True``), so its pid is its process group
+id and cancel/timeout can kill the whole tree. Its stdout goes straight to ``job.log`` rather than
+through a pipe: the log survives a crash of the server, and a dead server cannot block the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import psutil
+import yaml
+
+from proctor.errors import InputError
+from proctor.server.schemas import ModelEndpoint, SubmitRequest
+from proctor.server.settings import CommandTemplate, ServerSettings
+
+log = logging.getLogger("proctor.server")
+
+RESERVED_NAMES = {"spec.yaml", "job.log", "out"}
+ENV_PASSTHROUGH = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "SYSTEMROOT",
+)
+"""The only server environment variables a job inherits: a job must never see the server's keys."""
+
+
+def key_env_name(role: str) -> str:
+    return f"PROCTOR_API_KEY_{role.upper()}"
+
+
+@dataclass(slots=True)
+class JobSecrets:
+    """What a job needs that is never written down: key values by env name, the tunnel token."""
+
+    env: dict[str, str] = field(default_factory=dict)
+
+    def values(self) -> list[str]:
+        return [v for v in self.env.values() if v]
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated submission: what to store (no secrets) and what to keep in memory."""
+
+    request: dict[str, Any]
+    key_envs: list[str]
+    secrets: JobSecrets
+    private_roles: list[str]
+
+
+def collect_keys(models: dict[str, ModelEndpoint]) -> JobSecrets:
+    secrets = JobSecrets()
+    for role, endpoint in models.items():
+        if endpoint.api_key is not None and endpoint.api_key.get_secret_value():
+            secrets.env[key_env_name(role)] = endpoint.api_key.get_secret_value()
+    return secrets
+
+
+def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prepared:
+    """Validate ``req`` and write the job directory; raise ``InputError`` before anything runs."""
+    private_roles = (req.private_roles or ["subject"]) if req.private else []
+    secrets = collect_keys(req.models)
+    for role in private_roles:
+        secrets.env.pop(key_env_name(role), None)
+    # A private role's local URL must never reach the server's records: only its model name.
+    stored_models = {
+        role: ep.model_dump(exclude={"api_key", "base_url"} if role in private_roles else {"api_key"}, exclude_none=True)
+        for role, ep in req.models.items()
+    }
+    request: dict[str, Any] = {
+        "kind": req.kind,
+        "models": stored_models,
+        "limit": req.limit,
+        "concurrency": req.concurrency,
+        "retry_errors": req.retry_errors,
+    }
+    if req.kind == "command":
+        template = _template(req, settings)
+        request["template"] = req.template
+        request["params"] = _check_params(req.template or "", template, req.params)
+        if req.files:
+            raise InputError("command jobs take no uploaded files; their template names what they run")
+        if not private_roles and "subject" in req.models and not req.models["subject"].base_url:
+            raise InputError("a command job's subject needs a base_url")
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "out").mkdir(exist_ok=True)
+        return Prepared(request, sorted(secrets.env), secrets, private_roles)
+
+    if not req.spec:
+        raise InputError("a proctor job needs 'spec' (the task spec's YAML text)")
+    spec = _rewrite_spec(req, settings, private_roles, set(secrets.env))
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "out").mkdir(exist_ok=True)
+    for name, upload in req.files.items():
+        if name.split("/")[0] in RESERVED_NAMES:
+            raise InputError(f"an uploaded file may not be called {name!r}")
+        target = job_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            raw = base64.b64decode(upload.content, validate=True) if upload.encoding == "base64" else upload.content.encode()
+        except ValueError:
+            raise InputError(f"file {name!r} is not valid base64") from None
+        target.write_bytes(raw)
+    (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+    return Prepared(request, sorted(secrets.env), secrets, private_roles)
+
+
+def _template(req: SubmitRequest, settings: ServerSettings) -> CommandTemplate:
+    if not req.template:
+        raise InputError("a command job needs 'template' (one the server's admin registered)")
+    template = settings.templates.get(req.template)
+    if template is None:
+        known = ", ".join(sorted(settings.templates)) or "none"
+        raise InputError(f"no command template {req.template!r} on this server (registered: {known})")
+    return template
+
+
+def _check_params(name: str, template: CommandTemplate, given: dict[str, str]) -> dict[str, str]:
+    unknown = set(given) - set(template.params)
+    if unknown:
+        raise InputError(f"template {name!r} has no parameter(s) {', '.join(sorted(unknown))}")
+    values: dict[str, str] = {}
+    for pname, param in template.params.items():
+        value = given.get(pname, param.default)
+        if value is None:
+            raise InputError(f"template {name!r} needs parameter {pname!r}")
+        if not re.fullmatch(param.pattern, value):
+            raise InputError(f"parameter {pname!r} of template {name!r} must match {param.pattern}")
+        values[pname] = value
+    return values
+
+
+def _rewrite_spec(
+    req: SubmitRequest, settings: ServerSettings, private_roles: list[str], keyed_envs: set[str]
+) -> dict[str, Any]:
+    try:
+        spec = yaml.safe_load(req.spec or "")
+    except yaml.YAMLError as exc:
+        raise InputError(f"the spec is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise InputError("the spec must be a YAML mapping (name, dataset, solver, scorer, models)")
+    models = spec.get("models")
+    if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
+        raise InputError("the spec's 'models' must map role names to model settings")
+    for role in list(req.models) + private_roles:
+        models.setdefault(role, {})
+    for role, cfg in models.items():
+        if not isinstance(role, str) or not isinstance(cfg, dict):
+            raise InputError("the spec's 'models' must map role names to model settings")
+        if "launch" in cfg:
+            raise InputError(f"models.{role}.launch is not allowed on a server: give the endpoint's base_url")
+        endpoint = req.models.get(role)
+        if endpoint is not None and role not in private_roles:
+            if endpoint.base_url:
+                for key in ("replicas", "pool_file"):
+                    cfg.pop(key, None)
+                cfg["base_url"] = endpoint.base_url
+            if endpoint.model:
+                cfg["model"] = endpoint.model
+        pool_file = cfg.get("pool_file")
+        if isinstance(pool_file, str):
+            pool_file = cfg["pool_file"] = PurePosixPath(pool_file).as_posix()
+        if pool_file is not None and (not isinstance(pool_file, str) or pool_file not in req.files):
+            raise InputError(f"models.{role}.pool_file must name an uploaded file")
+        env_name = key_env_name(role)
+        if role in private_roles:
+            if endpoint is not None and endpoint.model:
+                cfg["model"] = endpoint.model
+            # The real facade URL is filled in at each start (the port may differ after a restart).
+            for key in ("replicas", "pool_file"):
+                cfg.pop(key, None)
+            cfg["base_url"] = "http://127.0.0.1:1/private-facade-placeholder/v1"
+            cfg["api_key_env"] = env_name
+        elif env_name in keyed_envs:
+            cfg["api_key_env"] = env_name
+        else:
+            # Never let a spec name one of the server's own variables: it would send its value away.
+            cfg.pop("api_key_env", None)
+        if "model" not in cfg:
+            raise InputError(f"models.{role} needs a model name (give it in the spec or with --model-name)")
+    dataset = spec.get("dataset")
+    if req.dataset:
+        path = settings.datasets.get(req.dataset)
+        if path is None:
+            known = ", ".join(sorted(settings.datasets)) or "none"
+            raise InputError(f"no dataset {req.dataset!r} registered on this server (registered: {known})")
+        dataset = dataset if isinstance(dataset, dict) else {}
+        dataset["path"] = str(path.resolve())
+        spec["dataset"] = dataset
+    elif isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
+        dataset["path"] = PurePosixPath(dataset["path"]).as_posix()
+        if dataset["path"] not in req.files:
+            raise InputError(
+                f"the spec's dataset {dataset['path']!r} was not uploaded",
+                hint="upload it next to the spec (the client does this) or name a registered dataset",
+            )
+    else:
+        raise InputError("the spec needs dataset.path (an uploaded file) or the request a registered 'dataset'")
+    _validate_with_engine(spec)
+    return spec
+
+
+def _validate_with_engine(spec: dict[str, Any]) -> None:
+    """Use the engine's own spec schema when it is installed, so errors come back before queueing."""
+    try:
+        from proctor.evals.spec import parse_spec
+    except ImportError:  # pragma: no cover - the engine is part of the package
+        return
+    parse_spec(spec, source="the submitted spec")
+
+
+def set_private_endpoints(job_dir: Path, roles: list[str], facade_url: str) -> None:
+    """Point the private roles of the job's spec copy at this server's model facade."""
+    path = job_dir / "spec.yaml"
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for role in roles:
+        spec["models"][role]["base_url"] = facade_url
+    path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+
+
+def build_argv(request: dict[str, Any], job_id: str, job_dir: Path, settings: ServerSettings) -> list[str]:
+    """The job's argv; secrets never appear here (``ps`` shows argv to every local user)."""
+    if request["kind"] == "proctor":
+        argv = [sys.executable, "-m", "proctor", "run", "spec.yaml", "--out", "out"]
+        if request.get("limit"):
+            argv += ["--limit", str(request["limit"])]
+        if request.get("concurrency"):
+            argv += ["--concurrency", str(request["concurrency"])]
+        if request.get("retry_errors"):
+            argv.append("--retry-errors")
+        return argv
+    template = settings.templates.get(request["template"])
+    if template is None:
+        raise InputError(f"command template {request['template']!r} is no longer registered on this server")
+    subject = request.get("models", {}).get("subject", {})
+    values = {
+        "job_id": job_id,
+        "job_dir": str(job_dir),
+        "out_dir": str(job_dir / "out"),
+        "python": sys.executable,
+        "model": subject.get("model", ""),
+        "base_url": subject.get("base_url", ""),
+        **request.get("params", {}),
+    }
+    return [re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), part) for part in template.argv]
+
+
+def build_env(
+    request: dict[str, Any],
+    job_id: str,
+    job_dir: Path,
+    secrets: JobSecrets,
+    settings: ServerSettings,
+    *,
+    private_urls: dict[str, str],
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in ENV_PASSTHROUGH or k.startswith("LC_")}
+    env.update(
+        PYTHONUNBUFFERED="1",
+        PROCTOR_PROGRESS="json",
+        PROCTOR_JOB_ID=job_id,
+        PROCTOR_OUT_DIR=str(job_dir / "out"),
+    )
+    env.update(secrets.env)
+    if request["kind"] == "command":
+        template = settings.templates.get(request["template"])
+        if template is not None:
+            env.update(template.env)
+        subject = request.get("models", {}).get("subject", {})
+        base_url = private_urls.get("subject") or subject.get("base_url")
+        if base_url:
+            env["OPENAI_BASE_URL"] = base_url
+            env["PROCTOR_OPENAI_BASE_URL"] = base_url
+        key = secrets.env.get(key_env_name("subject"))
+        if key:
+            env["OPENAI_API_KEY"] = key
+        if subject.get("model"):
+            env["OPENAI_MODEL"] = subject["model"]
+    return env
+
+
+async def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
+    """Start the job in its own session, stdout and stderr appended to ``log_path``."""
+    with open(log_path, "ab", buffering=0) as log_file:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    members = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+async def kill_tree(pid: int, *, grace: float, proc: asyncio.subprocess.Process | None = None) -> None:
+    """SIGTERM the job's process group (and descendants that left it), SIGKILL what is left.
+
+    Descendants are collected first, because a process that called setsid() is no longer in the
+    group and would otherwise survive the job.
+    """
+    try:
+        leader = psutil.Process(pid)
+        strays = leader.children(recursive=True)
+    except psutil.Error:
+        strays = []
+    strays = [p for p in strays if _pgid(p.pid) != pid]
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    for p in strays:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    if proc is not None and grace > 0:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait(), timeout=grace)
+    elif grace > 0:
+        await asyncio.to_thread(psutil.wait_procs, [p for p in [_proc(pid)] if p], timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    for p in strays + group_members(pid):
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    if proc is not None:
+        await proc.wait()
+    remaining = group_members(pid) + [p for p in strays if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if remaining:
+        await asyncio.to_thread(psutil.wait_procs, remaining, timeout=5)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def is_same_process(pid: int | None, started: float | None) -> bool:
+    """True when ``pid`` is still the process we started (not a later one that reused the pid)."""
+    if not pid or started is None:
+        return False
+    proc = _proc(pid)
+    if proc is None:
+        return False
+    try:
+        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+async def run_cleanup_hooks(job_id: str, job_dir: Path, settings: ServerSettings) -> None:
+    """Remove what a job left outside its process group; a hook that cannot run is skipped quietly."""
+    for hook in settings.cleanup_hooks:
+        try:
+            if hook == "docker":
+                await _docker_cleanup(job_id, settings.hook_timeout)
+            elif isinstance(hook, list):
+                argv = [part.replace("{job_id}", job_id).replace("{job_dir}", str(job_dir)) for part in hook]
+                await _run_quiet(argv, settings.hook_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.debug("cleanup hook %s for %s skipped: %s", hook, job_id, exc)
+
+
+async def _docker_cleanup(job_id: str, timeout: float) -> None:
+    if shutil.which("docker") is None:
+        return
+    rc, out = await _run_quiet(["docker", "ps", "-aq", "--filter", f"label=proctor.job={job_id}"], timeout)
+    ids = out.split()
+    if rc == 0 and ids:
+        await _run_quiet(["docker", "rm", "-f", *ids], timeout)
+
+
+async def _run_quiet(argv: list[str], timeout: float) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+def scrub_secrets(root: Path, secrets: list[str]) -> int:
+    """Overwrite any occurrence of a secret in the job's files with asterisks of the same length.
+
+    Defence in depth: the engine never writes keys, but a command template or a tool might echo
+    its environment. Same-length replacement keeps SQLite pages and offsets intact.
+    """
+    needles = [s.encode() for s in secrets if len(s) >= 4]
+    if not needles:
+        return 0
+    changed = 0
+    for path in root.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        new = data
+        for needle in needles:
+            if needle in new:
+                new = new.replace(needle, b"*" * len(needle))
+        if new is not data:
+            path.write_bytes(new)
+            changed += 1
+    return changed

@@ -1,0 +1,443 @@
+"""Slots, the persistent queue, and the life of each job from submission to its final state.
+
+The queue is the ``jobs`` table itself (state ``queued``, ordered by priority then arrival), so a
+restart loses nothing. One scheduler task sleeps on an ``asyncio.Event``; a submission, a resume or
+a job ending sets it, so a freed slot starts the next job at once, with no polling interval.
+
+Secrets (public-mode API keys, the private-mode internal token) live only in ``self.secrets``, in
+memory; a restart drops them and the jobs that needed them wait in ``waiting_for_credentials``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets as secrets_mod
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proctor.errors import ConflictError, InputError, PermissionDeniedError, ProctorError, QueueFullError
+from proctor.server import jobs as jobmod
+from proctor.server.auth import Principal, check_access
+from proctor.server.jobs import JobSecrets, key_env_name
+from proctor.server.logs import LogTail, Watch
+from proctor.server.metrics import Metrics
+from proctor.server.quotas import Quota
+from proctor.server.schemas import JOB_ID_RE, JobView, ResumeRequest, SubmitRequest
+from proctor.server.settings import ServerSettings
+from proctor.server.store import ACTIVE_STATES, TERMINAL_STATES, JobRow, JobStore
+
+log = logging.getLogger("proctor.server")
+
+
+@dataclass(slots=True)
+class Running:
+    """A job holding a slot."""
+
+    job_id: str
+    proc: asyncio.subprocess.Process | None = None
+    task: asyncio.Task[None] | None = None
+    tail: LogTail | None = None
+    stop_reason: str | None = None
+    """``cancelled`` / ``timed_out`` / ``shutdown`` once the server decided to stop the job."""
+    secrets: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the process is spawned (or failed to): a cancel waits for it, never misses it."""
+
+
+def new_job_id() -> str:
+    """128 random bits in the URL-safe alphabet (22 characters)."""
+    return secrets_mod.token_urlsafe(16)
+
+
+def outcome(kind: str, code: int) -> tuple[str, str | None]:
+    """Map the engine's exit code to a final state and a note for the user."""
+    if code == 0:
+        return "succeeded", None
+    if code == 1 and kind == "proctor":
+        return "succeeded", "the run finished but some samples errored (see eval_stats.json; resume with --retry-errors)"
+    if code == 2:
+        return "failed", "bad input (see the job log)"
+    if code in (130, -2):
+        return "failed", "interrupted"
+    if code < 0:
+        return "failed", f"killed by signal {-code}"
+    return "failed", f"exited with code {code}"
+
+
+class JobManager:
+    """Owns the slots, the queue and every running job of one server process."""
+
+    def __init__(self, settings: ServerSettings, store: JobStore, metrics: Metrics, quota: Quota) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.quota = quota
+        self.hub: Any = None
+        self.port = settings.port
+        self.secrets: dict[str, JobSecrets] = {}
+        self.running: dict[str, Running] = {}
+        self.watches: dict[str, Watch] = {}
+        self.wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._progress_saved: dict[str, float] = {}
+        settings.jobs_dir.mkdir(parents=True, exist_ok=True)
+
+    # lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        self._loop_task = asyncio.create_task(self._schedule())
+        self.wake.set()
+
+    async def stop(self) -> None:
+        """Stop the jobs but keep them ``running`` in the store: the next start re-queues them."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        for run in list(self.running.values()):
+            run.stop_reason = "shutdown"
+            if run.proc is not None:
+                await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def recover(self) -> None:
+        """After a restart: kill orphans of the old server, re-queue their jobs ahead of newer ones."""
+        for job in self.store.list_jobs(states=set(ACTIVE_STATES) | {"queued"}):
+            if job.state in ACTIVE_STATES and jobmod.is_same_process(job.pid, job.proc_start):
+                assert job.pid is not None
+                log.info("job %s: stopping the process the previous server left running", job.id)
+                await jobmod.kill_tree(job.pid, grace=self.settings.kill_grace)
+            if job.key_envs or job.private_roles:
+                self.store.update(
+                    job.id,
+                    state="waiting_for_credentials",
+                    pid=None,
+                    note="the server restarted and kept no keys: re-supply them with `proctor resume "
+                    + job.id
+                    + "`",
+                )
+            elif job.state in ACTIVE_STATES:
+                self.store.update(
+                    job.id, state="queued", priority=0, pid=None, note="re-queued after a server restart"
+                )
+
+    # queries --------------------------------------------------------------------------------------
+
+    def watch(self, job_id: str) -> Watch:
+        return self.watches.setdefault(job_id, Watch())
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.settings.jobs_dir / job_id
+
+    def view(self, job: JobRow, *, queue: list[str] | None = None) -> JobView:
+        position = None
+        if job.state == "queued":
+            ids = queue if queue is not None else [j.id for j in self.store.queued()]
+            position = ids.index(job.id) + 1 if job.id in ids else None
+        waiting_for = job.key_envs if job.state == "waiting_for_credentials" else []
+        return JobView(
+            id=job.id,
+            owner=job.owner,
+            kind=job.kind,
+            state=job.state,
+            created_at=job.created_at,
+            queued_at=job.queued_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            exit_code=job.exit_code,
+            note=job.note,
+            attempts=job.attempts,
+            queue_position=position,
+            progress=job.progress,
+            private_roles=job.private_roles,
+            waiting_for=waiting_for,
+        )
+
+    def retry_after(self) -> int:
+        durations = self.store.recent_durations()
+        if not durations:
+            return int(self.settings.retry_after_default)
+        mean = sum(durations) / len(durations)
+        return max(1, math.ceil(mean / self.settings.slots))
+
+    # commands -------------------------------------------------------------------------------------
+
+    def submit(self, principal: Principal, req: SubmitRequest) -> tuple[JobRow, list[str], str | None]:
+        """Validate, enqueue, and return (job, warnings, tunnel secret for private mode)."""
+        warnings: list[str] = []
+        existing: JobRow | None = None
+        if req.job_id is not None:
+            if not JOB_ID_RE.match(req.job_id):
+                raise InputError("job_id must be 8-64 characters of A-Z a-z 0-9 _ -")
+            existing = self.store.find(req.job_id)
+            if existing is not None:
+                check_access(principal, existing)
+                if existing.state not in TERMINAL_STATES and existing.state != "waiting_for_credentials":
+                    raise ConflictError(f"job {existing.id} is {existing.state}; it cannot be resubmitted now")
+                warnings.append(f"job {existing.id} exists: resuming it in its directory (finished samples are kept)")
+        if req.private and self.hub is None:
+            raise InputError("this server has no tunnel support, so private mode is unavailable")
+        self.quota.check(principal)
+        if self.store.count({"queued"}) >= self.settings.queue_max:
+            retry = self.retry_after()
+            raise QueueFullError(
+                f"the queue is full ({self.settings.queue_max} jobs); try again in {retry} s", retry_after=retry
+            )
+        job_id = existing.id if existing else (req.job_id or new_job_id())
+        job_dir = self.job_dir(job_id)
+        created = not job_dir.exists()
+        try:
+            prepared = jobmod.prepare(req, job_dir, self.settings)
+        except BaseException:
+            if created:
+                shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        timeout = min(
+            t
+            for t in (
+                req.timeout,
+                self.settings.templates[req.template].timeout if req.kind == "command" and req.template else None,
+                self.settings.job_timeout,
+            )
+            if t
+        )
+        now = time.time()
+        values: dict[str, Any] = dict(
+            owner=existing.owner if existing else principal.name,
+            kind=req.kind,
+            state="queued",
+            priority=1,
+            queued_at=now,
+            finished_at=None,
+            exit_code=None,
+            note=None,
+            timeout=timeout,
+            request=prepared.request,
+            key_envs=prepared.key_envs,
+            private_roles=prepared.private_roles,
+            pid=None,
+            proc_start=None,
+            progress=None,
+        )
+        if existing:
+            self.store.update(job_id, **values)
+        else:
+            self.store.insert_job(JobRow(id=job_id, seq=0, created_at=now, **values))
+        self.quota.record(principal, now=now)
+        self.metrics.submitted += 1
+        self.secrets[job_id] = prepared.secrets
+        tunnel_secret = self._register_tunnel(job_id, principal.name, prepared.private_roles)
+        self.watch(job_id).notify()
+        self.wake.set()
+        return self.store.get(job_id), warnings, tunnel_secret
+
+    def _register_tunnel(self, job_id: str, owner: str, roles: list[str]) -> str | None:
+        if not roles or self.hub is None:
+            return None
+        tunnel_secret, internal_token = self.hub.register_job(job_id, owner=owner, roles=list(roles))
+        for role in roles:
+            self.secrets.setdefault(job_id, JobSecrets()).env[key_env_name(role)] = internal_token
+        return str(tunnel_secret)
+
+    def resume(self, principal: Principal, job: JobRow, req: ResumeRequest) -> tuple[JobRow, str | None]:
+        check_access(principal, job)
+        if job.state not in TERMINAL_STATES and job.state != "waiting_for_credentials":
+            raise ConflictError(f"job {job.id} is {job.state}; only a stopped job can be resumed")
+        supplied = jobmod.collect_keys(req.models)
+        missing = [name for name in job.key_envs if name not in supplied.env]
+        if missing:
+            roles = ", ".join(name.removeprefix("PROCTOR_API_KEY_").lower() for name in missing)
+            raise InputError(
+                f"job {job.id} needs the API key of role(s) {roles} again",
+                hint="pass it with --api-key-env NAME (or --api-key)",
+            )
+        self.secrets[job.id] = JobSecrets(env={k: v for k, v in supplied.env.items() if k in job.key_envs})
+        request = dict(job.request)
+        request["retry_errors"] = req.retry_errors
+        self.store.update(
+            job.id, state="queued", priority=0, queued_at=time.time(), note="resumed", request=request
+        )
+        if job.private_roles and self.hub is not None:
+            with contextlib.suppress(Exception):
+                self.hub.unregister_job(job.id)
+        tunnel_secret = self._register_tunnel(job.id, job.owner, job.private_roles)
+        self.watch(job.id).notify()
+        self.wake.set()
+        return self.store.get(job.id), tunnel_secret
+
+    async def cancel(self, principal: Principal, job: JobRow) -> JobRow:
+        """Kill the job's whole process group (or drop it from the queue); returns once it is gone."""
+        check_access(principal, job)
+        if job.state in TERMINAL_STATES:
+            raise ConflictError(f"job {job.id} is already {job.state}")
+        run = self.running.get(job.id)
+        if run is None:
+            if self.store.transition(
+                job.id, {"queued", "waiting_for_credentials"}, state="cancelled", finished_at=time.time(),
+                note="cancelled before it started",
+            ):
+                self.metrics.outcomes["cancelled"] += 1
+                self._forget(job.id)
+                self.watch(job.id).notify()
+            return self.store.get(job.id)
+        run.stop_reason = "cancelled"
+        await run.started.wait()
+        if run.proc is not None:
+            await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
+        if run.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(run.task)
+        return self.store.get(job.id)
+
+    def delete(self, principal: Principal, job: JobRow) -> None:
+        check_access(principal, job)
+        if job.state not in TERMINAL_STATES and job.state != "waiting_for_credentials":
+            raise ConflictError(f"job {job.id} is {job.state}", hint=f"cancel it first: proctor cancel {job.id}")
+        self.store.delete(job.id)
+        self._forget(job.id)
+        shutil.rmtree(self.job_dir(job.id), ignore_errors=True)
+        self.watches.pop(job.id, None)
+
+    def on_tunnel_state(self, job_id: str, connected: bool) -> None:
+        """Called by the tunnel hub: a running private job without a tunnel is shown as waiting."""
+        if connected:
+            changed = self.store.transition(job_id, {"waiting_for_tunnel"}, state="running")
+        else:
+            changed = self.store.transition(job_id, {"running"}, state="waiting_for_tunnel")
+        if changed:
+            self.watch(job_id).notify()
+
+    def _forget(self, job_id: str) -> None:
+        self.secrets.pop(job_id, None)
+        if self.hub is not None:
+            with contextlib.suppress(Exception):
+                self.hub.unregister_job(job_id)
+
+    # scheduling -----------------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while not self._stopping and len(self.running) < self.settings.slots:
+                queue = self.store.queued()
+                if not queue:
+                    break
+                await self._start(queue[0])
+
+    async def _start(self, job: JobRow) -> None:
+        if not self.store.transition(
+            job.id,
+            {"queued"},
+            state="running",
+            started_at=time.time(),
+            finished_at=None,
+            attempts=job.attempts + 1,
+            exit_code=None,
+        ):
+            return
+        run = Running(job.id)
+        self.running[job.id] = run
+        job_dir = self.job_dir(job.id)
+        secrets = self.secrets.get(job.id, JobSecrets())
+        run.secrets = secrets.values()
+        try:
+            private_urls = {role: self.facade_url(job.id) for role in job.private_roles}
+            if job.kind == "proctor" and job.private_roles:
+                jobmod.set_private_endpoints(job_dir, job.private_roles, self.facade_url(job.id))
+            argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
+            env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)
+            log_path = job_dir / "job.log"
+            run.proc = await jobmod.spawn(argv, cwd=job_dir, env=env, log_path=log_path)
+        except (OSError, ProctorError) as exc:
+            await self._finish(job, run, "failed", None, f"could not start: {exc}")
+            run.started.set()
+            return
+        proc_start = _create_time(run.proc.pid)
+        self.store.update(job.id, pid=run.proc.pid, proc_start=proc_start)
+        log.info("job %s started (pid %s, attempt %s)", job.id, run.proc.pid, job.attempts + 1)
+        run.tail = LogTail(
+            log_path,
+            self.watch(job.id),
+            interval=self.settings.log_poll_interval,
+            on_progress=lambda p, job_id=job.id: self._progress(job_id, p),
+        )
+        run.tail.start()
+        self.watch(job.id).notify()
+        run.task = asyncio.create_task(self._supervise(job, run, job.timeout or self.settings.job_timeout))
+        run.started.set()
+
+    def facade_url(self, job_id: str) -> str:
+        return f"http://{self.settings.internal_host}:{self.port}/internal/jobs/{job_id}/v1"
+
+    def _progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        # The engine prints ~1 line/s; store at most one per second per job, and always the last.
+        now = time.monotonic()
+        done = progress.get("done") is not None and progress.get("done") == progress.get("total")
+        if now - self._progress_saved.get(job_id, 0.0) >= 1.0 or done:
+            self._progress_saved[job_id] = now
+            self.store.update(job_id, progress=progress)
+
+    async def _supervise(self, job: JobRow, run: Running, timeout: float) -> None:
+        assert run.proc is not None
+        code: int | None
+        try:
+            code = await asyncio.wait_for(asyncio.shield(run.proc.wait()), timeout)
+        except asyncio.TimeoutError:
+            if run.stop_reason is None:
+                run.stop_reason = "timed_out"
+            await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
+            code = run.proc.returncode
+        if run.stop_reason == "shutdown":
+            if run.tail is not None:
+                await run.tail.stop()
+            self.running.pop(job.id, None)
+            return
+        if run.stop_reason in ("cancelled", "timed_out"):
+            # The leader may have exited on SIGTERM before its children: make sure none is left.
+            await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
+            await jobmod.run_cleanup_hooks(job.id, self.job_dir(job.id), self.settings)
+            note = "cancelled by its owner" if run.stop_reason == "cancelled" else f"timed out after {timeout:g} s"
+            await self._finish(job, run, run.stop_reason, code, note)
+            return
+        # Even a job that ended by itself may have left children in its group.
+        if jobmod.group_members(run.proc.pid):
+            await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
+        state, note = outcome(job.kind, code if code is not None else -9)
+        await self._finish(job, run, state, code, note)
+
+    async def _finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:
+        if run.tail is not None:
+            await run.tail.stop()
+        if run.secrets:
+            await asyncio.to_thread(jobmod.scrub_secrets, self.job_dir(job.id), run.secrets)
+        self.store.update(job.id, state=state, exit_code=code, note=note, finished_at=time.time(), pid=None)
+        self.metrics.outcomes[state] += 1
+        self._forget(job.id)
+        self.running.pop(job.id, None)
+        log.info("job %s %s (exit code %s)", job.id, state, code)
+        self.watch(job.id).notify()
+        self.wake.set()
+
+
+def _create_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+__all__ = ["JobManager", "PermissionDeniedError", "new_job_id", "outcome"]

@@ -1,0 +1,149 @@
+"""Request and response bodies of the job API (what ``/openapi.json`` documents).
+
+API keys arrive as ``SecretStr`` so that no repr, log line or validation error ever prints them;
+they are read once, into the job process's environment, and dropped from everything stored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+"""A client-chosen job id: 8-64 characters of the URL-safe base64 alphabet."""
+ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,4}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelEndpoint(_Strict):
+    """Where one model role's requests go, and with which key (public mode)."""
+
+    base_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    api_key: SecretStr | None = Field(default=None)
+    """Kept in the server's memory and the job process's environment only."""
+
+
+class UploadedFile(_Strict):
+    content: str
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+class SubmitRequest(_Strict):
+    """A job submission: a task spec (kind ``proctor``) or a command template (kind ``command``)."""
+
+    kind: Literal["proctor", "command"] = "proctor"
+    spec: str | None = Field(default=None, max_length=1_000_000)
+    """The task spec's YAML text (kind ``proctor``)."""
+    files: dict[str, UploadedFile] = Field(default_factory=dict)
+    """Files placed next to the spec in the job directory (the dataset, a pool file)."""
+    dataset: str | None = Field(default=None, max_length=128)
+    """Name of a dataset registered on the server, used instead of an uploaded file."""
+    template: str | None = Field(default=None, max_length=128)
+    params: dict[str, str] = Field(default_factory=dict)
+    models: dict[str, ModelEndpoint] = Field(default_factory=dict)
+    private: bool = False
+    private_roles: list[str] | None = None
+    """Roles answered through the submitter's tunnel; default ``["subject"]`` when private."""
+    job_id: str | None = None
+    """Resume this job (same directory, same ledger) instead of starting a new one."""
+    limit: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=1, le=100_000)
+    retry_errors: bool = False
+    timeout: float | None = Field(default=None, gt=0, le=7 * 86400)
+
+    @field_validator("models")
+    @classmethod
+    def _roles(cls, value: dict[str, ModelEndpoint]) -> dict[str, ModelEndpoint]:
+        for role in value:
+            if not ROLE_RE.match(role):
+                raise ValueError(f"role name {role!r} must be a letter followed by letters, digits or _")
+        return value
+
+    @field_validator("private_roles")
+    @classmethod
+    def _private_roles(cls, value: list[str] | None) -> list[str] | None:
+        for role in value or []:
+            if not ROLE_RE.match(role):
+                raise ValueError(f"role name {role!r} must be a letter followed by letters, digits or _")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _file_names(cls, value: dict[str, UploadedFile]) -> dict[str, UploadedFile]:
+        for name in value:
+            if not FILE_NAME_RE.match(name) or ".." in name.split("/"):
+                raise ValueError(f"file name {name!r} must be a plain relative path (letters, digits, . _ -)")
+        return value
+
+
+class ResumeRequest(_Strict):
+    """Re-supply what the server could not keep (API keys) and queue the job again."""
+
+    models: dict[str, ModelEndpoint] = Field(default_factory=dict)
+    retry_errors: bool = False
+
+
+class JobView(BaseModel):
+    """A job as its owner (or an admin) sees it."""
+
+    id: str
+    owner: str
+    kind: str
+    state: str
+    created_at: float
+    queued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    note: str | None = None
+    attempts: int = 0
+    queue_position: int | None = None
+    """1 = next to start; None when not queued."""
+    progress: dict[str, Any] | None = None
+    private_roles: list[str] = Field(default_factory=list)
+    waiting_for: list[str] = Field(default_factory=list)
+    """Environment-variable names of keys to re-supply (state ``waiting_for_credentials``)."""
+
+
+class SubmitResponse(BaseModel):
+    ok: bool = True
+    job: JobView
+    warnings: list[str] = Field(default_factory=list)
+    tunnel_secret: str | None = None
+    """Private mode only: proves to the tunnel endpoint that a connection is the submitter's. Shown once."""
+
+
+class ServerInfo(BaseModel):
+    ok: bool = True
+    status: Literal["idle", "busy"]
+    version: str
+    slots: int
+    running: int
+    queue_length: int
+    queue_max: int
+    open: bool
+    rate_limit: str | None = None
+    jobs: list[dict[str, Any]] = Field(default_factory=list)
+    """Running and queued jobs; other users' ids anonymized (first 6 and last 2 characters)."""
+    you: str | None = None
+    tunnel: bool = False
+
+
+class ArtifactInfo(BaseModel):
+    path: str
+    size: int
+
+
+class LogPage(BaseModel):
+    offset: int
+    next_offset: int
+    data: str
+    eof: bool
+    state: str

@@ -1,0 +1,64 @@
+"""Running the app: bind first, then build, so the real port is known before any job starts.
+
+Binding the socket ourselves (rather than letting uvicorn do it) means ``--port 0`` works: the
+private-mode facade URL handed to jobs needs the port the server actually listens on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from proctor.server.app import create_app
+from proctor.server.settings import ServerSettings
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(False)
+    return sock
+
+
+def configure_logging(settings: ServerSettings) -> None:
+    """Server events to stderr and ``DATA/server.log``; never a secret in either."""
+    logger = logging.getLogger("proctor.server")
+    if logger.handlers:
+        return
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(settings.data_dir / "server.log")):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def serve(settings: ServerSettings, *, on_ready: str | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; jobs still running are stopped and re-queued on the next start.
+
+    ``on_ready``: print this line (with ``{port}`` filled in) once listening, for scripts and tests.
+    """
+    sock = bind_socket(settings.host, settings.port)
+    settings = settings.model_copy(update={"port": sock.getsockname()[1]})
+    configure_logging(settings)
+    app = create_app(settings)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    if on_ready:
+        original = server.startup
+
+        async def startup(sockets: list[socket.socket] | None = None) -> None:
+            await original(sockets=sockets)
+            print(on_ready.format(port=settings.port, host=settings.host), flush=True)
+
+        server.startup = startup  # type: ignore[method-assign]
+    logging.getLogger("proctor.server").info(
+        "proctor server on http://%s:%s (data %s, %s slot(s))", settings.host, settings.port, settings.data_dir, settings.slots
+    )
+    server.run(sockets=[sock])

@@ -1,0 +1,133 @@
+"""The server's settings: one validated model, filled from defaults < config file < CLI flags.
+
+Command templates, registered datasets and cleanup hooks live only in the admin's config file:
+they are what decides which programs the server may run, so no request can add to them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from proctor.errors import InputError
+
+PARAM_PATTERN_DEFAULT = r"^[A-Za-z0-9_.:/@+=,-]{0,256}$"
+"""What a template parameter may contain unless the template says otherwise: no spaces, no quotes."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TemplateParam(_Strict):
+    """One placeholder a client fills in a command template."""
+
+    pattern: str = PARAM_PATTERN_DEFAULT
+    """Regular expression the whole value must match (the value becomes one argv element)."""
+    default: str | None = None
+    """Used when the client gives no value; without a default the parameter is required."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+
+class CommandTemplate(_Strict):
+    """An admin-registered program a ``command`` job runs, with ``{placeholders}`` in its argv.
+
+    Built-in placeholders: ``{job_id}``, ``{job_dir}``, ``{out_dir}``, ``{python}``, ``{model}``,
+    ``{base_url}``. Values are substituted per argv element, never through a shell.
+    """
+
+    argv: list[str] = Field(min_length=1)
+    params: dict[str, TemplateParam] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout: float | None = Field(default=None, gt=0)
+    description: str | None = None
+
+
+class ServerSettings(_Strict):
+    """Everything ``create_app`` needs; ``proctor serve`` builds it from flags and the config file."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    data_dir: Path = Path("proctor-data")
+    database_url: str | None = None
+    """SQLAlchemy URL of the job store; default ``sqlite:///DATA/proctor.sqlite``. PostgreSQL works."""
+    slots: int = Field(default=1, ge=1, le=1024)
+    queue_max: int = Field(default=100, ge=0)
+    job_timeout: float = Field(default=240 * 60, gt=0)
+    """Seconds a job may run before its whole process group is killed (state ``timed_out``)."""
+    open: bool = False
+    """Public demo mode: no token needed, clients are identified by IP address."""
+    rate_limit: str | None = None
+    """Submissions per user (or IP) and window, e.g. ``3/24h``; admins are exempt."""
+    kill_grace: float = Field(default=5.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL of a job's process group."""
+    log_poll_interval: float = Field(default=0.1, gt=0)
+    """How often one tail task per running job looks for new log bytes (shared by all followers)."""
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    templates: dict[str, CommandTemplate] = Field(default_factory=dict)
+    datasets: dict[str, Path] = Field(default_factory=dict)
+    """Named dataset files on the server that a spec may use instead of uploading one."""
+    cleanup_hooks: list[list[str] | str] = Field(default_factory=lambda: ["docker"])
+    """Run after a cancel/timeout: argv templates (``{job_id}``, ``{job_dir}``) or ``"docker"``,
+    which removes containers labelled ``proctor.job=<id>`` when a working docker is present."""
+    hook_timeout: float = Field(default=30.0, gt=0)
+    internal_host: str = "127.0.0.1"
+    """Host the job processes use to reach this server (private-mode model facade)."""
+    retry_after_default: float = Field(default=60.0, gt=0)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_rate_limit(value)
+        return value
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'proctor.sqlite').resolve()}"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate_limit(text: str) -> tuple[int, float]:
+    """``N/<number><s|m|h|d>`` (``3/24h``, ``10/1d``, ``5/30m``) → (count, window seconds)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([smhd])\s*", text)
+    if not match or int(match.group(1)) < 1:
+        raise InputError(f"rate limit {text!r}: expected N/WINDOW such as 3/24h, 10/1d or 5/30m")
+    amount = float(match.group(2) or 1)
+    if amount <= 0:
+        raise InputError(f"rate limit {text!r}: the window must be longer than zero")
+    return int(match.group(1)), amount * _UNITS[match.group(3)]
+
+
+def load_settings(config_file: Path | None, **overrides: Any) -> ServerSettings:
+    """Defaults < config file (YAML) < ``overrides`` (the CLI flags that were given, not None)."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise InputError(f"cannot read server config {config_file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"server config {config_file} must be a YAML mapping")
+        data.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServerSettings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"invalid server settings: {problems}") from None

@@ -1,0 +1,10 @@
+"""Fixtures of the server tests; helpers live in server_helpers.py, beside this file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from server_helpers import make_server  # noqa: E402,F401 - the fixture
