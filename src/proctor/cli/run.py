@@ -7,6 +7,8 @@ from typing import Any
 
 import typer
 
+from proctor.cli._console import make_console
+
 from proctor.errors import InputError
 
 
@@ -61,13 +63,13 @@ def run(
                                  "health; run no sample."),
     progress: str = typer.Option("auto", "--progress", help="auto | rich | plain | none."),
     grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds in-flight samples get after Ctrl-C."),
+    report_interval: float = typer.Option(10.0, "--report-interval", min=0.1,
+                                          help="Seconds between refreshes of the output files during the run."),
 ) -> None:
     """Run an evaluation (resumable: run it again to continue where it stopped).
 
     Exit codes: 0 all samples done, 1 finished but some samples errored, 2 bad input, 130 interrupted.
     """
-    from rich.console import Console
-
     from proctor.evals.runner import RunOptions, Runner, resume_command
     from proctor.evals.spec import apply_model_override, load_spec
 
@@ -81,8 +83,9 @@ def run(
     if dry_run:
         raise typer.Exit(_dry_run(task, spec.parent.resolve()))
     run_dir = (out or Path("runs") / task.name).resolve()
-    console = Console(highlight=False)
-    options = RunOptions(out=run_dir, retry_errors=retry_errors, force_new=force_new, grace=grace, progress=progress)
+    console = make_console()
+    options = RunOptions(out=run_dir, retry_errors=retry_errors, force_new=force_new, grace=grace, progress=progress,
+                         report_interval=report_interval)
     runner = Runner(task, spec_dir=spec.parent.resolve(), options=options, limit=limit, console=console)
     result = runner.run()
     if progress != "none" or result.exit_code:
@@ -97,7 +100,6 @@ def run(
 def _dry_run(task: Any, spec_dir: Path) -> int:
     import asyncio
 
-    from rich.console import Console
     from rich.table import Table
 
     from proctor.errors import NoHealthyReplicaError
@@ -125,7 +127,7 @@ def _dry_run(task: Any, spec_dir: Path) -> int:
             table.add_row(role["role"] if i == 0 else "", role["model"] if i == 0 else "", rep["url"],
                           "yes" if rep.get("healthy") else f"no ({rep.get('last_error') or 'unreachable'})",
                           str(rep.get("concurrency_limit", "")))
-    console = Console(highlight=False)
+    console = make_console()
     console.print(table)
     if problem:
         console.print(f"[red]{problem}[/red]")
@@ -141,11 +143,9 @@ def rescore(
     concurrency: int = typer.Option(None, "--concurrency", "-c", min=1),
 ) -> None:
     """Score a finished run again, without calling the model under evaluation."""
-    from rich.console import Console
-
     from proctor.evals.rescore import rescore_run
 
-    console = Console(highlight=False)
+    console = make_console()
     stats = rescore_run(run_dir.resolve(), scorer=scorer, judge=judge, concurrency=concurrency)
     _summary(stats, run_dir.resolve(), console=console)
 
