@@ -101,6 +101,8 @@ class ContextOverflowError(ModelError):
     """The prompt did not fit the model's context: a model outcome, recorded as such."""
 
     error_class = "context_overflow"
+    status: int | None = None
+    """The HTTP status the endpoint answered with, when there was one."""
 
 
 class BadRequestError(ModelError):
@@ -118,6 +120,7 @@ class ModelAbortError(ModelError):
 
     exit_code = 2
     error_class = "aborted"
+    status: int | None = None
 
 
 class NoHealthyReplicaError(ProctorError):

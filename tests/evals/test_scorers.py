@@ -75,5 +75,5 @@ def test_unknown_scorer_lists_known_ones() -> None:
 
 
 def test_unknown_option_is_named() -> None:
-    with pytest.raises(SpecError, match="scorer.tolerance: unknown option"):
+    with pytest.raises(SpecError, match="scorer.tolerance: unknown key"):
         build_scorer(ComponentConfig(type="numeric", tolerance=3))

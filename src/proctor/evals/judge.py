@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import Field
 
 from proctor.errors import ProctorError
-from proctor.evals.agent._spec import validate
+from proctor.evals.options import validate_options
 from proctor.evals.types import Sample, Score, SolveContext, SolveResult, register_scorer
 from proctor.models.config import GenerateParams, StrictModel
 
@@ -224,4 +224,4 @@ def _extracted(raw: str) -> str | None:
 @register_scorer("judge")
 def judge_scorer(options: Mapping[str, Any]) -> JudgeScorer:
     """Build the scorer from its spec section; problems are ``SpecError`` naming ``scorer.<key>``."""
-    return JudgeScorer(validate(JudgeOptions, options, "scorer"))
+    return JudgeScorer(validate_options(JudgeOptions, options, "scorer"))

@@ -7,6 +7,7 @@ only when a spec names them, so a plain run does not pay for them at start-up.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from proctor.errors import SpecError
 from proctor.evals.spec import ComponentConfig
@@ -39,9 +40,14 @@ def _lookup(kind: str, config: ComponentConfig, registry: dict, lazy: dict[str, 
     return registry[config.type]
 
 
-def build_solver(config: ComponentConfig) -> Solver:
+def build_solver(config: ComponentConfig, *, base_dir: Path | None = None) -> Solver:
+    """A factory marked ``resolves_paths`` gets the spec's folder as ``base_dir`` (unless the spec
+    gives one), so relative paths in its options mean the same as everywhere else in a spec."""
     factory = _lookup("solver", config, SOLVERS, _LAZY_SOLVERS)
-    return factory(config.options)  # type: ignore[no-any-return]
+    options = config.options
+    if base_dir is not None and getattr(factory, "resolves_paths", False):
+        options.setdefault("base_dir", str(base_dir))
+    return factory(options)  # type: ignore[no-any-return]
 
 
 def build_scorer(config: ComponentConfig) -> Scorer:

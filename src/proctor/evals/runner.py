@@ -144,7 +144,7 @@ class Runner:
         dataset = load_dataset(self.spec.dataset, base_dir=self.spec_dir, limit=self.limit)
         if not dataset.samples:
             raise SpecError(f"the dataset selection is empty ({dataset.total_rows} rows before limit/shard)")
-        solver = build_solver(self.spec.solver)
+        solver = build_solver(self.spec.solver, base_dir=self.spec_dir)
         scorer = build_scorer(self.spec.scorer)
         return dataset, solver, scorer
 

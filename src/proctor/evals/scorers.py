@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from proctor.evals.solvers import LETTERS, validate_options
+from proctor.evals.options import validate_options
+from proctor.evals.solvers import LETTERS
 from proctor.evals.types import Sample, Score, SolveContext, SolveResult, register_scorer
 from proctor.models.config import StrictModel
 
@@ -72,7 +73,7 @@ class ExactOptions(Normalise):
 
 @register_scorer("exact")
 def exact(options: Mapping[str, Any]) -> _PureScorer:
-    norm: ExactOptions = validate_options(ExactOptions, options, section="scorer")
+    norm: ExactOptions = validate_options(ExactOptions, options, "scorer")
 
     def score(output: str, wanted: list[str], sample: Sample) -> Score:
         got = norm(output)
@@ -83,7 +84,7 @@ def exact(options: Mapping[str, Any]) -> _PureScorer:
 
 @register_scorer("includes")
 def includes(options: Mapping[str, Any]) -> _PureScorer:
-    norm: ExactOptions = validate_options(ExactOptions, options, section="scorer")
+    norm: ExactOptions = validate_options(ExactOptions, options, "scorer")
 
     def score(output: str, wanted: list[str], sample: Sample) -> Score:
         got = norm(output)
@@ -112,7 +113,7 @@ class RegexOptions(Normalise):
 
 @register_scorer("regex")
 def regex(options: Mapping[str, Any]) -> _PureScorer:
-    opts: RegexOptions = validate_options(RegexOptions, options, section="scorer")
+    opts: RegexOptions = validate_options(RegexOptions, options, "scorer")
     pattern = opts.compiled()
 
     def score(output: str, wanted: list[str], sample: Sample) -> Score:
@@ -165,7 +166,7 @@ def numbers_equal(got: float, want: float, opts: NumericOptions) -> bool:
 
 @register_scorer("numeric")
 def numeric(options: Mapping[str, Any]) -> _PureScorer:
-    opts: NumericOptions = validate_options(NumericOptions, options, section="scorer")
+    opts: NumericOptions = validate_options(NumericOptions, options, "scorer")
 
     def score(output: str, wanted: list[str], sample: Sample) -> Score:
         region = (extract_final_answer(output) or output) if opts.extract else output
@@ -216,7 +217,7 @@ def target_letter(target: str, choices: list[str]) -> str | None:
 
 @register_scorer("choice")
 def choice(options: Mapping[str, Any]) -> _PureScorer:
-    validate_options(StrictModel, options, section="scorer")
+    validate_options(StrictModel, options, "scorer")
 
     def score(output: str, wanted: list[str], sample: Sample) -> Score:
         choices = sample.choices or []
@@ -263,7 +264,7 @@ class BoxedOptions(Normalise, NumericOptions):
 
 @register_scorer("boxed")
 def boxed(options: Mapping[str, Any]) -> _PureScorer:
-    opts: BoxedOptions = validate_options(BoxedOptions, options, section="scorer")
+    opts: BoxedOptions = validate_options(BoxedOptions, options, "scorer")
 
     def score(output: str, wanted: list[str], sample: Sample) -> Score:
         answer = extract_final_answer(output)

@@ -10,44 +10,21 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from proctor.errors import ContextOverflowError, SpecError
-from proctor.evals.types import Sample, SampleSkipped, SolveContext, SolveResult, register_solver
+from proctor.evals.content import check_images, user_content
+from proctor.evals.options import validate_options
+from proctor.evals.types import Sample, SolveContext, SolveResult, register_solver
 from proctor.models.config import StrictModel
 
 LETTERS = string.ascii_uppercase
-
-
-def validate_options(model: type[BaseModel], options: Mapping[str, Any], *, section: str) -> Any:
-    """Validate a component's options, naming the offending key as ``section.key`` on error."""
-    try:
-        return model.model_validate(dict(options))
-    except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            key = ".".join([section, *(str(p) for p in err["loc"])])
-            msg = "unknown option" if err["type"] == "extra_forbidden" else err["msg"]
-            lines.append(f"  - {key}: {msg}")
-        raise SpecError("invalid options:\n" + "\n".join(lines)) from None
-
-
-def user_content(sample: Sample, text: str, *, images_ok: bool) -> str | list[dict[str, Any]]:
-    """The user message content: plain text, or text plus image parts for a multimodal model."""
-    if not sample.images:
-        return text
-    if not images_ok:
-        raise SampleSkipped("image input, but the subject model does not accept images (supports_images: false)")
-    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
-    parts.extend({"type": "image_url", "image_url": {"url": url}} for url in sample.images)
-    return parts
 
 
 def build_messages(sample: Sample, text: str, system_prompt: str | None, *, images_ok: bool) -> list[dict[str, Any]]:
     if isinstance(sample.input, list):  # the dataset already holds chat messages
         messages = list(sample.input)
     else:
-        messages = [{"role": "user", "content": user_content(sample, text, images_ok=images_ok)}]
+        check_images(sample, images_ok)
+        messages = [{"role": "user", "content": user_content(text, sample.images)}]
     if system_prompt and not (messages and messages[0].get("role") == "system"):
         messages.insert(0, {"role": "system", "content": system_prompt})
     return messages
@@ -112,9 +89,9 @@ class MultipleChoiceSolver(GenerateSolver):
 
 @register_solver("generate")
 def generate(options: Mapping[str, Any]) -> GenerateSolver:
-    return GenerateSolver(validate_options(GenerateOptions, options, section="solver"))
+    return GenerateSolver(validate_options(GenerateOptions, options, "solver"))
 
 
 @register_solver("multiple_choice")
 def multiple_choice(options: Mapping[str, Any]) -> MultipleChoiceSolver:
-    return MultipleChoiceSolver(validate_options(MultipleChoiceOptions, options, section="solver"))
+    return MultipleChoiceSolver(validate_options(MultipleChoiceOptions, options, "solver"))

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from proctor.errors import SpecError
+from proctor.evals.options import location, plain_message
 from proctor.models.config import GenerateParams, ModelConfig, StrictModel
 
 FieldName = str | list[str]
@@ -122,22 +123,8 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     """One line per problem, each naming the dotted key, what was wrong and what was given."""
     lines = [f"{source} is not a valid task spec:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p)) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling; see `proctor run --help` and docs/spec.md)"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        given = err.get("input")
-        if err["type"] not in ("missing", "extra_forbidden") and not isinstance(given, dict | list):
-            msg = f"{msg} (got {given!r})"
-        lines.append(f"  - {loc}: {msg}")
+        lines.append(f"  - {location(err['loc']) or '(top level)'}: {plain_message(err)}")
     return "\n".join(dict.fromkeys(lines))
-
-
-def _is_union_tag(part: Any) -> bool:
-    # pydantic puts the union member's type name in the location ("str", "list[str]"): noise here.
-    return isinstance(part, str) and (part in {"str", "int", "float"} or "[" in part or part.startswith("function-"))
 
 
 def parse_spec(data: Any, *, source: str) -> TaskSpec:

@@ -48,7 +48,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from proctor.errors import ContextOverflowError, ModelError
-from proctor.evals.agent._spec import validate
+from proctor.evals.content import IMAGES_UNSUPPORTED, check_images, user_content
+from proctor.evals.options import validate_options
 from proctor.evals.agent.tools import Tool, ToolCall, ToolCallContext, ToolOutcome, build_tools, invoke_tool
 from proctor.evals.agent.tools._http import close_sessions
 from proctor.evals.types import Sample, SampleSkipped, SolveContext, SolveResult, register_solver
@@ -65,7 +66,6 @@ __all__ = [
     "user_content",
 ]
 
-IMAGES_UNSUPPORTED = "image input, but the subject model does not accept images (supports_images: false)"
 """The skip reason; the same text as the ``generate`` solver's, so the engine counts them together."""
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -122,22 +122,6 @@ def role_supports_images(models: Any, role_name: str, role: Any = None) -> bool:
             if isinstance(configs, Mapping):
                 config = configs.get(role_name)
     return bool(getattr(config, "supports_images", False))
-
-
-def check_images(sample: Sample, supports_images: bool) -> None:
-    """Raise ``SampleSkipped`` when the sample has images the model cannot take.
-
-    Shared with the ``generate`` solver so that both skip the same samples for the same reason.
-    """
-    if sample.images and not supports_images:
-        raise SampleSkipped(IMAGES_UNSUPPORTED)
-
-
-def user_content(text: str, images: list[str]) -> str | list[dict[str, Any]]:
-    """Plain text, or OpenAI content parts (text then one ``image_url`` part per image)."""
-    if not images:
-        return text
-    return [{"type": "text", "text": text}, *({"type": "image_url", "image_url": {"url": u}} for u in images)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -509,7 +493,10 @@ class AgentSolver:
 @register_solver("agent")
 def agent_solver(options: Mapping[str, Any]) -> AgentSolver:
     """Build the solver from its spec section; every problem is a ``SpecError`` naming the key."""
-    opts = validate(AgentOptions, options, "solver")
+    opts = validate_options(AgentOptions, options, "solver")
     base = Path(opts.base_dir) if opts.base_dir else None
     tools = build_tools(opts.tools, where="solver.tools", base_dir=base)
     return AgentSolver(opts, tools)
+
+
+agent_solver.resolves_paths = True  # type: ignore[attr-defined]

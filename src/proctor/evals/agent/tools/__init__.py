@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from proctor.errors import SpecError
-from proctor.evals.agent._spec import format_errors
+from proctor.evals.options import format_errors
 from proctor.evals.agent.tools.answer import AnswerOptions, AnswerTool
 from proctor.evals.agent.tools.base import Tool, ToolCall, ToolCallContext, ToolOutcome, invoke_tool
 from proctor.evals.agent.tools.expert import ExpertOptions, ExpertTool

@@ -24,8 +24,6 @@ _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSe
 def get_session(models: Any = None) -> aiohttp.ClientSession:
     """The router's session when it has one, else this loop's shared tool session."""
     shared = getattr(models, "session", None)
-    if not isinstance(shared, aiohttp.ClientSession):
-        shared = getattr(models, "_session", None)  # ModelRouter today; ask for a public name
     if isinstance(shared, aiohttp.ClientSession) and not shared.closed:
         return shared
     loop = asyncio.get_running_loop()

@@ -1,7 +1,8 @@
-"""Turning pydantic validation errors of a solver/scorer section into one ``SpecError``.
+"""Turning pydantic validation errors into messages for the person editing the YAML.
 
-The factories receive only their own section of the spec, so they prefix every location with
-the section's name (``solver.max_turns: expected an integer``) for the person editing the YAML.
+Used for the whole spec and for each solver/scorer/tool section. Component factories receive
+only their own section, so they prefix every location with the section's name
+(``solver.max_turns: expected an integer``).
 """
 
 from __future__ import annotations
@@ -28,19 +29,30 @@ _PLAIN = {
     "dict_type": "expected a mapping",
     "model_type": "expected a mapping",
     "missing": "required key is missing",
-    "extra_forbidden": "unknown key (check its spelling; see docs/agents.md)",
+    "extra_forbidden": "unknown key (check its spelling; see docs/spec.md)",
 }
+
+
+def plain_message(err: Any) -> str:
+    """One pydantic error as a short sentence, with the offending value where it helps."""
+    msg = _PLAIN.get(err["type"], err["msg"])
+    given = err.get("input")
+    if err["type"] not in ("missing", "extra_forbidden") and isinstance(given, (str, int, float, bool)):
+        msg = f"{msg} (got {given!r})"
+    return msg
+
+
+def location(parts: Any) -> str:
+    """``models.subject.retry`` / ``tools[2].timeout`` from a pydantic location tuple."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts if not _noise(p)).lstrip(".")
 
 
 def format_errors(where: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"] if not _noise(p))
-        msg = _PLAIN.get(err["type"], err["msg"])
-        given = err.get("input")
-        if err["type"] not in ("missing", "extra_forbidden") and isinstance(given, (str, int, float, bool)):
-            msg = f"{msg} (got {given!r})"
-        lines.append(f"{where}{loc}: {msg}")
+        loc = location(err["loc"])
+        key = f"{where}.{loc}" if loc and not loc.startswith("[") else f"{where}{loc}"
+        lines.append(f"{key}: {plain_message(err)}")
     return "; ".join(dict.fromkeys(lines))
 
 
@@ -48,7 +60,7 @@ def _noise(part: Any) -> bool:
     return isinstance(part, str) and (part in {"str", "int", "float"} or "[" in part or part.startswith("function-"))
 
 
-def validate(model: type[M], data: Mapping[str, Any], where: str) -> M:
+def validate_options(model: type[M], data: Mapping[str, Any], where: str) -> M:
     """``model.model_validate(data)``, errors raised as a ``SpecError`` naming ``where.key``."""
     if not isinstance(data, Mapping):
         raise SpecError(f"{where}: expected a mapping of options")

@@ -1,0 +1,618 @@
+"""Replica pools: where a role's calls go, and how a pool keeps itself healthy.
+
+A pool holds the replicas of one model (data-parallel servers). For each call it picks, among
+the replicas that are healthy and below their concurrency limit, the one with the fewest
+outstanding requests weighted by its observed latency, breaking ties round-robin. Uniform random
+choice, what many tools do, lets one slow replica collect a growing share of the in-flight work;
+weighting outstanding requests by latency sends work where it finishes first.
+
+Each replica carries:
+
+- a **concurrency limit** (``max_connections``): a call waits for a free slot rather than opening
+  yet another socket, which is what keeps open file descriptors bounded at high concurrency;
+- an **adaptive limit** (AIMD): 429s shrink it multiplicatively, successes grow it back one at a
+  time, so a rate-limited endpoint settles just under its limit instead of answering 429 to a
+  fixed share of requests;
+- a **circuit breaker**: after ``failure_threshold`` consecutive failed calls (connection, 5xx,
+  timeout) the replica is taken out and, after ``cooldown``, probed back in.
+
+The hot path (``try_acquire`` / ``release`` / ``on_success``) is plain attribute arithmetic on
+slotted objects: no tasks, no locks (one event loop), no allocation besides what the caller needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from yarl import URL
+
+from proctor.errors import InfraError, SpecError
+from proctor.models.config import HealthConfig, ModelConfig, ReplicaAddress
+
+__all__ = ["Replica", "ReplicaPool", "Strategy", "load_pool_file", "replica_urls"]
+
+log = logging.getLogger("proctor.models")
+
+Strategy = Literal["least_time", "least_outstanding", "random"]
+"""How a pool picks a replica.
+
+``least_time`` (the default) picks the fewest outstanding requests, each weighted by the
+replica's observed latency: ``(in_flight + 1) x latency``, i.e. the replica expected to finish a
+new call first. Among equally fast replicas it *is* least-outstanding (ties round-robin); with
+one slower replica it also stops parking a quarter of the in-flight work there.
+``least_outstanding`` counts requests only; ``random`` is uniform choice. Both exist so that
+``bench/routing.py`` can show what the default buys; they are not spec options.
+"""
+
+_DECREASE_FACTOR = 0.7
+"""Multiplicative decrease of a replica's concurrency limit on a 429."""
+_MIN_DECREASE_WINDOW = 0.05
+_MAX_DECREASE_WINDOW = 1.0
+_DEFAULT_DECREASE_WINDOW = 0.5
+"""At most one decrease per window (about one round trip), so one burst of 429s from requests
+that were all sent at the old limit counts as one signal, not as dozens."""
+_EWMA = 0.1
+_MIN_QUIET = 1.0
+_MAX_QUIET = 60.0
+_QUIET_RTTS = 10.0
+_CAUTIOUS_PERIODS = 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# Where the replicas are
+# --------------------------------------------------------------------------------------------
+
+
+def _normalise_url(url: str, where: str) -> str:
+    url = url.strip().rstrip("/")
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise SpecError(f"{where}: {url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8000/v1")
+    return url
+
+
+def load_pool_file(path: Path, model: str, *, where: str = "pool_file") -> list[str]:
+    """Read a model-config JSON (``{"model-name": [{"ip_addr": h, "port": p}, ...]}``) for ``model``.
+
+    Entries may also be plain base URLs or ``{"host", "port"}`` objects, since such files are
+    written by hand as often as by cluster tooling. Every problem is a :class:`SpecError` that
+    names the file, because that is where the user has to look.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{where}: file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise SpecError(f"{where}: cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            f"{where}: {str(path)!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from None
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"{where}: {str(path)!r} must be a JSON object mapping model names to replica lists",
+            hint='e.g. {"my-model": [{"ip_addr": "node1", "port": 1800}]}',
+        )
+    if model not in data:
+        names = ", ".join(repr(k) for k in sorted(data)) or "none"
+        raise SpecError(f"{where}: {str(path)!r} has no entry for model {model!r}; it has: {names}")
+    entries = data[model]
+    if not isinstance(entries, list) or not entries:
+        raise SpecError(f"{where}: entry {model!r} in {str(path)!r} must be a non-empty list of replicas")
+    urls = []
+    for i, entry in enumerate(entries):
+        here = f"{where}: {str(path)!r} {model}[{i}]"
+        if isinstance(entry, str):
+            urls.append(_normalise_url(entry, here))
+            continue
+        if not isinstance(entry, dict):
+            raise SpecError(f"{here} must be an object with 'ip_addr' and 'port' (or a URL string)")
+        host = entry.get("ip_addr", entry.get("host"))
+        port = entry.get("port")
+        if not isinstance(host, str) or not host:
+            raise SpecError(f"{here} needs 'ip_addr' (a host name or address)")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise SpecError(f"{here} needs 'port' (an integer 1-65535), got {port!r}")
+        scheme = entry.get("scheme", "http")
+        prefix = entry.get("path", "/v1")
+        urls.append(_normalise_url(f"{scheme}://{host}:{port}{prefix}", here))
+    return urls
+
+
+def replica_urls(config: ModelConfig, *, base_dir: Path | None = None, role: str = "?") -> list[str]:
+    """The base URLs a role may call, exactly as its config says and from nowhere else."""
+    where = f"models.{role}"
+    if config.base_url is not None:
+        urls = [_normalise_url(config.base_url, f"{where}.base_url")]
+    elif config.replicas:
+        urls = []
+        for i, rep in enumerate(config.replicas):
+            if isinstance(rep, ReplicaAddress):
+                urls.append(_normalise_url(rep.base_url, f"{where}.replicas[{i}]"))
+            else:
+                urls.append(_normalise_url(rep, f"{where}.replicas[{i}]"))
+    elif config.pool_file is not None:
+        path = Path(config.pool_file).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        urls = load_pool_file(path, config.model, where=f"{where}.pool_file")
+    elif config.launch is not None:
+        urls = [f"http://{config.launch.host}:{config.launch.port}/v1"]
+    else:  # pragma: no cover - ModelConfig's validator forbids this
+        raise SpecError(f"{where}: no replicas configured")
+    seen: set[str] = set()
+    for url in urls:
+        if url in seen:
+            raise SpecError(f"{where}: replica {url} is listed twice")
+        seen.add(url)
+    return urls
+
+
+# --------------------------------------------------------------------------------------------
+# One replica
+# --------------------------------------------------------------------------------------------
+
+
+class Replica:
+    """One endpoint of a pool and everything the router knows about it."""
+
+    __slots__ = (
+        "base_url",
+        "chat_url",
+        "health_url",
+        "in_flight",
+        "cap",
+        "max_cap",
+        "healthy",
+        "checked",
+        "consecutive_failures",
+        "last_failed_call",
+        "last_error",
+        "latency",
+        "successes_since_change",
+        "last_decrease",
+        "last_rate_limited",
+        "last_increase",
+        "requests",
+        "rate_limited",
+        "recovering",
+    )
+
+    def __init__(self, base_url: str, *, max_connections: int, health_path: str) -> None:
+        self.base_url = base_url
+        self.chat_url = URL(base_url + "/chat/completions")
+        self.health_url = URL(base_url + "/" + health_path.lstrip("/"))
+        self.in_flight = 0
+        self.cap = max_connections
+        """Current concurrency limit (adaptive); ``in_flight`` never exceeds it."""
+        self.max_cap = max_connections
+        self.healthy = True
+        """False while the circuit breaker is open."""
+        self.checked = False
+        """Whether health is known (probed or used), for ``describe()`` before any call."""
+        self.consecutive_failures = 0
+        self.last_failed_call: object = None
+        self.last_error: str | None = None
+        self.latency = 0.0
+        """EWMA of successful call durations; sizes the AIMD decrease window."""
+        self.successes_since_change = 0
+        self.last_decrease = -1e9
+        self.last_rate_limited = -1e9
+        self.last_increase = -1e9
+        self.requests = 0
+        self.rate_limited = 0
+        self.recovering = False
+
+    def __repr__(self) -> str:
+        state = "healthy" if self.healthy else "open"
+        return f"<Replica {self.base_url} {state} {self.in_flight}/{self.cap}>"
+
+
+# --------------------------------------------------------------------------------------------
+# The pool
+# --------------------------------------------------------------------------------------------
+
+
+class ReplicaPool:
+    """The replicas of one role: selection, slots, breakers, adaptive limits and health probes."""
+
+    def __init__(
+        self,
+        role: str,
+        urls: Iterable[str],
+        *,
+        max_connections: int,
+        health: HealthConfig,
+        adaptive: bool = True,
+        strategy: Strategy = "least_time",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.role = role
+        self.replicas = [Replica(u, max_connections=max_connections, health_path=health.path) for u in urls]
+        if not self.replicas:
+            raise SpecError(f"models.{role}: the pool has no replicas")
+        self.health = health
+        self.adaptive = adaptive
+        self.strategy: Strategy = strategy
+        self._rng = rng or random.Random()
+        self._rr = 0
+        self._latency = 0.0
+        """EWMA of call durations over the whole pool: the stand-in for unmeasured replicas."""
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: Mapping[str, str] = {}
+        self._closed = False
+
+    # -- selection ------------------------------------------------------------------------
+
+    def _select(self, avoid: Replica | None) -> Replica | None:
+        """Best healthy replica with a free slot (see :data:`Strategy`); ``avoid`` only as last resort."""
+        reps = self.replicas
+        n = len(reps)
+        if n == 1:
+            r = reps[0]
+            return r if r.healthy and r.in_flight < r.cap else None
+        if self.strategy == "random":
+            free = [r for r in reps if r.healthy and r.in_flight < r.cap and r is not avoid]
+            if free:
+                return self._rng.choice(free)
+            return avoid if avoid is not None and avoid.healthy and avoid.in_flight < avoid.cap else None
+        weighted = self.strategy == "least_time"
+        default = self._latency or 1.0  # replicas not yet measured count as average ones
+        start = self._rr
+        self._rr = start + 1 if start + 1 < n else 0
+        best: Replica | None = None
+        best_score = float("inf")
+        fallback: Replica | None = None
+        for i in range(n):
+            j = start + i
+            r = reps[j if j < n else j - n]
+            load = r.in_flight
+            if load >= r.cap or not r.healthy:
+                continue
+            if r is avoid:
+                fallback = r
+                continue
+            score = (load + 1) * (r.latency or default) if weighted else load
+            if score < best_score:  # strict: the first in round-robin order wins a tie
+                best = r
+                best_score = score
+        return best if best is not None else fallback
+
+    def try_acquire(self, avoid: Replica | None = None) -> Replica | None:
+        """Take a slot on the best replica now, or None if every healthy replica is full."""
+        if self._waiters:
+            return None  # first come, first served: don't overtake callers already waiting
+        r = self._select(avoid)
+        if r is not None:
+            r.in_flight += 1
+            r.requests += 1
+        return r
+
+    async def acquire(self, avoid: Replica | None, deadline: float) -> Replica:
+        """Wait (until ``deadline``, a ``time.monotonic()`` value) for a slot on a healthy replica.
+
+        Waiters are woken in FIFO order when a slot frees up or a breaker closes. A waiter that
+        is woken but gives up (deadline, cancellation) passes the wake-up on, so no slot is lost.
+        """
+        r = self.try_acquire(avoid)
+        if r is not None:
+            return r
+        loop = asyncio.get_running_loop()
+        first = True
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._wait_error()
+            fut: asyncio.Future[None] = loop.create_future()
+            if first:
+                self._waiters.append(fut)
+                first = False
+            else:
+                self._waiters.appendleft(fut)  # keep our place after a spurious wake-up
+            handle = loop.call_later(remaining, _expire, fut)
+            try:
+                await fut
+            except asyncio.TimeoutError:
+                self._discard(fut)
+                raise self._wait_error() from None
+            except BaseException:
+                handle.cancel()
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    self._wake_one()  # we were woken but leave: hand the wake-up on
+                else:
+                    self._discard(fut)
+                raise
+            handle.cancel()
+            r = self._select(avoid)
+            if r is not None:
+                r.in_flight += 1
+                r.requests += 1
+                if self._waiters and self._has_free_slot():
+                    self._wake_one()
+                return r
+
+    def _wait_error(self) -> InfraError:
+        if not any(r.healthy for r in self.replicas):
+            tried = "; ".join(f"{r.base_url} ({r.last_error or 'circuit open'})" for r in self.replicas)
+            return InfraError(
+                f"role '{self.role}': no healthy replica came back before the call's deadline; tried {tried}",
+                error_class="connection",
+                attempts=0,
+            )
+        return InfraError(
+            f"role '{self.role}': waited until the call's deadline for a free connection slot",
+            error_class="timeout",
+            attempts=0,
+            hint="raise max_connections or lower the run's concurrency",
+        )
+
+    def _discard(self, fut: asyncio.Future[None]) -> None:
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+    def _has_free_slot(self) -> bool:
+        return any(r.healthy and r.in_flight < r.cap for r in self.replicas)
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def release(self, r: Replica) -> None:
+        """Give a slot back and let the next waiter in."""
+        r.in_flight -= 1
+        if self._waiters and r.in_flight < r.cap and r.healthy:
+            self._wake_one()
+
+    def has_alternative(self, r: Replica) -> bool:
+        """Whether a retry could go to another healthy replica than ``r``."""
+        for other in self.replicas:
+            if other is not r and other.healthy:
+                return True
+        return False
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def on_success(self, r: Replica, duration: float) -> None:
+        """Record a successful call: resets the breaker count, feeds latency and AIMD increase."""
+        r.consecutive_failures = 0
+        r.checked = True
+        r.latency = duration if r.latency == 0.0 else r.latency + _EWMA * (duration - r.latency)
+        self._latency = duration if self._latency == 0.0 else self._latency + _EWMA * (duration - self._latency)
+        if self.adaptive and r.cap < r.max_cap:
+            r.successes_since_change += 1
+            if r.successes_since_change >= r.cap and self._may_grow(r):
+                old = r.cap
+                r.cap = old + 1
+                r.successes_since_change = 0
+                log.info("replica %s concurrency %d -> %d after %d successes", r.base_url, old, r.cap, old)
+                if self._waiters:
+                    self._wake_one()
+
+    @staticmethod
+    def _may_grow(r: Replica) -> bool:
+        """Additive increase: +1 per limit's worth of successes, once the 429s have stopped.
+
+        Right after 429s the limit grows by one per quiet period only, because a token-bucket
+        limiter lets a client overshoot for a while on its saved-up burst and only then answers
+        429 to everything; growing one step per round trip would keep walking into that wall.
+        After a long spell without 429s it grows one step per round trip again, so a transient
+        limit does not cost throughput for long.
+        """
+        now = time.monotonic()
+        quiet = _quiet(r)
+        since = now - r.last_rate_limited
+        if since < quiet:
+            return False
+        if since < min(_MAX_QUIET, _CAUTIOUS_PERIODS * quiet) and now - r.last_increase < quiet:
+            return False
+        r.last_increase = now
+        return True
+
+    def on_rate_limited(self, r: Replica) -> None:
+        """A 429: shrink the replica's limit, at most once per round trip."""
+        r.rate_limited += 1
+        r.checked = True
+        if not self.adaptive or r.cap <= 1:
+            return
+        now = time.monotonic()
+        window = r.latency if r.latency > 0 else _DEFAULT_DECREASE_WINDOW
+        window = min(_MAX_DECREASE_WINDOW, max(_MIN_DECREASE_WINDOW, window))
+        r.successes_since_change = 0
+        r.last_rate_limited = now
+        if now - r.last_decrease < window:
+            return
+        r.last_decrease = now
+        old = r.cap
+        r.cap = max(1, int(old * _DECREASE_FACTOR))
+        log.info("replica %s concurrency %d -> %d after 429", r.base_url, old, r.cap)
+
+    def on_failure(self, r: Replica, message: str, call: object) -> None:
+        """A connection error, timeout or 5xx; opens the breaker after enough distinct failures.
+
+        Failures are counted per *call*: one request that the server always rejects with 500 (a
+        poison prompt) retried six times is one failure, not six, so it cannot take a healthy
+        replica out from under every other sample.
+        """
+        r.last_error = message
+        r.checked = True
+        if r.last_failed_call is call:
+            return
+        r.last_failed_call = call
+        r.consecutive_failures += 1
+        if r.healthy and r.consecutive_failures >= self.health.failure_threshold:
+            self._open(r, f"{r.consecutive_failures} consecutive failed calls, last: {message}")
+
+    # -- breaker and health -----------------------------------------------------------------
+
+    def _open(self, r: Replica, why: str) -> None:
+        r.healthy = False
+        log.warning("replica %s of role '%s' taken out (circuit open): %s", r.base_url, self.role, why)
+        self._start_recovery(r)
+
+    def _close(self, r: Replica) -> None:
+        was_open = not r.healthy
+        r.healthy = True
+        r.checked = True
+        r.consecutive_failures = 0
+        r.last_failed_call = None
+        if was_open:
+            log.warning("replica %s of role '%s' back in (circuit closed)", r.base_url, self.role)
+            self._wake_all()
+
+    def _start_recovery(self, r: Replica) -> None:
+        if r.recovering or self._session is None or self._closed:
+            return
+        r.recovering = True
+        self._spawn(self._recover(r))
+
+    async def _recover(self, r: Replica) -> None:
+        """Half-open: after each cooldown, probe; the first success closes the breaker."""
+        try:
+            while not r.healthy and not self._closed:
+                await asyncio.sleep(self.health.cooldown)
+                if r.healthy:
+                    break
+                ok, error = await self.probe(r)
+                if ok:
+                    self._close(r)
+                else:
+                    r.last_error = error
+        finally:
+            r.recovering = False
+
+    async def probe(self, r: Replica) -> tuple[bool, str | None]:
+        """GET the health path. Any answer below 500 means the server is up.
+
+        A 404 (a server without ``/models``) or 401 still proves the process answers; only
+        connection failures, timeouts and 5xx mean it cannot serve. Keys are checked by calls.
+        """
+        session = self._session
+        if session is None:
+            return False, "no HTTP session"
+        try:
+            async with session.get(
+                r.health_url, headers=self._headers, timeout=aiohttp.ClientTimeout(total=self.health.timeout)
+            ) as resp:
+                await resp.read()
+                if resp.status >= 500:
+                    return False, f"health probe {r.health_url} answered HTTP {resp.status}"
+                if resp.status in (401, 403):
+                    r.last_error = f"health probe {r.health_url} answered HTTP {resp.status} (key refused?)"
+                return True, None
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            return False, f"health probe {r.health_url} timed out after {self.health.timeout}s"
+        except aiohttp.ClientError as exc:
+            return False, f"health probe {r.health_url} failed: {exc or type(exc).__name__}"
+        except OSError as exc:
+            return False, f"health probe {r.health_url} failed: {exc}"
+
+    async def check(self, replicas: Iterable[Replica] | None = None) -> None:
+        """Probe replicas concurrently, opening or closing breakers from the answers."""
+        targets = list(self.replicas if replicas is None else replicas)
+        results = await asyncio.gather(*(self.probe(r) for r in targets))
+        for r, (ok, error) in zip(targets, results):
+            r.checked = True
+            if ok:
+                if not r.healthy:
+                    self._close(r)
+                elif r.last_error and r.last_error.startswith("health probe") and "HTTP 40" not in r.last_error:
+                    r.last_error = None
+            else:
+                r.last_error = error
+                if r.healthy:
+                    self._open(r, error or "health probe failed")
+
+    def bind(self, session: aiohttp.ClientSession, headers: Mapping[str, str]) -> None:
+        """Give the pool the router's session and the headers probes must send."""
+        self._session = session
+        self._headers = headers
+
+    def start_background(self) -> None:
+        """Start the periodic health loop (and recovery probes for replicas that start out open)."""
+        self._spawn(self._health_loop())
+        for r in self.replicas:
+            if not r.healthy:
+                self._start_recovery(r)
+
+    async def _health_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.health.interval)
+            healthy = [r for r in self.replicas if r.healthy]
+            if healthy:
+                await self.check(healthy)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Stop background probes and fail every waiter; the pool is unusable afterwards."""
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(
+                    InfraError(f"role '{self.role}': the model router was closed", error_class="connection")
+                )
+        self._waiters.clear()
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One plain dict per replica, for ``--dry-run`` and the server's status page."""
+        return [
+            {
+                "url": r.base_url,
+                "healthy": r.healthy if r.checked else None,
+                "in_flight": r.in_flight,
+                "concurrency_limit": r.cap,
+                "last_error": r.last_error,
+            }
+            for r in self.replicas
+        ]
+
+
+def _quiet(r: Replica) -> float:
+    """How long after a 429 a replica's limit stays put before it may grow again.
+
+    Growing right after a cut would walk straight back into the limit and make the 429 share a
+    fixed fraction of the traffic; waiting for a quiet spell ("recover when the 429s stop") makes
+    each probe for more capacity rare, so 429s become a small share of requests.
+    """
+    return min(_MAX_QUIET, max(_MIN_QUIET, _QUIET_RTTS * r.latency))
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
