@@ -1,0 +1,697 @@
+"""Server side of the tunnel: authenticated agent connections, request dispatch and replay.
+
+A private-mode job's model calls arrive at the facade (``facade.py``) and become ``Call`` objects
+that the hub hands to one of the job's connected agents. The hub owns everything that must
+survive an agent going away: the unanswered calls are kept and replayed to the next agent that
+attaches, so a flaky laptop connection costs time, never samples.
+
+Security model, in one place:
+
+* An agent proves two things before any traffic: who it is (the user token, checked by the
+  server's authenticator) and that it is the submitter of *this* job (the per-job tunnel secret,
+  returned only in the submission response). The user must be the job's owner. Unknown job,
+  wrong secret and another user's token are refused alike, so the job id alone is worth nothing.
+* The hub stores only SHA-256 digests of the tunnel secret and of the job's internal token and
+  compares digests with ``hmac.compare_digest``.
+* Nothing secret is logged: not the tokens, not the secret, and the agent never tells the hub
+  its model URL or key (it adds the key itself on the submitter's machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import inspect
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.types import ASGIApp
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from proctor.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ProctorError
+from proctor.tunnel import protocol
+from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
+
+__all__ = ["Call", "TunnelHub", "TunnelStateCallback"]
+
+log = logging.getLogger("proctor.tunnel")
+
+TunnelStateCallback = Callable[[str, bool], "Awaitable[None] | None"]
+"""``on_tunnel_state(job_id, connected)``: False once a job has had no agent for ``grace``
+seconds while it needed one; True when an agent attaches again after that."""
+
+Authenticator = Callable[..., Any]
+"""``fn(token)`` or ``fn(token, client_host)`` -> user or None; may be async."""
+
+_rid_counter = itertools.count(1)
+
+
+def digest(secret: str) -> bytes:
+    """What the hub keeps instead of a secret."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def identity(user: Any) -> Any:
+    """The value of a user object that is compared with a job's ``owner``.
+
+    The server's ``Principal`` has ``.name``; strings and other shapes are accepted so the hub
+    does not depend on the server's classes.
+    """
+    if isinstance(user, str):
+        return user
+    for attr in ("name", "id", "username", "user_id"):
+        value = getattr(user, attr, None)
+        if value is not None:
+            return value
+    if isinstance(user, dict):
+        for key in ("name", "id", "username"):
+            if key in user:
+                return user[key]
+    return user
+
+
+class Inbox:
+    """A minimal single-consumer event queue: what ``asyncio.Queue`` does for this one use,
+    without its bookkeeping (this is on the path of every call)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Any, ...]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[Any, ...]) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> tuple[Any, ...]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+class Slots:
+    """FIFO cap on a job's calls in flight (backpressure: callers wait, nobody fails).
+
+    Not ``asyncio.Semaphore``: on Python 3.11 each release scans the woken-but-not-yet-run
+    waiters, which turns thousands of waiting calls into quadratic work. Here a release hands
+    the slot straight to the next live waiter, skipping cancelled ones, in O(1) amortized.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free right now (the common case: no waiting, no timer)."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # the slot was handed over just as the caller gave up: pass it on
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
+@dataclass(eq=False)
+class Call:
+    """One model call of a job waiting for (or getting) its answer over the tunnel.
+
+    The facade consumes ``events``: ``("head", meta, body, fin)``, ``("data", body, fin)``,
+    ``("reset",)`` (the agent answering it went away; drop what was received, it is replayed)
+    and ``("fail", status, message)``.
+    """
+
+    rid: int
+    frames: list[bytes]
+    deadline: float
+    events: Inbox = field(default_factory=Inbox)
+    agent: _Agent | None = None
+    replayable: bool = True
+    """False once response bytes reached the caller (a started stream cannot be replayed)."""
+    done: bool = False
+    dispatched: bool = False
+
+
+class _Agent:
+    """One authenticated WebSocket connection of a job's agent."""
+
+    def __init__(self, ws: WebSocket, job: _Job) -> None:
+        self.ws = ws
+        self.job = job
+        self.writer = FrameWriter(ws.send_bytes)
+        self.calls: dict[int, Call] = {}
+        self.last_seen = time.monotonic()
+        self.served = 0
+        self.gone = False
+        self.received_messages = 0
+        self.received_envelopes = 0
+
+
+@dataclass(eq=False)
+class _Job:
+    job_id: str
+    owner: Any
+    roles: list[str]
+    secret_digest: bytes
+    token_digest: bytes
+    max_inflight: int
+    agents: list[_Agent] = field(default_factory=list)
+    calls: dict[int, Call] = field(default_factory=dict)
+    waiting: deque[Call] = field(default_factory=deque)
+    slots: Slots | None = None
+    grace_timer: asyncio.TimerHandle | None = None
+    reported_down: bool = False
+    rr: int = 0
+    closed: bool = False
+
+    def semaphore(self) -> Slots:
+        if self.slots is None:
+            self.slots = Slots(self.max_inflight)
+        return self.slots
+
+
+class TunnelHub:
+    """Routes a private-mode job's model calls over its submitter's WebSocket(s).
+
+    Args:
+        authenticator: ``fn(token)`` returning the user or None; sync or async. See
+            ``set_authenticator`` (also for IP-identified open servers).
+        on_tunnel_state: called with ``(job_id, connected)`` when a job loses its agents for
+            longer than ``grace`` while it needs them (False) and when one attaches again (True).
+        grace: seconds without any agent before the job is reported as waiting for its tunnel.
+        request_deadline: default seconds a call may wait in total (queueing, no agent, the model)
+            before the facade answers 503/504; a caller may ask for less with the
+            ``X-Proctor-Deadline`` header.
+        max_body: cap on a request or response body, in bytes (default 64 MiB).
+        max_inflight: calls forwarded at once per job; further calls wait (backpressure).
+        heartbeat: seconds between pings; an agent silent for three of them is dropped.
+        auth_timeout: seconds an agent that authenticates by first message has to send it.
+    """
+
+    def __init__(
+        self,
+        *,
+        authenticator: Authenticator | None = None,
+        on_tunnel_state: TunnelStateCallback | None = None,
+        grace: float = 30.0,
+        request_deadline: float = 900.0,
+        max_body: int = 64 * 1024 * 1024,
+        max_inflight: int = 256,
+        heartbeat: float = 15.0,
+        auth_timeout: float = 10.0,
+    ) -> None:
+        self.on_tunnel_state = on_tunnel_state
+        self.grace = grace
+        self.request_deadline = request_deadline
+        self.max_body = max_body
+        self.max_inflight = max_inflight
+        self.heartbeat = heartbeat
+        self.auth_timeout = auth_timeout
+        self._authenticator: Authenticator | None = authenticator
+        self._auth_takes_host = False
+        self._jobs: dict[str, _Job] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._background: set[asyncio.Task[Any]] = set()
+        from proctor.tunnel.facade import build_router
+
+        self.router: APIRouter = build_router(self)
+        """Include in the server app: the tunnel WebSocket and the job-facing facade."""
+
+    # ------------------------------------------------------------------ server-facing API
+
+    def set_authenticator(self, authenticator: Authenticator, *, with_client_host: bool = False) -> None:
+        """Identify agents with ``authenticator(token)``, sync or async, returning a user or None.
+
+        With ``with_client_host=True`` it is called as ``authenticator(token, client_host)``,
+        for servers that identify users by IP (open mode), where the token may be None.
+        """
+        self._authenticator = authenticator
+        self._auth_takes_host = with_client_host
+
+    def register_job(
+        self,
+        job_id: str,
+        *,
+        owner: Any,
+        roles: Iterable[str] = ("subject",),
+        max_inflight: int | None = None,
+    ) -> tuple[str, str]:
+        """Open a tunnel slot for a job; returns ``(tunnel_secret, internal_token)``.
+
+        The tunnel secret goes to the submitter (once, in the submission response); the internal
+        token is the API key of the job's private roles (child environment only). Only their
+        digests are kept, so the caller must hand them on now. Registering an id again replaces
+        its secrets (e.g. after a server restart, when the submitter reconnects with a new one).
+        """
+        tunnel_secret = secrets.token_urlsafe(32)
+        internal_token = "pti_" + secrets.token_urlsafe(32)
+        with self._lock:
+            old = self._jobs.get(job_id)
+            job = _Job(
+                job_id=job_id,
+                owner=owner,
+                roles=list(roles),
+                secret_digest=digest(tunnel_secret),
+                token_digest=digest(internal_token),
+                max_inflight=max_inflight or self.max_inflight,
+            )
+            if old is not None:
+                # Keep connected agents and waiting calls of a re-registered job.
+                job.agents, job.calls, job.waiting, job.slots = old.agents, old.calls, old.waiting, old.slots
+                job.reported_down, job.grace_timer = old.reported_down, old.grace_timer
+                for agent in job.agents:
+                    agent.job = job
+            self._jobs[job_id] = job
+        return tunnel_secret, internal_token
+
+    def unregister_job(self, job_id: str) -> None:
+        """The job ended: close its agents (they exit) and fail whatever still waits.
+
+        Safe to call from any thread and for unknown ids.
+        """
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        job.closed = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._close_job(job)
+        else:
+            loop.call_soon_threadsafe(self._close_job, job)
+
+    def wrap_app(self, app: ASGIApp) -> ASGIApp:
+        """``app`` with a fast path for facade calls (optional; see ``facade.FastPath``)."""
+        from proctor.tunnel.facade import FastPath
+
+        return FastPath(app, self)
+
+    def is_connected(self, job_id: str) -> bool:
+        """Whether the job has at least one authenticated agent right now."""
+        job = self._jobs.get(job_id)
+        return bool(job and job.agents)
+
+    def agent_count(self, job_id: str) -> int:
+        job = self._jobs.get(job_id)
+        return len(job.agents) if job else 0
+
+    def stats(self, job_id: str) -> dict[str, Any]:
+        """Connected agents, calls in progress and waiting, and calls served per agent."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id} has no tunnel")
+        return {
+            "agents": len(job.agents),
+            "calls": len(job.calls),
+            "waiting": len(job.waiting),
+            "served": [a.served for a in job.agents],
+            "messages": {
+                "sent": sum(a.writer.messages for a in job.agents),
+                "sent_envelopes": sum(a.writer.envelopes for a in job.agents),
+                "received": sum(a.received_messages for a in job.agents),
+                "received_envelopes": sum(a.received_envelopes for a in job.agents),
+            },
+            "waiting_for_tunnel": job.reported_down,
+        }
+
+    # ------------------------------------------------------------------ facade-facing API
+
+    def check_internal_token(self, job_id: str, token: str | None) -> _Job | None:
+        """The job if ``token`` is its internal token, else None (same answer for unknown jobs)."""
+        job = self._jobs.get(job_id)
+        given = digest(token or "")
+        expected = job.token_digest if job is not None else b"\0" * 32
+        if not hmac.compare_digest(given, expected) or job is None or token is None:
+            return None
+        return job
+
+    def new_call(self, rid: int, frames: list[bytes], deadline: float) -> Call:
+        return Call(rid=rid, frames=frames, deadline=deadline)
+
+    @staticmethod
+    def next_rid() -> int:
+        """A request id unique among the calls in flight (u32 on the wire, 0 is reserved)."""
+        return next(_rid_counter) % 0xFFFFFFFF + 1
+
+    def submit(self, job: _Job, call: Call) -> None:
+        """Hand a call to the job's least-busy agent, or queue it until one attaches."""
+        self._loop = self._loop or asyncio.get_running_loop()
+        job.calls[call.rid] = call
+        self._dispatch(job, call)
+
+    def finish(self, job: _Job, call: Call) -> None:
+        """The caller is done with ``call`` (answered, timed out or gone): forget it everywhere."""
+        if call.done:
+            return
+        call.done = True
+        job.calls.pop(call.rid, None)
+        agent = call.agent
+        if agent is not None:
+            if agent.calls.pop(call.rid, None) is not None and not agent.gone:
+                agent.writer.put(protocol.encode(Kind.CANCEL, call.rid))
+            call.agent = None
+        elif job.waiting and not job.agents:
+            with contextlib.suppress(ValueError):  # gave up while waiting for an agent
+                job.waiting.remove(call)
+
+    def waiting_reason(self, job: _Job) -> str:
+        if job.closed:
+            return "the job has finished"
+        if not job.agents:
+            return (
+                f"no tunnel client has been connected for job {job.job_id} (waiting_for_tunnel): "
+                "run `proctor tunnel` (or keep `proctor submit --private` running) on the machine "
+                "that holds the model"
+            )
+        return "the private model did not answer before the deadline"
+
+    # ------------------------------------------------------------------ dispatch internals
+
+    def _dispatch(self, job: _Job, call: Call) -> None:
+        agent = self._pick(job)
+        if agent is None:
+            if not job.waiting and job.reported_down:
+                # Still no agent, and calls wait again (e.g. the job has just started): say so
+                # again, since the job may have been queued when the tunnel was first reported down.
+                self._report(job.job_id, False)
+            job.waiting.append(call)
+            self._arm_grace(job)
+            return
+        call.agent = agent
+        call.dispatched = True
+        agent.calls[call.rid] = call
+        put = agent.writer.put
+        for frame in call.frames:
+            put(frame)
+
+    @staticmethod
+    def _pick(job: _Job) -> _Agent | None:
+        agents = job.agents
+        if not agents:
+            return None
+        if len(agents) == 1:
+            return agents[0]
+        # Least pending; ties broken round-robin so equal agents alternate.
+        job.rr = (job.rr + 1) % len(agents)
+        best = None
+        for i in range(len(agents)):
+            agent = agents[(job.rr + i) % len(agents)]
+            if best is None or len(agent.calls) < len(best.calls):
+                best = agent
+        return best
+
+    def _arm_grace(self, job: _Job) -> None:
+        if job.agents or job.grace_timer is not None or job.reported_down or job.closed:
+            return
+        loop = asyncio.get_running_loop()
+        job.grace_timer = loop.call_later(self.grace, self._grace_expired, job)
+
+    def _grace_expired(self, job: _Job) -> None:
+        job.grace_timer = None
+        if job.agents or job.closed:
+            return
+        job.reported_down = True
+        log.warning("tunnel of job %s: no client for %.0f s; the job waits for its tunnel", job.job_id, self.grace)
+        self._report(job.job_id, False)
+
+    def _report(self, job_id: str, connected: bool) -> None:
+        callback = self.on_tunnel_state
+        if callback is None:
+            return
+        try:
+            result = callback(job_id, connected)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        except Exception:  # a broken callback must not take the tunnel down
+            log.exception("on_tunnel_state callback failed for job %s", job_id)
+
+    def _attach(self, job: _Job, agent: _Agent) -> None:
+        job.agents.append(agent)
+        if job.grace_timer is not None:
+            job.grace_timer.cancel()
+            job.grace_timer = None
+        if job.reported_down:
+            job.reported_down = False
+            self._report(job.job_id, True)
+        waiting, job.waiting = job.waiting, deque()
+        replayed = 0
+        for call in waiting:
+            if not call.done:
+                self._dispatch(job, call)
+                replayed += 1
+        log.info(
+            "tunnel of job %s: client connected (%d connected, %d calls replayed)",
+            job.job_id,
+            len(job.agents),
+            replayed,
+        )
+
+    def _detach(self, agent: _Agent) -> None:
+        if agent.gone:
+            return
+        agent.gone = True
+        agent.writer.close()
+        job = agent.job
+        if agent in job.agents:
+            job.agents.remove(agent)
+        orphans = list(agent.calls.values())
+        agent.calls.clear()
+        for call in orphans:
+            call.agent = None
+            if call.done:
+                continue
+            if call.replayable:
+                call.events.put_nowait(("reset",))
+                self._dispatch(job, call)
+            else:
+                call.events.put_nowait(("fail", 502, "the tunnel client disconnected in the middle of a stream"))
+        if not job.agents:
+            self._arm_grace(job)
+        log.info(
+            "tunnel of job %s: client disconnected after serving %d calls (%d still connected, %d calls to replay)",
+            job.job_id,
+            agent.served,
+            len(job.agents),
+            len(orphans),
+        )
+
+    def _close_job(self, job: _Job) -> None:
+        if job.grace_timer is not None:
+            job.grace_timer.cancel()
+            job.grace_timer = None
+        for call in list(job.calls.values()):
+            call.events.put_nowait(("fail", 503, "the job has finished"))
+        job.waiting.clear()
+        for agent in list(job.agents):
+            task = asyncio.ensure_future(self._close_ws(agent.ws, protocol.CLOSE_JOB_FINISHED, "job finished"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _close_ws(ws: WebSocket, code: int, reason: str) -> None:
+        if ws.application_state != WebSocketState.CONNECTED:
+            return
+        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # the peer is already gone
+            await ws.close(code, reason)
+
+    # ------------------------------------------------------------------ WebSocket endpoint
+
+    async def _authenticate(self, ws: WebSocket, job_id: str, token: str | None, secret: str | None) -> _Job:
+        """The job whose tunnel this connection may serve; raises 401/403 ``ProctorError``s."""
+        user = None
+        if self._authenticator is not None and (token or self._auth_takes_host):
+            host = ws.client.host if ws.client else None
+            result = self._authenticator(token, host) if self._auth_takes_host else self._authenticator(token)
+            user = await result if inspect.isawaitable(result) else result
+        if user is None:
+            raise AuthenticationError("the user token is missing or not valid")
+        job = self._jobs.get(job_id)
+        given = digest(secret or "")
+        expected = job.secret_digest if job is not None else b"\0" * 32
+        secret_ok = hmac.compare_digest(given, expected) and secret is not None
+        if job is None or not secret_ok or not (user == job.owner or identity(user) == identity(job.owner)):
+            raise PermissionDeniedError(
+                f"this token and tunnel secret do not open the tunnel of job {job_id}",
+                hint="use the tunnel secret printed by `proctor submit --private`, with the submitter's token",
+            )
+        if job.closed:
+            raise PermissionDeniedError(f"job {job_id} has finished")
+        return job
+
+    async def websocket_endpoint(self, ws: WebSocket) -> None:
+        """``/v1/jobs/{job_id}/tunnel``: authenticate, then serve until either side leaves."""
+        self._loop = self._loop or asyncio.get_running_loop()
+        job_id = ws.path_params["job_id"]
+        token = _bearer(ws.headers.get("authorization"))
+        secret = ws.headers.get(protocol.SECRET_HEADER)
+        if token is not None or secret is not None:
+            # Credentials in the handshake: refuse before accepting, so nothing is exchanged.
+            try:
+                job = await self._authenticate(ws, job_id, token, secret)
+            except ProctorError as exc:
+                await _deny(ws, exc)
+                return
+            await ws.accept()
+        else:
+            # Clients that cannot set headers send HELLO first; nothing else is read before it.
+            await ws.accept()
+            try:
+                async with asyncio.timeout(self.auth_timeout):
+                    message = await ws.receive_bytes()
+                hello = next(protocol.decode(message))
+                if hello.kind != Kind.HELLO or not isinstance(hello.meta, dict):
+                    raise AuthenticationError("the first tunnel message must be HELLO with token and secret")
+                job = await self._authenticate(ws, job_id, hello.meta.get("token"), hello.meta.get("secret"))
+            except ProctorError as exc:
+                code = protocol.CLOSE_UNAUTHENTICATED if exc.http_status == 401 else protocol.CLOSE_FORBIDDEN
+                await self._close_ws(ws, code, exc.message[:120])
+                return
+            except (TimeoutError, ValueError, StopIteration, KeyError, WebSocketDisconnect, RuntimeError):
+                await self._close_ws(ws, protocol.CLOSE_UNAUTHENTICATED, "authentication expected first")
+                return
+        await self._serve(ws, job)
+
+    async def _serve(self, ws: WebSocket, job: _Job) -> None:
+        agent = _Agent(ws, job)
+        writer_task = asyncio.create_task(agent.writer.run())
+        agent.writer.put(
+            protocol.encode(
+                Kind.WELCOME,
+                0,
+                {
+                    "heartbeat": self.heartbeat,
+                    "max_body": self.max_body,
+                    "max_inflight": job.max_inflight,
+                    "roles": job.roles,
+                },
+            )
+        )
+        heartbeat_task = asyncio.create_task(self._heartbeat(agent))
+        self._attach(job, agent)
+        try:
+            await self._read(agent)
+        finally:
+            heartbeat_task.cancel()
+            self._detach(agent)
+            writer_task.cancel()
+            await self._close_ws(ws, 1000, "")
+
+    async def _read(self, agent: _Agent) -> None:
+        receive = agent.ws.receive
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                return  # text frames are not part of the protocol: drop the peer
+            agent.last_seen = time.monotonic()
+            agent.received_messages += 1
+            try:
+                for env in protocol.decode(data):
+                    agent.received_envelopes += 1
+                    self._on_envelope(agent, env)
+            except ValueError:
+                log.warning("tunnel of job %s: malformed message; dropping the client", agent.job.job_id)
+                return
+
+    def _on_envelope(self, agent: _Agent, env: Envelope) -> None:
+        kind = env.kind
+        if kind == Kind.RESPONSE:
+            call = agent.calls.get(env.rid)
+            if call is not None:
+                call.events.put_nowait(("head", env.meta or {}, env.body, env.fin))
+                if env.fin:
+                    agent.calls.pop(env.rid, None)
+                    agent.served += 1
+        elif kind == Kind.DATA:
+            call = agent.calls.get(env.rid)
+            if call is not None:
+                if env.meta and "error" in env.meta:  # the model broke off mid-stream
+                    call.events.put_nowait(("fail", 502, str(env.meta["error"])))
+                else:
+                    call.events.put_nowait(("data", env.body, env.fin))
+                if env.fin:
+                    agent.calls.pop(env.rid, None)
+                    agent.served += 1
+        elif kind == Kind.PONG or kind == Kind.PING:
+            pass  # last_seen is already updated
+        # Unknown kinds are ignored so that newer agents can talk to older hubs.
+
+    async def _heartbeat(self, agent: _Agent) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            if time.monotonic() - agent.last_seen > 3 * self.heartbeat:
+                log.warning(
+                    "tunnel of job %s: client silent for %.0f s; dropping it", agent.job.job_id, 3 * self.heartbeat
+                )
+                self._detach(agent)  # replay its calls now, not after a close handshake that may never end
+                await self._close_ws(agent.ws, 1001, "heartbeat timeout")
+                return
+            agent.writer.put(protocol.encode(Kind.PING, 0, {"t": time.time()}))
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+async def _deny(ws: WebSocket, exc: ProctorError) -> None:
+    """Refuse a handshake: the server answers HTTP 403 and no WebSocket is opened.
+
+    One status for every reason (bad token, wrong secret, unknown job) tells a prober nothing,
+    and unlike an ASGI denial response it does not make uvicorn's default WebSocket protocol log
+    an error for every refused attempt. The reason is logged here, without any secret.
+    """
+    log.info("tunnel handshake refused for %s: %s", ws.url.path, exc.message)
+    await ws.close(protocol.CLOSE_UNAUTHENTICATED if exc.http_status == 401 else protocol.CLOSE_FORBIDDEN)

@@ -1,0 +1,235 @@
+"""The tunnel's wire format: small binary envelopes, several per WebSocket message.
+
+Why binary envelopes rather than JSON text frames plus separate binary body frames: a model call
+is usually one small request and one small answer, so the cheapest thing on the hot path is one
+WebSocket message each way carrying header *and* body. The header is a tiny JSON object (method,
+path, status, a few HTTP headers); the body rides raw, never base64-encoded or re-parsed.
+
+Envelope layout (network byte order)::
+
+    kind:u8  flags:u8  rid:u32  meta_len:u32  body_len:u32  meta[meta_len]  body[body_len]
+
+``meta`` is UTF-8 JSON (or empty); ``rid`` is the request id that multiplexes concurrent calls
+over one connection (0 for connection-level messages). A WebSocket message holds one or more
+envelopes back to back: under load the sender coalesces whatever is queued into one message,
+which is what keeps throughput up at high concurrency; at concurrency 1 nothing waits.
+
+Bodies larger than ``CHUNK`` are split into a first envelope and ``DATA`` continuations, so no
+WebSocket message ever exceeds about ``MAX_MESSAGE`` bytes whatever the body cap is: the
+connection survives a 64 MiB body even through servers and proxies with a 1-16 MiB message limit.
+
+Message kinds
+-------------
+``HELLO``    agent -> hub   ``{"token", "secret"}`` when they could not go in the handshake headers
+``WELCOME``  hub -> agent   ``{"heartbeat", "max_body", "max_inflight", "roles"}`` after auth
+``REQUEST``  hub -> agent   ``{"m": method, "p": path, "q": query, "h": headers}`` + body piece
+``RESPONSE`` agent -> hub   ``{"s": status, "h": headers, "stream": bool}`` + body piece
+``DATA``     both           continuation of a request or response body
+``CANCEL``   hub -> agent   the caller is gone or its deadline passed: stop working on ``rid``
+``PING``     hub -> agent   ``{"t": sent_at}``; the agent answers ``PONG`` with the same meta
+``PONG``     agent -> hub
+
+Flag ``FIN`` marks the last piece of a body; a ``REQUEST`` or ``RESPONSE`` with ``FIN`` set is
+complete in one envelope (the common case).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from enum import IntEnum
+from typing import Any, NamedTuple
+
+__all__ = [
+    "CHUNK",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_JOB_FINISHED",
+    "CLOSE_UNAUTHENTICATED",
+    "FIN",
+    "MAX_MESSAGE",
+    "SECRET_HEADER",
+    "Envelope",
+    "FrameWriter",
+    "Kind",
+    "decode",
+    "encode",
+    "encode_body",
+]
+
+HEADER = struct.Struct("!BBIII")
+"""kind, flags, rid, meta length, body length."""
+
+CHUNK = 512 * 1024
+"""Largest body piece in one envelope: far below every common WebSocket message limit."""
+
+MAX_MESSAGE = 1024 * 1024
+"""The sender stops coalescing envelopes into one WebSocket message beyond this size."""
+
+FIN = 0x01
+
+# One reusable encoder and decoder: ``json.dumps(..., separators=...)`` builds a new encoder per
+# call, which costs more than encoding a small header.
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode
+_decode_json = json.JSONDecoder().decode
+
+SECRET_HEADER = "x-proctor-tunnel-secret"
+"""Handshake header carrying the per-job tunnel secret (the user token goes in Authorization)."""
+
+CLOSE_UNAUTHENTICATED = 4401
+"""Close code: the user token is missing or unknown. Retrying with the same token cannot help."""
+CLOSE_FORBIDDEN = 4403
+"""Close code: the token, job id and tunnel secret do not open this tunnel."""
+CLOSE_JOB_FINISHED = 4010
+"""Close code: the job ended; the agent's work is done and it exits without reconnecting."""
+
+
+class Kind(IntEnum):
+    """What an envelope carries; see the module docstring."""
+
+    HELLO = 1
+    WELCOME = 2
+    REQUEST = 3
+    RESPONSE = 4
+    DATA = 5
+    CANCEL = 6
+    PING = 7
+    PONG = 8
+
+
+class Envelope(NamedTuple):
+    """One decoded envelope."""
+
+    kind: int
+    flags: int
+    rid: int
+    meta: dict[str, Any] | None
+    body: bytes
+
+    @property
+    def fin(self) -> bool:
+        return bool(self.flags & FIN)
+
+
+def encode(
+    kind: int, rid: int = 0, meta: dict[str, Any] | None = None, body: bytes = b"", *, fin: bool = True
+) -> bytes:
+    """One envelope as bytes; ``body`` must fit in one piece (use ``encode_body`` otherwise)."""
+    raw = _encode_json(meta).encode() if meta is not None else b""
+    return HEADER.pack(kind, FIN if fin else 0, rid, len(raw), len(body)) + raw + body
+
+
+def encode_body(kind: int, rid: int, meta: dict[str, Any] | None, body: bytes) -> list[bytes]:
+    """A header envelope of ``kind`` plus as many ``DATA`` pieces as ``body`` needs."""
+    if len(body) <= CHUNK:
+        return [encode(kind, rid, meta, body)]
+    view = memoryview(body)
+    out = [encode(kind, rid, meta, bytes(view[:CHUNK]), fin=False)]
+    for start in range(CHUNK, len(body), CHUNK):
+        piece = bytes(view[start : start + CHUNK])
+        out.append(encode(Kind.DATA, rid, None, piece, fin=start + CHUNK >= len(body)))
+    return out
+
+
+def decode(message: bytes) -> Iterator[Envelope]:
+    """The envelopes of one WebSocket message, in order.
+
+    Raises ``ValueError`` on a truncated or malformed message: the peer is broken or hostile and
+    the caller drops the connection.
+    """
+    offset = 0
+    end = len(message)
+    size = HEADER.size
+    while offset < end:
+        if end - offset < size:
+            raise ValueError("truncated tunnel envelope header")
+        kind, flags, rid, meta_len, body_len = HEADER.unpack_from(message, offset)
+        offset += size
+        stop = offset + meta_len + body_len
+        if stop > end:
+            raise ValueError("truncated tunnel envelope")
+        meta = _decode_json(message[offset : offset + meta_len].decode()) if meta_len else None
+        offset += meta_len
+        yield Envelope(kind, flags, rid, meta, message[offset:stop])
+        offset = stop
+
+
+class FrameWriter:
+    """The one task that writes to a WebSocket, coalescing queued envelopes into one message.
+
+    Why a single writer: many request handlers answer over the same connection at once, and a
+    WebSocket must not see interleaved sends. Why coalescing: under load each ``send`` costs a
+    syscall and a frame; joining what queued up while the previous send was in progress turns
+    64 small writes into one, with no added delay when the queue holds a single envelope.
+    """
+
+    HIGH_WATER = 16 * 1024 * 1024
+    """Producers of large bodies wait (``drain``) while more than this many bytes are queued."""
+
+    def __init__(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
+        self._send = send
+        self._queue: deque[bytes] = deque()
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._closed = False
+        self.messages = 0
+        """WebSocket messages sent; with ``envelopes``, shows how much coalescing happens."""
+        self.envelopes = 0
+
+    def put(self, envelope: bytes) -> None:
+        """Queue one envelope; never blocks (see ``drain`` for large bodies)."""
+        if self._closed:
+            return
+        self._queue.append(envelope)
+        self._queued += len(envelope)
+        if self._queued > self.HIGH_WATER:
+            self._drained.clear()
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """Wait until the queue is below the high-water mark (backpressure for big bodies)."""
+        await self._drained.wait()
+
+    def close(self) -> None:
+        """Stop accepting envelopes and let ``run`` return; pending envelopes are dropped."""
+        self._closed = True
+        self._queue.clear()
+        self._wake.set()
+        self._drained.set()
+
+    async def run(self) -> None:
+        """Send until ``close``; a send error ends the loop (the reader sees the close too)."""
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                # One more turn of the loop lets the other calls that became ready in this
+                # burst (their sockets were readable together) queue up and share the message.
+                await asyncio.sleep(0)
+                continue
+            first = queue.popleft()
+            size = len(first)
+            count = 1
+            if queue and size < MAX_MESSAGE:
+                parts = [first]
+                while queue and size + len(queue[0]) <= MAX_MESSAGE:
+                    piece = queue.popleft()
+                    parts.append(piece)
+                    size += len(piece)
+                    count += 1
+                message = b"".join(parts)
+            else:
+                message = first
+            self._queued -= size
+            self.messages += 1
+            self.envelopes += count
+            if self._queued <= self.HIGH_WATER // 2:
+                self._drained.set()
+            await self._send(message)

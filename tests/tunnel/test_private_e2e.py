@@ -1,0 +1,125 @@
+"""End to end: ``proctor submit --private`` against ``proctor serve``, the fake LLM behind the tunnel.
+
+The server runs as a real child process with its own data dir; the engine job it spawns reaches
+the model only through the facade and the submitter's in-process agent. Afterwards the local
+model's URL and key must appear nowhere under the data dir nor in the server's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proctor.testing import FakeLLMConfig, FakeLLMThread
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "sk-local-model-" + "q7" * 12
+N = 12
+
+
+def _server(data: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "serve",
+                "--port",
+                "0",
+                "--data",
+                str(data),
+                "--slots",
+                "1",
+                "--ready-line",
+                "READY {port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # bounded: the server prints it or exits (EOF)
+    assert line.startswith("READY "), f"server did not start: {line!r}"
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_private_job_end_to_end_leaves_no_trace_of_the_local_model(tmp_path: Path) -> None:
+    data, server_log, out = tmp_path / "data", tmp_path / "server.log", tmp_path / "out"
+    data.mkdir()
+    token = subprocess.run(
+        [sys.executable, "-m", "proctor", "server", "token", "create", "alice", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    with FakeLLMThread(FakeLLMConfig(reply="arith", require_key=KEY)) as llm:
+        local_url = llm.base_url
+        spec_dir = tmp_path / "spec"
+        spec_dir.mkdir()
+        rows = (ROOT / "examples" / "arith" / "data.jsonl").read_text().splitlines()[:N]
+        (spec_dir / "data.jsonl").write_text("\n".join(rows) + "\n")
+        # The spec names the local model, as a spec that also runs locally would.
+        spec = (ROOT / "examples" / "arith" / "spec.yaml").read_text()
+        spec = spec.replace("http://127.0.0.1:8000/v1", local_url).replace("concurrency: 32", "concurrency: 4")
+        (spec_dir / "spec.yaml").write_text(spec)
+        server, url = _server(data, server_log)
+        try:
+            env = {**os.environ, "PROCTOR_TOKEN": token, "LOCAL_KEY": KEY}
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "proctor",
+                    "submit",
+                    str(spec_dir / "spec.yaml"),
+                    "--server",
+                    url,
+                    "--private",
+                    "--base-url",
+                    local_url,
+                    "--api-key-env",
+                    "LOCAL_KEY",
+                    "--out",
+                    str(out),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=180,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        finally:
+            _stop(server)
+        assert done.returncode == 0, done.stdout + done.stderr
+        # Every sample was answered by the local model, through the tunnel, once.
+        assert sum(llm.successes.values()) == N, llm.stats()
+    stats = json.loads(next(out.rglob("eval_stats.json")).read_text())
+    assert "accuracy" in json.dumps(stats)
+    assert "tunnel" in done.stderr and "connected" in done.stderr
+    host_port = local_url.removeprefix("http://").removesuffix("/v1").encode()
+    for needle in (KEY.encode(), host_port):
+        leaks = [str(p) for p in data.rglob("*") if p.is_file() and needle in p.read_bytes()]
+        assert leaks == [], (needle, leaks)
+        assert needle not in server_log.read_bytes()
+    assert KEY not in done.stdout + done.stderr
