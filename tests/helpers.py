@@ -56,3 +56,36 @@ def run_proctor(*args: str | Path, timeout: float = 120, env: dict[str, str] | N
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def start_server(data: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """`proctor serve` as a child process in its own session, on a free loopback port."""
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--slots", "1",
+             "--ready-line", "READY {port}", *extra],
+            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, text=True,
+        )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # bounded: the server prints it or exits (EOF)
+    if not line.startswith("READY "):
+        stop_process(proc)
+        raise AssertionError(f"server did not start: {line!r}\n{log.read_text()[-2000:]}")
+    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def stop_process(proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
+def create_token(data: Path, name: str, *, admin: bool = False) -> str:
+    args = [sys.executable, "-m", "proctor", "server", "token", "create", name, "--data", str(data)]
+    if admin:
+        args.append("--admin")
+    return subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout.strip()

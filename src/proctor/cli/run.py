@@ -50,7 +50,7 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
 
 def run(
     spec: Path = typer.Argument(..., help="Task spec (YAML).", show_default=False),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<spec name>]. "
+    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/SPEC-NAME). "
                              "Running again into the same directory resumes."),
     model: list[str] = typer.Option([], "--model", "-m", metavar="ROLE=URL@NAME",
                                     help="Send a role's requests elsewhere, e.g. subject=http://127.0.0.1:8000/v1@qwen."),

@@ -1,0 +1,87 @@
+"""The orchestra example through the server in private mode.
+
+The orchestrator (the subject) lives on "the submitter's machine": the job reaches it only
+through the tunnel that `proctor submit --private` opens. Experts, judge and the retrieval
+service are ordinary endpoints the server's job calls directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from helpers import create_token, start_server, stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "orchestra"
+
+
+def _load_fakes() -> Any:
+    spec = importlib.util.spec_from_file_location("orchestra_fakes_private", EXAMPLE / "fakes.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_orchestra_runs_through_the_server_in_private_mode(tmp_path: Path) -> None:
+    fakes = _load_fakes()
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    token = create_token(data, "alice")
+    server, server_url = start_server(data, tmp_path / "server.log")
+
+    async def go() -> tuple[int, str, str]:
+        async with AsyncExitStack() as stack:
+            urls = await fakes.start(stack, fixed_ports=False)
+            spec = yaml.safe_load((EXAMPLE / "spec.yaml").read_text())
+            spec["dataset"]["path"] = "data.jsonl"
+            for role, cfg in spec["models"].items():
+                cfg["base_url"] = urls["orchestrator" if role == "subject" else role]
+            for tool in spec["solver"]["tools"]:
+                if "retrieve" in tool:
+                    tool["retrieve"]["url"] = urls["retrieval"]
+            (tmp_path / "data.jsonl").write_text((EXAMPLE / "data.jsonl").read_text())
+            (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+            env = {k: v for k, v in os.environ.items() if k != "TAVILY_API_KEY"}
+            env["PROCTOR_TOKEN"] = token
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "proctor", "submit", str(tmp_path / "spec.yaml"), "--server", server_url,
+                "--private", "--base-url", urls["orchestrator"], "--out", str(out),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+            )
+            try:
+                stdout, stderr = await asyncio.wait_for(proc.communicate(), 240)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise
+            return proc.returncode or 0, stdout.decode(errors="replace"), urls["orchestrator"]
+
+    try:
+        code, output, orchestrator_url = asyncio.run(go())
+    finally:
+        stop_process(server)
+    assert code == 0, output
+    samples = {s["id"]: s for s in map(json.loads, next(out.rglob("samples.jsonl")).read_text().splitlines())}
+    assert len(samples) == 9
+    assert samples["hle-img-001"]["error"]["class"] == "skipped"
+    assert all(s["state"] == "scored" for k, s in samples.items() if k != "hle-img-001")
+    events = [json.loads(line) for line in next(out.rglob("events.jsonl")).read_text().splitlines()]
+    tools = {e["tool"] for e in events if e.get("kind") == "tool"}
+    assert {"search", "enhance_reasoning", "answer"} <= tools
+    subject_endpoints = {e["endpoint"] for e in events if e.get("kind") == "model" and e.get("role") == "subject"}
+    assert subject_endpoints and all("/internal/jobs/" in e for e in subject_endpoints)  # only via the tunnel
+    host_port = orchestrator_url.removeprefix("http://").removesuffix("/v1").encode()
+    leaks = [str(p) for p in data.rglob("*") if p.is_file() and host_port in p.read_bytes()]
+    assert leaks == []
