@@ -320,8 +320,17 @@ def _spec_upload(
     dataset = spec.get("dataset")
     if not named_dataset and isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
         names.append(("dataset.path", dataset["path"]))
+    stripped = False
     for role, cfg in (spec.get("models") or {}).items():
         if not isinstance(cfg, dict):
+            continue
+        if role in private_roles:
+            # The submitter's own endpoint stays on this machine: the agent calls it, the server
+            # only ever sees the model name.
+            for key in PRIVATE_LOCAL_KEYS:
+                if key in cfg:
+                    del cfg[key]
+                    stripped = True
             continue
         if isinstance(cfg.get("pool_file"), str) and role not in models:
             names.append((f"models.{role}.pool_file", cfg["pool_file"]))
@@ -345,7 +354,39 @@ def _spec_upload(
             files[Path(rel).as_posix()] = {"content": raw.decode("utf-8"), "encoding": "utf-8"}
         except UnicodeDecodeError:
             files[Path(rel).as_posix()] = {"content": base64.b64encode(raw).decode(), "encoding": "base64"}
+    if stripped:
+        text = yaml.safe_dump(spec, sort_keys=False)
     return {"spec": text, "files": files}
+
+
+PRIVATE_LOCAL_KEYS = ("base_url", "replicas", "pool_file", "api_key_env")
+"""Spec settings of a private role that describe the submitter's own endpoint: never uploaded."""
+
+
+def spec_local_endpoints(spec_path: Path, roles: list[str]) -> dict[str, dict[str, Any]]:
+    """``{role: {"base_url", "api_key_env", "model"}}`` as the spec names them, for private roles.
+
+    What ``proctor submit --private`` (and ``resume``) fall back on when no ``--base-url`` is
+    given: a spec that runs locally already says where its model is and which variable holds
+    its key. Values are read here and never sent to the server.
+    """
+    try:
+        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"cannot read spec {spec_path}: {exc}") from None
+    models = spec.get("models") if isinstance(spec, dict) else None
+    found: dict[str, dict[str, Any]] = {}
+    for role in roles:
+        cfg = models.get(role) if isinstance(models, dict) else None
+        if not isinstance(cfg, dict):
+            continue
+        entry = {k: cfg[k] for k in ("base_url", "api_key_env", "model") if isinstance(cfg.get(k), str) and cfg[k]}
+        if not entry.get("base_url") and isinstance(cfg.get("replicas"), list) and len(cfg["replicas"]) == 1:
+            replica = cfg["replicas"][0]
+            if isinstance(replica, str):
+                entry["base_url"] = replica
+        found[role] = entry
+    return found
 
 
 def event_progress(line: str) -> dict[str, Any] | None:

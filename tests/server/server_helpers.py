@@ -13,7 +13,7 @@ import httpx
 import pytest
 import uvicorn
 
-from proctor.server.app import create_app
+from proctor.server.app import create_app, served_app
 from proctor.server.serve import bind_socket
 from proctor.server.settings import CommandTemplate, ServerSettings
 from proctor.server.store import JobStore
@@ -81,7 +81,7 @@ def start_server(data: Path, **overrides: Any) -> Running:
             pass
     store.close()
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(served_app(app), log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(500):

@@ -78,9 +78,11 @@ def test_private_job_end_to_end_leaves_no_trace_of_the_local_model(tmp_path: Pat
         spec_dir.mkdir()
         rows = (ROOT / "examples" / "arith" / "data.jsonl").read_text().splitlines()[:N]
         (spec_dir / "data.jsonl").write_text("\n".join(rows) + "\n")
-        # The spec names the local model, as a spec that also runs locally would.
+        # The spec names the local model and its key variable, as a spec that also runs locally
+        # would: `submit --private` serves that model with that key, and uploads neither.
         spec = (ROOT / "examples" / "arith" / "spec.yaml").read_text()
         spec = spec.replace("http://127.0.0.1:8000/v1", local_url).replace("concurrency: 32", "concurrency: 4")
+        spec = spec.replace("model: fake}", "model: fake, api_key_env: LOCAL_KEY}")
         (spec_dir / "spec.yaml").write_text(spec)
         server, url = _server(data, server_log)
         try:
@@ -95,10 +97,6 @@ def test_private_job_end_to_end_leaves_no_trace_of_the_local_model(tmp_path: Pat
                     "--server",
                     url,
                     "--private",
-                    "--base-url",
-                    local_url,
-                    "--api-key-env",
-                    "LOCAL_KEY",
                     "--out",
                     str(out),
                 ],

@@ -10,9 +10,12 @@ relearning. API keys are read from ``--api-key-env NAME`` (preferred: nothing in
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -122,17 +125,21 @@ def submit(
     if mode not in ("public", "private"):
         raise InputError("--mode must be 'public' or 'private'")
     is_private = private or mode == "private"
+    if private_role and not is_private:
+        raise InputError("--private-role only makes sense with --private (or --mode private)")
     models = _models(model, base_url, model_name, _key_overrides(api_key, api_key_env))
     roles = private_role or (["subject"] if is_private else [])
-    local_models: dict[str, dict[str, Any]] = {}
+    local: LocalModel | None = None
     if is_private:
+        # Everything the tunnel needs is checked before anything is queued on the server.
+        _require_tunnel()
+        local = _local_model(roles, models, spec)
         # The endpoint and key of a private role stay on this machine: only the name is sent.
         for role in roles:
-            local = models.get(role, {})
-            local_models[role] = dict(local)
-            models[role] = {"model": local["model"]} if local.get("model") else {}
-            if not models[role]:
-                models.pop(role)
+            name = models.get(role, {}).get("model")
+            models.pop(role, None)
+            if name:
+                models[role] = {"model": name}
     params = {}
     for item in param:
         key, sep, value = item.partition("=")
@@ -161,8 +168,8 @@ def submit(
         position = job.get("queue_position")
         console.print(f"job {job['id']} {job['state']}" + (f" (queue position {position})" if position else ""))
         agent = None
-        if is_private:
-            agent = _start_tunnel_agent(client, job["id"], answer.get("tunnel_secret"), local_models)
+        if local is not None:
+            agent = _start_tunnel_agent(client, job["id"], answer.get("tunnel_secret"), local)
         if detach:
             if agent is not None:
                 err_console.print("private mode: the tunnel runs while this command runs; not detaching")
@@ -172,7 +179,10 @@ def submit(
         try:
             final = _follow(client, job["id"], log_file=log_file)
         except KeyboardInterrupt:
-            err_console.print(f"\nstopped following; the job goes on. Follow again: proctor logs {job['id']} -f")
+            if agent is not None:
+                err_console.print(_tunnel_stopped(job["id"]))
+            else:
+                err_console.print(f"\nstopped following; the job goes on. Follow again: proctor logs {job['id']} -f")
             raise typer.Exit(130) from None
         finally:
             if agent is not None:
@@ -185,6 +195,14 @@ def submit(
         console.print(f"job {job['id']} {final}{note}; {len(paths)} file(s) in {dest}")
         if final != "succeeded":
             raise typer.Exit(1)
+
+
+def _tunnel_stopped(job_id: str) -> str:
+    return (
+        f"\nstopped serving the tunnel; job {job_id} goes on and waits for it. Serve it again with "
+        f"`proctor tunnel {job_id} --model URL` (PROCTOR_TUNNEL_SECRET: the secret shown at submission), "
+        f"or stop it: proctor cancel {job_id}"
+    )
 
 
 class _AgentThread:
@@ -204,30 +222,86 @@ class _AgentThread:
         self._thread.join(timeout=15)
 
 
-def _start_tunnel_agent(
-    client: Client, job_id: str, tunnel_secret: str | None, local_models: dict[str, dict[str, Any]]
-) -> Any:
-    """Serve the job's private roles from the local model through ``proctor.tunnel``, in-process.
+@dataclass(frozen=True)
+class LocalModel:
+    """The submitter's model that a private job's tunnel serves; never sent to the server."""
 
-    The tunnel secret, the local URL and the key are handed over in memory and never printed.
-    """
+    url: str
+    api_key: str | None = field(default=None, repr=False)
+
+
+def _require_tunnel() -> None:
     try:
-        from proctor.tunnel.agent import run_agent_sync
+        import proctor.tunnel.agent  # noqa: F401
     except ImportError:
         raise ProctorError("private mode needs proctor.tunnel, which is not installed here") from None
+
+
+def _local_model(roles: list[str], flag_models: dict[str, dict[str, Any]], spec: Path | None) -> LocalModel:
+    """Where the private roles' calls go on this machine, and with which key.
+
+    From the flags (``--base-url``, ``--model ROLE=URL@NAME``, ``--api-key(-env)``), else from the
+    spec (``models.<role>.base_url`` and the variable its ``api_key_env`` names). One tunnel serves
+    one local model, so every private role must name the same one.
+    """
+    from proctor.client import spec_local_endpoints
+
+    from_spec = spec_local_endpoints(spec, roles) if spec is not None else {}
+    chosen: dict[str, LocalModel] = {}
+    for role in roles:
+        flags, named = flag_models.get(role, {}), from_spec.get(role, {})
+        url = flags.get("base_url") or named.get("base_url")
+        if not url:
+            raise InputError(
+                f"private mode needs the local model's URL for role {role!r}",
+                hint=f"give --base-url URL (or --model {role}=URL@NAME), or models.{role}.base_url in the spec",
+            )
+        if not re.match(r"^https?://[^\s/]+", url):
+            raise InputError(f"the local model URL of role {role!r} must start with http:// or https://")
+        key = flags.get("api_key")
+        env_name = named.get("api_key_env")
+        if key is None and env_name:
+            key = os.environ.get(env_name)
+            if not key:
+                raise InputError(
+                    f"models.{role}.api_key_env names {env_name}, which is not set here",
+                    hint=f"export {env_name}=... (the key stays on this machine), or give --api-key-env VAR",
+                )
+        chosen[role] = LocalModel(url.rstrip("/"), key)
+    if len(set(chosen.values())) > 1:
+        raise InputError(
+            "the private roles name different local models, but one tunnel serves one local model",
+            hint="make them one endpoint, or keep only one --private-role",
+        )
+    return next(iter(chosen.values()))
+
+
+def _start_tunnel_agent(client: Client, job_id: str, tunnel_secret: str | None, local: LocalModel) -> Any:
+    """Serve the job's private roles from the local model through ``proctor.tunnel``, in-process.
+
+    The tunnel secret, the local URL and the key are handed over in memory. Only on an
+    interactive terminal is the secret shown (once), so that the job can be served from
+    elsewhere with ``proctor tunnel`` if this command stops; it never goes to a file or log.
+    """
+    from proctor.tunnel.agent import run_agent_sync
+
     if not tunnel_secret:
-        raise ProctorError("the server returned no tunnel secret for this private job")
-    local = local_models.get("subject") or next(iter(local_models.values()), {})
-    if not local.get("base_url"):
-        raise InputError("private mode needs the local model's URL: --base-url URL (or --model subject=URL@NAME)")
+        with contextlib.suppress(ProctorError):
+            client.cancel(job_id)  # a private job nobody can serve would only wait for its deadline
+        raise ProctorError("the server returned no tunnel secret for this private job; it was cancelled")
+    if err_console.is_terminal:
+        err_console.print(
+            f"[dim]tunnel secret (shown once; to serve this job from elsewhere: "
+            f"PROCTOR_TUNNEL_SECRET=... proctor tunnel {job_id} --model URL):[/] {tunnel_secret}"
+        )
     return _AgentThread(
         run_agent_sync,
         server_url=client.server,
         job_id=job_id,
         token=client.token or "",
         tunnel_secret=tunnel_secret,
-        model_url=local["base_url"],
-        api_key=local.get("api_key"),
+        model_url=local.url,
+        api_key=local.api_key,
         log=lambda line: err_console.print(f"[dim]tunnel:[/] {line}"),
     )
 
@@ -402,14 +476,55 @@ def resume(
         list[str], typer.Option("--api-key-env", help="[ROLE=]VAR: re-supply the key held in env var VAR.")
     ] = [],  # noqa: B006
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Also re-run errored samples.")] = False,
+    base_url: Annotated[
+        str | None, typer.Option("--base-url", help="Private job: the local model's URL (else from --spec).")
+    ] = None,
+    model: Annotated[
+        list[str], typer.Option("--model", "-m", help="Private job: ROLE=URL[@NAME] of the local model.")
+    ] = [],  # noqa: B006
+    spec: Annotated[
+        Path | None, typer.Option("--spec", help="Private job: read the local model's URL and key variable here.")
+    ] = None,
+    log_file: Annotated[Path | None, typer.Option("--log-file", help="Private job: write the followed log here.")] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Queue a stopped job again (e.g. after a server restart lost its key); finished samples are kept."""
+    """Queue a stopped job again (e.g. after a server restart lost its key); finished samples are kept.
+
+    A private-mode job gets a new tunnel secret: this command then serves its model calls from
+    the local model (like ``submit --private``) and follows its log until it ends.
+    """
     keys = _key_overrides(api_key, api_key_env)
     with _client(server, token) as client:
+        roles: list[str] = list(client.status(job_id).get("private_roles") or [])
+        local: LocalModel | None = None
+        if roles:
+            _require_tunnel()
+            flag_models = _models(model, base_url, None, {r: k for r, k in keys.items() if r in roles})
+            local = _local_model(roles, flag_models, spec)
+            keys = {r: k for r, k in keys.items() if r not in roles}  # a private role's key stays here
+        elif base_url or model or spec:
+            raise InputError(
+                f"job {job_id} is not a private-mode job: --base-url, --model and --spec are for private jobs",
+                hint="a public job keeps the endpoints it was submitted with; re-supply only its keys",
+            )
         answer = client.resume(job_id, models={r: {"api_key": k} for r, k in keys.items()}, retry_errors=retry_errors)
-    console.print(f"job {job_id} {answer['job']['state']}")
+        console.print(f"job {job_id} {answer['job']['state']}")
+        if local is None:
+            return
+        agent = _start_tunnel_agent(client, job_id, answer.get("tunnel_secret"), local)
+        try:
+            final = _follow(client, job_id, log_file=log_file)
+        except KeyboardInterrupt:
+            err_console.print(_tunnel_stopped(job_id))
+            raise typer.Exit(130) from None
+        finally:
+            agent.stop()
+        status = client.status(job_id)
+    note = f" — {status['note']}" if status.get("note") else ""
+    console.print(f"job {job_id} {final}{note}; download the results with: proctor results {job_id}")
+    if final != "succeeded":
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -38,6 +38,22 @@ def serve_command(
         str | None, typer.Option("--rate-limit", help="Jobs per user (or IP) and window, e.g. 3/24h.")
     ] = None,
     database_url: DbOpt = None,
+    tunnel_grace: Annotated[
+        float | None,
+        typer.Option(
+            "--tunnel-grace", help="Private mode: seconds without a tunnel client before a job shows waiting_for_tunnel (default 30)."
+        ),
+    ] = None,
+    tunnel_deadline: Annotated[
+        float | None,
+        typer.Option(
+            "--tunnel-deadline", help="Private mode: seconds a model call may wait for the tunnel and the model (default 900)."
+        ),
+    ] = None,
+    tunnel_max_inflight: Annotated[
+        int | None,
+        typer.Option("--tunnel-max-inflight", help="Private mode: model calls forwarded at once per job (default 256)."),
+    ] = None,
     config: ConfigOpt = None,
     ready_line: Annotated[
         str | None, typer.Option("--ready-line", hidden=True, help="Print this once listening ({port}).")
@@ -58,6 +74,9 @@ def serve_command(
         open=open_mode,
         rate_limit=rate_limit,
         database_url=database_url,
+        tunnel_grace=tunnel_grace,
+        tunnel_request_deadline=tunnel_deadline,
+        tunnel_max_inflight=tunnel_max_inflight,
     )
     serve(settings, on_ready=ready_line)
 

@@ -37,7 +37,7 @@ def _secret(env_name: str) -> str:
             return value
     raise InputError(
         f"no tunnel secret: set {env_name}",
-        hint="the secret is printed once by `proctor submit --private` when the job is submitted",
+        hint="the secret is shown once by `proctor submit --private` (or `proctor resume`) on an interactive terminal",
     )
 
 

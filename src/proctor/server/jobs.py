@@ -236,13 +236,42 @@ def _validate_with_engine(spec: dict[str, Any]) -> None:
     parse_spec(spec, source="the submitted spec")
 
 
-def set_private_endpoints(job_dir: Path, roles: list[str], facade_url: str) -> None:
-    """Point the private roles of the job's spec copy at this server's model facade."""
+TUNNEL_SLACK = 30.0
+"""Seconds a private role's client waits beyond the tunnel's own deadline, so that the facade's
+503/504 (which says why) arrives before the engine gives up on its own."""
+
+
+def set_private_endpoints(job_dir: Path, roles: list[str], facade_url: str, *, tunnel_deadline: float) -> None:
+    """Point the private roles of the job's spec copy at this server's model facade, and let the
+    tunnel do the waiting.
+
+    The submitter's agent may attach after the job starts, or go away for a while: the facade
+    then holds each call (up to ``tunnel_deadline``) and answers it as soon as an agent is back.
+    So a private role gets a ``request_timeout`` and a retry deadline longer than that, and
+    health probes that wait like calls instead of failing after 5 s: no start-up check (which
+    would end the run with "no healthy replica" when the agent is a little late), and a probe
+    timeout as long as a call's, so a gap in the tunnel never opens the circuit breaker.
+    Done at each start, with the server's current deadline. Longer values in the spec are kept.
+    """
     path = job_dir / "spec.yaml"
     spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    wait = tunnel_deadline + TUNNEL_SLACK
     for role in roles:
-        spec["models"][role]["base_url"] = facade_url
+        cfg = spec["models"][role]
+        cfg["base_url"] = facade_url
+        cfg["request_timeout"] = _at_least(cfg.get("request_timeout"), wait)
+        retry = cfg["retry"] = cfg.get("retry") if isinstance(cfg.get("retry"), dict) else {}
+        retry["total_deadline"] = _at_least(retry.get("total_deadline"), wait + TUNNEL_SLACK)
+        health = cfg["health"] = cfg.get("health") if isinstance(cfg.get("health"), dict) else {}
+        health["check_at_start"] = False
+        health["timeout"] = _at_least(health.get("timeout"), wait)
     path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+
+
+def _at_least(value: Any, floor: float) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= floor:
+        return float(value)
+    return floor
 
 
 def build_argv(request: dict[str, Any], job_id: str, job_dir: Path, settings: ServerSettings) -> list[str]:

@@ -35,7 +35,7 @@ class Metrics:
         self.latency_sum[key] += seconds
         self.latency_count[key] += 1
 
-    def render(self, *, queued: int, running: int, slots: int, waiting: int) -> str:
+    def render(self, *, queued: int, running: int, slots: int, waiting: int, waiting_tunnel: int = 0) -> str:
         lines = [
             "# HELP proctor_queue_length Jobs waiting for a slot.",
             "# TYPE proctor_queue_length gauge",
@@ -46,6 +46,9 @@ class Metrics:
             "# HELP proctor_jobs_waiting_for_credentials Jobs waiting for their owner to re-supply keys.",
             "# TYPE proctor_jobs_waiting_for_credentials gauge",
             f"proctor_jobs_waiting_for_credentials {waiting}",
+            "# HELP proctor_jobs_waiting_for_tunnel Private-mode jobs (holding a slot) whose submitter's tunnel is gone.",
+            "# TYPE proctor_jobs_waiting_for_tunnel gauge",
+            f"proctor_jobs_waiting_for_tunnel {waiting_tunnel}",
             "# HELP proctor_slots Concurrent job slots.",
             "# TYPE proctor_slots gauge",
             f"proctor_slots {slots}",

@@ -316,6 +316,7 @@ class JobManager:
         else:
             changed = self.store.transition(job_id, {"running"}, state="waiting_for_tunnel")
         if changed:
+            log.info("job %s %s", job_id, "running again: its tunnel is back" if connected else "waiting_for_tunnel")
             self.watch(job_id).notify()
 
     def _forget(self, job_id: str) -> None:
@@ -355,7 +356,12 @@ class JobManager:
         try:
             private_urls = {role: self.facade_url(job.id) for role in job.private_roles}
             if job.kind == "proctor" and job.private_roles:
-                jobmod.set_private_endpoints(job_dir, job.private_roles, self.facade_url(job.id))
+                jobmod.set_private_endpoints(
+                    job_dir,
+                    job.private_roles,
+                    self.facade_url(job.id),
+                    tunnel_deadline=self.settings.tunnel_request_deadline,
+                )
             argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
             env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)
             log_path = job_dir / "job.log"
@@ -409,6 +415,9 @@ class JobManager:
             await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
             await jobmod.run_cleanup_hooks(job.id, self.job_dir(job.id), self.settings)
             note = "cancelled by its owner" if run.stop_reason == "cancelled" else f"timed out after {timeout:g} s"
+            current = self.store.find(job.id)
+            if run.stop_reason == "timed_out" and current is not None and current.state == "waiting_for_tunnel":
+                note += " while waiting for its tunnel (no `proctor tunnel` client was connected)"
             await self._finish(job, run, run.stop_reason, code, note)
             return
         # Even a job that ended by itself may have left children in its group.

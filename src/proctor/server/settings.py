@@ -83,6 +83,13 @@ class ServerSettings(_Strict):
     internal_host: str = "127.0.0.1"
     """Host the job processes use to reach this server (private-mode model facade)."""
     retry_after_default: float = Field(default=60.0, gt=0)
+    tunnel_grace: float = Field(default=30.0, gt=0, le=86400)
+    """Private mode: seconds without any tunnel client before a job is shown ``waiting_for_tunnel``."""
+    tunnel_request_deadline: float = Field(default=900.0, gt=0, le=7 * 86400)
+    """Private mode: seconds one model call may wait for the tunnel and the submitter's model
+    before the job gets a 503/504 for it. Private roles' ``request_timeout`` is raised to match."""
+    tunnel_max_inflight: int = Field(default=256, ge=1, le=100_000)
+    """Private mode: model calls forwarded at once per job; more wait (backpressure, not failure)."""
 
     @field_validator("rate_limit")
     @classmethod

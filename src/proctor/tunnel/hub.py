@@ -324,11 +324,15 @@ class TunnelHub:
         else:
             loop.call_soon_threadsafe(self._close_job, job)
 
-    def wrap_app(self, app: ASGIApp) -> ASGIApp:
-        """``app`` with a fast path for facade calls (optional; see ``facade.FastPath``)."""
+    def wrap_app(self, app: ASGIApp, *, wrap_facade: Callable[[ASGIApp], ASGIApp] | None = None) -> ASGIApp:
+        """``app`` with a fast path for facade calls (optional; see ``facade.FastPath``).
+
+        Facade calls no longer pass through ``app``'s middleware; ``wrap_facade`` (e.g. a metrics
+        middleware) is applied to the facade alone instead.
+        """
         from proctor.tunnel.facade import FastPath
 
-        return FastPath(app, self)
+        return FastPath(app, self, wrap_facade=wrap_facade)
 
     def is_connected(self, job_id: str) -> bool:
         """Whether the job has at least one authenticated agent right now."""
