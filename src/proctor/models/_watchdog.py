@@ -4,7 +4,7 @@ Why it exists: a model server proctor starts must never outlive proctor, even wh
 killed with SIGKILL and gets no chance to clean up. A signal handler cannot help there, so the
 server is started *through* this process:
 
-    python -m proctor.models._watchdog --grace 4 -- ARGV...
+    python -m proctor.models._watchdog --grace 3 -- ARGV...
 
 - proctor holds the write end of this process's stdin (the *lifeline*). When proctor exits for any
   reason, the kernel closes it and we read EOF. That is the one signal that cannot be lost.
@@ -82,7 +82,7 @@ def _killpg(pgid: int, sig: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the server given after ``--`` and supervise it; returns the server's exit code."""
     parser = argparse.ArgumentParser(prog="python -m proctor.models._watchdog")
-    parser.add_argument("--grace", type=float, default=4.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--grace", type=float, default=3.0, help="seconds between SIGTERM and SIGKILL")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

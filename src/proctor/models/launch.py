@@ -43,7 +43,7 @@ from proctor.errors import LaunchError
 from proctor.models.assets import resolve_model_path
 from proctor.models.config import LaunchConfig, ModelConfig
 
-STOP_GRACE = 4.0
+STOP_GRACE = 3.0
 """Seconds between SIGTERM and SIGKILL; below 5 s so a server is gone within 5 s of proctor."""
 PROBE_TIMEOUT = 3.0
 """One health probe; a loaded server answers ``/v1/models`` in milliseconds."""
