@@ -183,28 +183,20 @@ def test_reuses_a_healthy_server_and_leaves_it_running(
     assert not (tmp_path / "run" / "launch-subject.log").exists()
 
 
-def test_llama_cpp_roles_get_a_patient_health_probe(
+def test_launched_roles_get_their_url_and_a_resolved_model_path(
     tmp_path: Path, own_server: tuple[int, subprocess.Popen[bytes]]
 ) -> None:
-    """llama-cpp-python answers /v1/models only between requests: a 5 s probe would eject it."""
     port, _ = own_server
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
-    models = {
-        "subject": role({"kind": "llama-cpp", "port": port, "model_path": "m.gguf"}, model="already-there"),
-        "judge": ModelConfig(
-            model="already-there",
-            health={"timeout": 7},
-            launch=LaunchConfig(kind="llama-cpp", port=port, model_path="m.gguf"),
-        ),
-    }
+    models = {"subject": role({"kind": "llama-cpp", "port": port, "model_path": "m.gguf"}, model="already-there")}
 
-    async def run() -> tuple[float, float, str | None]:
+    async def run() -> tuple[str | None, str | None]:
         async with launched_servers(models, run_dir=tmp_path, base_dir=tmp_path, log=LOG) as resolved:
             launch = resolved["subject"].launch
-            return resolved["subject"].health.timeout, resolved["judge"].health.timeout, launch and launch.model_path
+            return resolved["subject"].base_url, launch and launch.model_path
 
-    subject_timeout, judge_timeout, model_path = asyncio.run(run())
-    assert subject_timeout == 120.0 and judge_timeout == 7  # an explicit health block is respected
+    base_url, model_path = asyncio.run(run())
+    assert base_url == f"http://127.0.0.1:{port}/v1"
     assert model_path == str(tmp_path / "m.gguf")  # relative to the spec's directory
 
 

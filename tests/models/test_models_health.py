@@ -144,3 +144,21 @@ def test_periodic_probe_takes_a_dead_replica_out() -> None:
         assert not b.requests
 
     asyncio.run(main())
+
+
+def test_a_failing_probe_does_not_take_out_a_replica_whose_calls_succeed() -> None:
+    async def main() -> None:
+        async with StubLLM() as b:
+            cfg = fast_config(base_url=b.base_url, health={"interval": 0.1, "timeout": 0.1, "cooldown": 60})
+            async with ModelRouter({"subject": cfg}) as router:
+                replica = router.role("subject").pool.replicas[0]
+                b.model_status = 500  # the probe fails from now on, the calls do not
+                for _ in range(25):
+                    await router.role("subject").chat(user())
+                    assert replica.healthy
+                    await asyncio.sleep(0.02)
+                assert replica.last_error and "health probe" in replica.last_error  # probes did fail
+                # Once the calls stop, the failing probes are believed.
+                assert await wait_for(lambda: not replica.healthy)
+
+    asyncio.run(main())

@@ -47,8 +47,6 @@ STOP_GRACE = 3.0
 """Seconds between SIGTERM and SIGKILL; below 5 s so a server is gone within 5 s of proctor."""
 PROBE_TIMEOUT = 3.0
 """One health probe; a loaded server answers ``/v1/models`` in milliseconds."""
-LLAMA_CPP_PROBE_TIMEOUT = 120.0
-"""Periodic-probe timeout given to llama-cpp roles (see :func:`launched_servers`)."""
 LOG_TAIL_LINES = 20
 _PROGRESS_EVERY = 15.0
 _PLACEHOLDER = re.compile(r"\{(port|host|model_path|model)\}")
@@ -467,13 +465,6 @@ async def launched_servers(
                     update["base_url"] = launch_base_url(plan.cfg)
                 if not mcfg.model:
                     update["model"] = served_name(plan.cfg)
-                if plan.cfg.kind == "llama-cpp" and "health" not in mcfg.model_fields_set:
-                    # llama-cpp-python answers /v1/models only after taking the model's lock, i.e.
-                    # behind every request in flight: a default 5 s probe times out on a busy but
-                    # healthy server and takes it out of the pool. Probe patiently instead.
-                    update["health"] = mcfg.health.model_copy(
-                        update={"timeout": max(mcfg.health.timeout, LLAMA_CPP_PROBE_TIMEOUT)}
-                    )
                 update["launch"] = plan.cfg
                 resolved[role] = mcfg.model_copy(update=update)
         yield resolved

@@ -187,6 +187,7 @@ class Replica:
         "requests",
         "rate_limited",
         "recovering",
+        "last_success",
     )
 
     def __init__(self, base_url: str, *, max_connections: int, health_path: str) -> None:
@@ -213,6 +214,8 @@ class Replica:
         self.requests = 0
         self.rate_limited = 0
         self.recovering = False
+        self.last_success = -1e9
+        """``time.monotonic()`` of the last successful call."""
 
     def __repr__(self) -> str:
         state = "healthy" if self.healthy else "open"
@@ -402,6 +405,7 @@ class ReplicaPool:
         """Record a successful call: resets the breaker count, feeds latency and AIMD increase."""
         r.consecutive_failures = 0
         r.checked = True
+        r.last_success = time.monotonic()
         r.latency = duration if r.latency == 0.0 else r.latency + _EWMA * (duration - r.latency)
         self._latency = duration if self._latency == 0.0 else self._latency + _EWMA * (duration - self._latency)
         if self.adaptive and r.cap < r.max_cap:
@@ -545,7 +549,12 @@ class ReplicaPool:
                     r.last_error = None
             else:
                 r.last_error = error
-                if r.healthy:
+                # A busy server may answer its probe late (llama.cpp queues /v1/models behind the
+                # requests in flight): while calls are in flight or recently succeeded, the calls
+                # are the better witness. A dead or hung replica still opens the breaker through
+                # its calls failing or timing out.
+                recent = time.monotonic() - r.last_success < max(self.health.interval, 2 * self.health.timeout)
+                if r.healthy and not recent and r.in_flight == 0:
                     self._open(r, error or "health probe failed")
 
     def bind(self, session: aiohttp.ClientSession, headers: Mapping[str, str]) -> None:
