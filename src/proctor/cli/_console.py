@@ -13,3 +13,20 @@ def make_console(*, stderr: bool = False) -> Any:
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else 160
     return Console(stderr=stderr, highlight=False, width=width)
+
+
+class LazyConsole:
+    """A module-level console that imports rich only when something is printed.
+
+    Every `proctor` invocation imports every command module; rich costs ~30 ms to import, which
+    `proctor run` would otherwise pay before its first request.
+    """
+
+    def __init__(self, *, stderr: bool = False) -> None:
+        self._stderr = stderr
+        self._console: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            self._console = make_console(stderr=self._stderr)
+        return getattr(self._console, name)

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+
+from proctor.cli._console import LazyConsole
 
 from proctor.errors import InputError, ProctorError
 
@@ -37,8 +36,8 @@ TokenOpt = Annotated[
 ]
 JobArg = Annotated[str, typer.Argument(help="The job's id.")]
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
 
 
 def _client(server: str | None, token: str | None, host: str | None = None, port: int | None = None) -> Client:
@@ -312,6 +311,8 @@ def _follow(client: Client, job_id: str, *, log_file: Path | None, last_event_id
 
     final = "unknown"
     sink = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -379,6 +380,8 @@ def check(server: ServerOpt = None, token: TokenOpt = None) -> None:
     if info.get("you"):
         console.print(f"you are {info['you']}")
     if info["jobs"]:
+        from rich.table import Table
+
         table = Table("job", "state", "queue", "yours")
         for job in info["jobs"]:
             table.add_row(job["id"], job["state"], str(job.get("queue_position") or ""), "yes" if job["mine"] else "")
@@ -389,6 +392,8 @@ def status(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None) -> 
     """A job's state, exit code, note and progress."""
     with _client(server, token) as client:
         job = client.status(job_id)
+    from rich.table import Table
+
     table = Table(show_header=False)
     for key in ("id", "owner", "kind", "state", "queue_position", "exit_code", "note", "attempts", "progress"):
         if job.get(key) is not None:
@@ -456,6 +461,8 @@ def list_jobs(
     """Your jobs on the server."""
     with _client(server, token) as client:
         jobs = client.list(all_users=all_users)
+    from rich.table import Table
+
     table = Table("job", "state", "kind", "owner", "exit", "note")
     for job in jobs:
         table.add_row(job["id"], job["state"], job["kind"], job["owner"], str(job.get("exit_code") or ""), job.get("note") or "")
