@@ -121,3 +121,13 @@ def test_fingerprint_changes_with_model_and_solver_only() -> None:
     assert spec.model_copy(update={"concurrency": 3}).fingerprint("digest") == fp
     assert apply_model_override(spec, "subject=http://127.0.0.1:9/v1@other").fingerprint("digest") != fp
     assert spec.fingerprint("other-digest") != fp
+
+
+def test_model_name_is_required_unless_launched() -> None:
+    data = base()
+    del data["models"]["subject"]["model"]
+    msg = _error(data)
+    assert "models.subject: 'model' (the model name sent in requests) is required" in msg
+    assert "Value error" not in msg
+    data["models"]["subject"] = {"launch": {"kind": "llama-cpp", "port": 5000, "model_path": "m.gguf"}}
+    assert parse_spec(data, source="s").models["subject"].model == ""

@@ -104,8 +104,9 @@ class LaunchConfig(StrictModel):
 class ModelConfig(StrictModel):
     """One model role: a pool of replicas of the same model, and how to call it."""
 
-    model: str
-    """Model name sent in requests (``model`` field of the OpenAI API)."""
+    model: str = ""
+    """Model name sent in requests (``model`` field of the OpenAI API). May be left out when
+    ``launch`` starts the server: the served name is then used."""
     base_url: str | None = None
     replicas: list[str | ReplicaAddress] = Field(default_factory=list)
     """Several replicas of the same model: base URLs or ``{host, port}`` entries."""
@@ -131,4 +132,6 @@ class ModelConfig(StrictModel):
             raise ValueError("give only one of 'base_url', 'replicas' or 'pool_file'")
         if sum(sources) == 0 and self.launch is None:
             raise ValueError("give one of 'base_url', 'replicas', 'pool_file' or 'launch'")
+        if not self.model and self.launch is None:
+            raise ValueError("'model' (the model name sent in requests) is required")
         return self
