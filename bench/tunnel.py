@@ -56,14 +56,10 @@ def _agent_main(server_url: str, model_url: str) -> None:
     """The submitter's agent; reads the tunnel secret from stdin."""
     from proctor.tunnel.agent import run_agent
 
-    secret = sys.stdin.readline().strip()
-    try:
-        import uvloop
+    from proctor._loop import run as run_loop
 
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(run_agent(server_url, "bench-job", "bench-token", secret, model_url, log=lambda _line: None))
+    secret = sys.stdin.readline().strip()
+    run_loop(run_agent(server_url, "bench-job", "bench-token", secret, model_url, log=lambda _line: None))
 
 
 def _child(args: argparse.Namespace) -> int:

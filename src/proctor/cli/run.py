@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from proctor._loop import run as run_loop
 from proctor.cli._console import make_console
 
 from proctor.errors import InputError
@@ -118,7 +119,7 @@ def _dry_run(task: Any, spec_dir: Path) -> int:
         finally:
             await router.aclose()
 
-    described, problem = asyncio.run(probe())
+    described, problem = run_loop(probe())
     table = Table(title=f"{task.name}: where requests go (no sample is run)", title_justify="left")
     for col in ("role", "model", "replica", "healthy", "limit"):
         table.add_column(col)

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from proctor._loop import run as run_loop
 from proctor.errors import InputError
 
 __all__ = ["register"]
@@ -79,7 +80,7 @@ def tunnel(
             raise InputError(f"--api-key-env {api_key_env}: environment variable {api_key_env} is not set")
     secret = _secret(secret_env)
     _stderr(f"tunnel for job {job_id}: serving its model calls from the local model (Ctrl-C to stop)")
-    asyncio.run(run_agent(server_url, job_id, token, secret, model, api_key, log=_stderr, connections=connections))
+    run_loop(run_agent(server_url, job_id, token, secret, model, api_key, log=_stderr, connections=connections))
 
 
 def register(app: typer.Typer) -> None:

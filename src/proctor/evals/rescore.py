@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from proctor._loop import run as run_loop
 from proctor.errors import InputError, ProctorError
 from proctor.evals.ledger import Ledger
 from proctor.evals.registry import build_scorer
@@ -41,7 +42,7 @@ def rescore_run(run_dir: Path, *, scorer: str | None = None, judge: str | None =
         events = EventLog(run_dir / "events.jsonl")
         ledger.start_writer()
         try:
-            asyncio.run(_score_all(rows, ledger, score_fn, spec, run_dir, events, concurrency or spec.concurrency))
+            run_loop(_score_all(rows, ledger, score_fn, spec, run_dir, events, concurrency or spec.concurrency))
         finally:
             events.close()
             ledger.flush()

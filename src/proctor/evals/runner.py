@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proctor._loop import run as run_loop
 from proctor.errors import (
     ContextOverflowError,
     IncomparableRunError,
@@ -186,7 +187,7 @@ class Runner:
                 if already:
                     log.info("resuming: %d of %d samples already done, %d to run", already, len(dataset.samples),
                              len(work))
-                return asyncio.run(self._main(ledger, work, already, len(dataset.samples), solver, scorer))
+                return run_loop(self._main(ledger, work, already, len(dataset.samples), solver, scorer))
             finally:
                 logging.getLogger("proctor").removeHandler(handler)
                 handler.close()

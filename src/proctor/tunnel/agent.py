@@ -30,6 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 
+from proctor._loop import run as run_loop
 from proctor.errors import AuthenticationError, InputError, PermissionDeniedError
 from proctor.tunnel import protocol
 from proctor.tunnel.protocol import CHUNK, Envelope, FrameWriter, Kind
@@ -434,4 +435,4 @@ def run_agent_sync(
             connections=connections,
         )
 
-    return asyncio.run(main())
+    return run_loop(main())
