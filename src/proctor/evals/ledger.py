@@ -325,6 +325,22 @@ class Ledger:
                 score_extra=_loads(r[23]),
             )
 
+    def trajectory_lines(self) -> Iterator[str]:
+        """``traj_log_all.jsonl`` lines, built from the stored JSON text without decoding it.
+
+        Agent trajectories are the bulk of a run's data; decoding and re-encoding them only to
+        copy them into a file would double the cost of every report refresh.
+        """
+        cur = self._reader.execute(
+            "SELECT s.id, s.state, c.value, g.messages, g.extra FROM samples s"
+            " JOIN generations g ON g.id = s.id LEFT JOIN scores c ON c.id = s.id"
+            " WHERE g.messages IS NOT NULL ORDER BY s.idx"
+        )
+        for sample_id, state, score, messages, extra in cur:
+            head = f'{{"id": {_dumps(sample_id)}, "state": {_dumps(state)}, "score": {_dumps(score)}, "messages": '
+            tail = "}\n" if not extra or extra == "{}" else ", " + extra[1:] + "\n"
+            yield head + messages + tail
+
     def generation(self, sample_id: str) -> SolveResult | None:
         r = self._reader.execute(
             "SELECT output, messages, tokens_in, tokens_out, model_calls, outcome, extra FROM generations WHERE id=?",

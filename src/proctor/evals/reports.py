@@ -169,13 +169,6 @@ def write_reports(
     stats = compute_stats(rows, name=name, model=model, wall_time=wall_time, model_durations=model_durations,
                           final=final)
     atomic_write(run_dir / "samples.jsonl", (_line(_sample_record(r)) for r in rows))
-    atomic_write(
-        run_dir / "traj_log_all.jsonl",
-        (
-            _line({"id": r.id, "state": r.state, "score": r.score, "messages": r.messages, **(r.gen_extra or {})})
-            for r in rows
-            if r.messages is not None
-        ),
-    )
+    atomic_write(run_dir / "traj_log_all.jsonl", ledger.trajectory_lines())
     atomic_write(run_dir / "eval_stats.json", json.dumps(stats, indent=2) + "\n")
     return stats
