@@ -36,6 +36,7 @@ def _hub_main(port: int, router_only: bool) -> None:
     import uvicorn
     from fastapi import FastAPI
 
+    from proctor._loop import tune_gc
     from proctor.tunnel.hub import TunnelHub
 
     hub = TunnelHub(authenticator=lambda token: "bench" if token == "bench-token" else None)
@@ -49,6 +50,7 @@ def _hub_main(port: int, router_only: bool) -> None:
         return hub.stats("bench-job")
 
     served = app if router_only else hub.wrap_app(app)
+    tune_gc()  # as proctor serve does
     uvicorn.run(served, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
 
 

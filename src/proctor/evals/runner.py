@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -188,7 +187,6 @@ class Runner:
                 if already:
                     log.info("resuming: %d of %d samples already done, %d to run", already, len(dataset.samples),
                              len(work))
-                _tune_gc()
                 return run_loop(self._main(ledger, work, already, len(dataset.samples), solver, scorer))
             finally:
                 logging.getLogger("proctor").removeHandler(handler)
@@ -401,19 +399,6 @@ class Runner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
-
-
-def _tune_gc() -> None:
-    """Make the cyclic garbage collector cheap for the run.
-
-    A run allocates a few small dicts per call, most freed at once by reference counting. By
-    default the collector still runs every 700 allocations, and each older-generation pass walks
-    the ~100k objects made at start-up (pydantic, typer, aiohttp). Freezing those and collecting
-    the young generation less often cut the engine's overhead over a bare aiohttp client by
-    about a third in bench/overhead.py (e.g. 1.54x → 1.40x at C=512).
-    """
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
 
 
 def resume_command(run_dir: Path) -> str:

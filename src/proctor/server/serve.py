@@ -12,6 +12,7 @@ import sys
 
 import uvicorn
 
+from proctor._loop import tune_gc
 from proctor.server.app import create_app, served_app
 from proctor.server.settings import ServerSettings
 
@@ -48,6 +49,7 @@ def serve(settings: ServerSettings, *, on_ready: str | None = None) -> None:
     settings = settings.model_copy(update={"port": sock.getsockname()[1]})
     configure_logging(settings)
     app = create_app(settings)
+    tune_gc()
     config = uvicorn.Config(served_app(app), log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     if on_ready:
