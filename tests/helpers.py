@@ -89,3 +89,15 @@ def create_token(data: Path, name: str, *, admin: bool = False) -> str:
     if admin:
         args.append("--admin")
     return subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def load_orchestra_fakes() -> Any:
+    """examples/orchestra/fakes.py (the example's stand-in servers) as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "orchestra" / "fakes.py"
+    spec = importlib.util.spec_from_file_location("orchestra_fakes", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -252,19 +252,14 @@ class Client:
 
     def download(self, job_id: str, path: str, dest: Path) -> Path:
         """Stream one artifact to ``dest`` (a file path)."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{path}") as response:
-            if response.status_code >= 400:
-                response.read()
-                _raise_for(response)
-            with open(dest, "wb") as fh:
-                for chunk in response.iter_bytes():
-                    fh.write(chunk)
-        return dest
+        return self._stream_to(f"/v1/jobs/{job_id}/artifacts/{path}", dest)
 
     def download_tar(self, job_id: str, dest: Path) -> Path:
+        return self._stream_to(f"/v1/jobs/{job_id}/results.tar.gz", dest)
+
+    def _stream_to(self, url: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/results.tar.gz") as response:
+        with self._http.stream("GET", url) as response:
             if response.status_code >= 400:
                 response.read()
                 _raise_for(response)

@@ -7,27 +7,18 @@ free ports; the spec is copied with those URLs, everything else as shipped.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from helpers import load_orchestra_fakes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "orchestra"
-
-
-def _load_fakes() -> Any:
-    spec = importlib.util.spec_from_file_location("orchestra_fakes", EXAMPLE / "fakes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def _proctor(*args: str) -> tuple[int, str]:
@@ -47,7 +38,7 @@ async def _proctor(*args: str) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_orchestra_example_runs_and_rescores(tmp_path: Path) -> None:
-    fakes = _load_fakes()
+    fakes = load_orchestra_fakes()
     out_dir = tmp_path / "run"
 
     async def go() -> tuple[tuple[int, str], tuple[int, str]]:

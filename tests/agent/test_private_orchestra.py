@@ -8,33 +8,23 @@ service are ordinary endpoints the server's job calls directly.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from helpers import create_token, start_server, stop_process
+from helpers import create_token, load_orchestra_fakes, start_server, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "orchestra"
 
 
-def _load_fakes() -> Any:
-    spec = importlib.util.spec_from_file_location("orchestra_fakes_private", EXAMPLE / "fakes.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_orchestra_runs_through_the_server_in_private_mode(tmp_path: Path) -> None:
-    fakes = _load_fakes()
+    fakes = load_orchestra_fakes()
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
     token = create_token(data, "alice")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from helpers import arith_rows, read_jsonl, run_proctor, write_jsonl, write_spec
+from helpers import arith_rows, read_jsonl, run_proctor, write_spec
 
 from proctor.testing import FakeLLMThread
 

@@ -8,14 +8,15 @@ file under the data dir and in no log.
 from __future__ import annotations
 
 import os
-import time
 import signal
+import time
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import start_server, stop_process
 
 from proctor.client import Client
 from proctor.testing import FakeLLMConfig, FakeLLMThread
@@ -41,30 +42,14 @@ class ServerProcess:
     """`python -m proctor serve` in its own process group, stopped by its own handle."""
 
     def __init__(self, data: Path, log: Path) -> None:
-        self.log = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--slots", "1",
-             "--ready-line", "READY {port}"],
-            stdout=subprocess.PIPE, stderr=self.log, start_new_session=True, text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # bounded: the server prints it or exits (EOF)
-        assert line.startswith("READY "), f"server did not start: {line!r}"
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.proc, self.url = start_server(data, log)
 
     def sigkill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self.log.close()
+        stop_process(self.proc)
 
 
 def _cwd(proc: psutil.Process) -> str | None:

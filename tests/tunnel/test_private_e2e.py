@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import create_token, start_server, stop_process
 
 from proctor.testing import FakeLLMConfig, FakeLLMThread
 
@@ -22,56 +23,11 @@ KEY = "sk-local-model-" + "q7" * 12
 N = 12
 
 
-def _server(data: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
-    with open(log, "ab") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "proctor",
-                "serve",
-                "--port",
-                "0",
-                "--data",
-                str(data),
-                "--slots",
-                "1",
-                "--ready-line",
-                "READY {port}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            text=True,
-        )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # bounded: the server prints it or exits (EOF)
-    assert line.startswith("READY "), f"server did not start: {line!r}"
-    return proc, f"http://127.0.0.1:{int(line.split()[1])}"
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
 @pytest.mark.slow
 def test_private_job_end_to_end_leaves_no_trace_of_the_local_model(tmp_path: Path) -> None:
     data, server_log, out = tmp_path / "data", tmp_path / "server.log", tmp_path / "out"
     data.mkdir()
-    token = subprocess.run(
-        [sys.executable, "-m", "proctor", "server", "token", "create", "alice", "--data", str(data)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
+    token = create_token(data, "alice")
     with FakeLLMThread(FakeLLMConfig(reply="arith", require_key=KEY)) as llm:
         local_url = llm.base_url
         spec_dir = tmp_path / "spec"
@@ -84,7 +40,7 @@ def test_private_job_end_to_end_leaves_no_trace_of_the_local_model(tmp_path: Pat
         spec = spec.replace("http://127.0.0.1:8000/v1", local_url).replace("concurrency: 32", "concurrency: 4")
         spec = spec.replace("model: fake}", "model: fake, api_key_env: LOCAL_KEY}")
         (spec_dir / "spec.yaml").write_text(spec)
-        server, url = _server(data, server_log)
+        server, url = start_server(data, server_log)
         try:
             env = {**os.environ, "PROCTOR_TOKEN": token, "LOCAL_KEY": KEY}
             done = subprocess.run(
@@ -108,7 +64,7 @@ def test_private_job_end_to_end_leaves_no_trace_of_the_local_model(tmp_path: Pat
                 check=False,
             )
         finally:
-            _stop(server)
+            stop_process(server)
         assert done.returncode == 0, done.stdout + done.stderr
         # Every sample was answered by the local model, through the tunnel, once.
         assert sum(llm.successes.values()) == N, llm.stats()

@@ -131,7 +131,6 @@ def submit(
     local: LocalModel | None = None
     if is_private:
         # Everything the tunnel needs is checked before anything is queued on the server.
-        _require_tunnel()
         local = _local_model(roles, models, spec)
         # The endpoint and key of a private role stay on this machine: only the name is sent.
         for role in roles:
@@ -227,13 +226,6 @@ class LocalModel:
 
     url: str
     api_key: str | None = field(default=None, repr=False)
-
-
-def _require_tunnel() -> None:
-    try:
-        import proctor.tunnel.agent  # noqa: F401
-    except ImportError:
-        raise ProctorError("private mode needs proctor.tunnel, which is not installed here") from None
 
 
 def _local_model(roles: list[str], flag_models: dict[str, dict[str, Any]], spec: Path | None) -> LocalModel:
@@ -506,7 +498,6 @@ def resume(
         roles: list[str] = list(client.status(job_id).get("private_roles") or [])
         local: LocalModel | None = None
         if roles:
-            _require_tunnel()
             flag_models = _models(model, base_url, None, {r: k for r, k in keys.items() if r in roles})
             local = _local_model(roles, flag_models, spec)
             keys = {r: k for r, k in keys.items() if r not in roles}  # a private role's key stays here

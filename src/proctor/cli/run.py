@@ -99,8 +99,6 @@ def run(
 
 
 def _dry_run(task: Any, spec_dir: Path) -> int:
-    import asyncio
-
     from rich.table import Table
 
     from proctor.errors import NoHealthyReplicaError

@@ -63,8 +63,6 @@ def tunnel(
     ] = 1,
 ) -> None:
     """Serve a private-mode job's model calls from a model on this machine, until the job ends."""
-    import asyncio
-
     from proctor.client import DEFAULT_SERVER, load_client_config
     from proctor.tunnel.agent import run_agent
 

@@ -27,7 +27,7 @@ Rules, stated once because reports depend on them:
 - **Trajectory**: ``SolveResult.messages`` is every message, each assistant and tool message with a
   ``timing`` entry; ``extra["turns"]`` has one record per turn (timings, tokens, endpoint, calls).
 - **Images**: if the sample has images and the role cannot take them (``supports_images`` false
-  in its model config), the sample is skipped with ``SampleSkipped(IMAGES_UNSUPPORTED)``, the
+  in its model config), the sample is skipped with ``SampleSkipped`` (reason ``proctor.evals.content.IMAGES_UNSUPPORTED``), the
   reason the ``generate`` solver gives too.
 
 Model-infrastructure failures (``InfraError``) and aborts propagate to the engine, with the
@@ -48,7 +48,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from proctor.errors import ContextOverflowError, ModelError
-from proctor.evals.content import IMAGES_UNSUPPORTED, check_images, user_content
+from proctor.evals.content import check_images, user_content
 from proctor.evals.options import validate_options
 from proctor.evals.agent.tools import Tool, ToolCall, ToolCallContext, ToolOutcome, build_tools, invoke_tool
 from proctor.evals.agent.tools._http import close_sessions
