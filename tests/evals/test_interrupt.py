@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from helpers import read_jsonl, run_proctor, write_spec
 
 from proctor.testing import FakeLLMConfig, FakeLLMProcess, FakeLLMThread
@@ -80,14 +81,15 @@ def test_kill_9_at_random_moments_then_resume_does_everything_exactly_once(tmp_p
     conn.close()
 
 
-def test_sigint_finishes_in_flight_samples_then_resume_completes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_finishes_in_flight_samples_then_resume_completes(tmp_path: Path, sig: int) -> None:
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.3)) as llm:
         spec = write_spec(tmp_path, llm.base_url, n=40, concurrency=4)
         out = tmp_path / "run"
         proc = start(spec, out)
         try:
             wait_for(lambda: llm.stats()["requests"] >= 6)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             stdout, stderr = proc.communicate(timeout=30)
         finally:
             proc.kill()

@@ -202,3 +202,25 @@ def test_rejected_key_aborts_the_run(tmp_path: Path) -> None:
         assert llm.stats()["requests"] <= 10 + 1  # no retry storm
         result = run_proctor("run", spec, "--out", tmp_path / "run", env={"EVAL_KEY": "right"})
         assert result.returncode == 0, result.stderr
+
+
+def test_prompt_and_generation_parameters_reach_the_wire(tmp_path: Path) -> None:
+    with FakeLLMThread() as llm:  # echo
+        spec = write_spec(tmp_path, llm.base_url, n=1, extra="""generate:
+  temperature: 0.2
+  max_tokens: 64
+  stop: ["\\n\\n"]
+  extra_body: {chat_template_kwargs: {enable_thinking: false}}
+""")
+        spec.write_text(spec.read_text().replace(
+            "solver: generate", 'solver: {type: generate, system_prompt: "Be brief.", template: "Q: {input} ({category})"}'))
+        result = run_proctor("run", spec, "--out", tmp_path / "run")
+        assert result.returncode == 0, result.stderr
+        body = llm.stats()["last_request"]
+    assert body["model"] == "fake"
+    assert body["temperature"] == 0.2 and body["max_tokens"] == 64 and body["stop"] == ["\n\n"]
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    assert body["messages"] == [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "Q: What is 1 + 3? (even)"}]
+    (record,) = read_jsonl(tmp_path / "run" / "samples.jsonl")
+    assert record["output"] == "Q: What is 1 + 3? (even)"

@@ -395,6 +395,8 @@ def test_stats_reset_and_config_endpoints() -> None:
         await ask(s, llm, "one")
         async with s.get(root + "/_stats") as resp:
             stats = await resp.json()
+        last = stats.pop("last_request")
+        assert last["messages"] == [{"role": "user", "content": "one"}]
         assert stats == {
             "requests": 1, "ok": 1, "errors": {}, "counts": {"one": 1}, "successes": {"one": 1},
             "max_in_flight": 1, "in_flight": 0,

@@ -116,6 +116,8 @@ class FakeLLM:
         self.successes: dict[str, int] = {}
         self.in_flight = getattr(self, "in_flight", 0)
         self.max_in_flight = self.in_flight
+        self.last_request: dict[str, Any] | None = None
+        """The most recent request body, so tests can check what went over the wire."""
 
     def stats(self) -> dict[str, Any]:
         """Snapshot of the counters, the same document ``GET /_stats`` returns."""
@@ -127,6 +129,7 @@ class FakeLLM:
             "successes": dict(self.successes),
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
+            "last_request": self.last_request,
         }
 
     # -- helpers ---------------------------------------------------------------------------
@@ -212,6 +215,7 @@ class FakeLLM:
     ) -> web.StreamResponse:
         """Shared path of chat and legacy completions: count, gate, wait, reply."""
         self.requests += 1
+        self.last_request = body
         self.counts[key] = self.counts.get(key, 0) + 1
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
