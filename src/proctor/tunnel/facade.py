@@ -162,13 +162,12 @@ class FacadeApp:
                 _json_error(404, f"{method} /{path} is not forwarded to the private model", "not_found"),
                 None,
             )
-        too_big = _json_error(413, f"request body over the tunnel cap of {hub.max_body} bytes", "body_too_large")
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > hub.max_body:
-            return 413, _JSON, too_big, None
-        body = await _read_body(receive, hub.max_body)
+        too_long = length is not None and length.isdigit() and int(length) > hub.max_body
+        body = None if too_long else await _read_body(receive, hub.max_body)
         if body is None:
-            return 413, _JSON, too_big, None
+            msg = f"request body over the tunnel cap of {hub.max_body} bytes"
+            return 413, _JSON, _json_error(413, msg, "body_too_large"), None
 
         loop = asyncio.get_running_loop()
         timeout = hub.request_deadline
