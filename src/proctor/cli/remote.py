@@ -457,7 +457,7 @@ def list_jobs(
 
     table = Table("job", "state", "kind", "owner", "exit", "note")
     for job in jobs:
-        table.add_row(job["id"], job["state"], job["kind"], job["owner"], str(job.get("exit_code") or ""), job.get("note") or "")
+        table.add_row(job["id"], job["state"], job["kind"], job["owner"], "" if job.get("exit_code") is None else str(job["exit_code"]), job.get("note") or "")
     console.print(table)
 
 
