@@ -150,5 +150,5 @@ def test_open_files_stay_bounded_at_concurrency_1000(tmp_path: Path) -> None:
         finally:
             proc.kill()
         assert proc.returncode == 0
-        assert llm.stats()["max_in_flight"] >= concurrency // 2  # the load really was that concurrent
+        assert llm.stats()["max_in_flight"] >= concurrency * 0.9  # the load really was that concurrent
     assert 0 < peak <= concurrency + 100, peak

@@ -51,7 +51,7 @@ def test_start_probes_and_describe_reports_health() -> None:
             assert role["role"] == "subject" and role["model"] == "fake"
             assert [r["healthy"] for r in role["replicas"]] == [True, False]
             assert role["replicas"][1]["url"] == dead and "failed" in role["replicas"][1]["last_error"]
-            assert role["replicas"][0]["concurrency_limit"] == 512 and role["replicas"][0]["in_flight"] == 0
+            assert role["replicas"][0]["concurrency_limit"] == 4096 and role["replicas"][0]["in_flight"] == 0
             await router.start()  # one healthy replica is enough
             result = await router.role("subject").chat(user())
             await router.aclose()

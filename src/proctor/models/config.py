@@ -115,8 +115,9 @@ class ModelConfig(StrictModel):
     api_key_env: str | None = None
     """Name of the environment variable holding the API key; the key itself never goes in a file."""
     request_timeout: float = Field(default=600.0, gt=0)
-    max_connections: int = Field(default=512, ge=1)
-    """Connection cap per replica."""
+    max_connections: int = Field(default=4096, ge=1)
+    """Connection cap per replica (and the start of its adaptive limit). The run's concurrency
+    already bounds requests in flight; lower this to protect a server shared by several roles."""
     adaptive_concurrency: bool = True
     retry: RetryConfig = Field(default_factory=RetryConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
