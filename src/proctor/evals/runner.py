@@ -364,10 +364,13 @@ class Runner:
             events.flush()
             if time.monotonic() - last_report >= self.options.report_interval:
                 started = time.monotonic()
-                await asyncio.to_thread(
-                    write_reports, ledger, self.run_dir, name=self.spec.name,
-                    model=self.spec.models["subject"].model, wall_time=time.monotonic() - self.wall_start,
-                    model_durations=list(events.model_durations), final=False)
+                try:
+                    await asyncio.to_thread(
+                        write_reports, ledger, self.run_dir, name=self.spec.name,
+                        model=self.spec.models["subject"].model, wall_time=time.monotonic() - self.wall_start,
+                        model_durations=list(events.model_durations), final=False)
+                except OSError as exc:  # e.g. a full disk: the ledger has everything, retry later
+                    log.warning("could not refresh the reports (%s); will try again", exc)
                 # Never spend more than ~5% of the time rewriting reports on huge runs.
                 last_report = time.monotonic() + 20 * (time.monotonic() - started)
 
