@@ -361,7 +361,10 @@ class Runner:
         while True:
             await asyncio.sleep(interval)
             progress.update(self.counters.done, self.counters.errors, self._accuracy())
-            events.flush()
+            try:
+                events.flush()
+            except OSError as exc:  # kept in memory; the next flush writes them
+                log.warning("could not write events.jsonl (%s); will try again", exc)
             if time.monotonic() - last_report >= self.options.report_interval:
                 started = time.monotonic()
                 try:

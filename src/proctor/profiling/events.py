@@ -39,8 +39,12 @@ class EventLog:
         with self._lock:
             buffer, self._buffer = self._buffer, []
             if buffer:
-                self._file.write("".join(json.dumps(e, default=str) + "\n" for e in buffer))
-                self._file.flush()
+                try:
+                    self._file.write("".join(json.dumps(e, default=str) + "\n" for e in buffer))
+                    self._file.flush()
+                except OSError:
+                    self._buffer[:0] = buffer  # nothing is lost: they go out with the next flush
+                    raise
             self._last_flush = time.monotonic()
 
     def close(self) -> None:
