@@ -13,20 +13,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
+. scripts/_setup.sh
 started=$SECONDS
 step() { printf '\n==> %s\n' "$*"; }
 elapsed() { printf '    (%d s)\n' $((SECONDS - $1)); }
 
-if [ ! -x .venv/bin/python ]; then
-  step "creating the virtual environment .venv (a few seconds)"
-  t=$SECONDS
-  "$PYTHON" -m venv .venv || {
-    echo "error: '$PYTHON -m venv' failed; on Debian/Ubuntu: apt-get install python3-venv" >&2
-    exit 2
-  }
-  elapsed $t
-fi
+ensure_venv || exit 2
 VPY=.venv/bin/python
 # pip, minus its noise: "already satisfied" lines and warnings about unused local index paths.
 pip_install() {
@@ -45,9 +37,8 @@ fi
 
 if ! "$VPY" -c "import llama_cpp.server" 2>/dev/null; then
   if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
-    echo "error: llama.cpp is compiled from source and needs a C++ compiler; on Debian/Ubuntu:" >&2
-    echo "       apt-get install build-essential cmake" >&2
-    exit 2
+    # llama.cpp is compiled from source (cmake itself comes from PyPI as a build dependency).
+    apt_install build-essential || exit 2
   fi
   step "compiling llama.cpp (llama-cpp-python[server]) — first time only, 6–17 minutes on 2 cores"
   echo "    pip prints 'still running...' while the compiler works; the wheel is then cached by pip"

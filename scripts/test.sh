@@ -2,10 +2,8 @@
 # Runs proctor's whole test suite; sets up .venv first when needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  echo "==> creating .venv"
-  python3 -m venv .venv
-fi
+. scripts/_setup.sh
+ensure_venv
 echo "==> installing proctor and its test dependencies into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "==> running the tests"
