@@ -25,6 +25,7 @@ from pydantic import Field
 
 from proctor.errors import ProctorError
 from proctor.evals.options import validate_options
+from proctor.evals.scorers import targets as sample_targets
 from proctor.evals.types import Sample, Score, SolveContext, SolveResult, register_scorer
 from proctor.models.config import GenerateParams, StrictModel
 
@@ -168,12 +169,6 @@ def _question(sample: Sample) -> str:
     return ""
 
 
-def _targets(sample: Sample) -> list[str]:
-    if sample.target is None:
-        return []
-    return [sample.target] if isinstance(sample.target, str) else [str(t) for t in sample.target]
-
-
 class JudgeScorer:
     """Asks the judge role; see the module docstring for the rules."""
 
@@ -188,7 +183,7 @@ class JudgeScorer:
 
     async def __call__(self, sample: Sample, result: SolveResult, ctx: SolveContext) -> Score:
         output = result.output or ""
-        targets = _targets(sample)
+        targets = sample_targets(sample)
         if self.options.exact_match and output.strip():
             norm = _normalise(output)
             if any(norm == _normalise(t) for t in targets):
