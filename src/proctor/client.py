@@ -9,6 +9,7 @@ bodies, never in URLs, and never printed.
 
 from __future__ import annotations
 
+import builtins
 import base64
 import json
 import os
@@ -247,7 +248,7 @@ class Client:
 
     # results --------------------------------------------------------------------------------------
 
-    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+    def artifacts(self, job_id: str) -> builtins.list[dict[str, Any]]:  # `list` is a method here
         return list(self._request("GET", f"/v1/jobs/{job_id}/artifacts").json())
 
     def download(self, job_id: str, path: str, dest: Path) -> Path:
@@ -268,7 +269,7 @@ class Client:
                     fh.write(chunk)
         return dest
 
-    def download_results(self, job_id: str, out: Path) -> list[Path]:
+    def download_results(self, job_id: str, out: Path) -> builtins.list[Path]:
         """Every artifact of the job into ``out`` (``out/eval_stats.json``, ``job.log``, ...)."""
         paths = []
         for item in self.artifacts(job_id):

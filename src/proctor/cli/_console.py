@@ -26,7 +26,12 @@ class LazyConsole:
         self._stderr = stderr
         self._console: Any = None
 
-    def __getattr__(self, name: str) -> Any:
+    @property
+    def real(self) -> Any:
+        """The rich Console itself, for APIs that want one (e.g. ``rich.progress.Progress``)."""
         if self._console is None:
             self._console = make_console(stderr=self._stderr)
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)

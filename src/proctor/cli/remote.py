@@ -311,7 +311,7 @@ def _follow(client: Client, job_id: str, *, log_file: Path | None, last_event_id
         MofNCompleteColumn(),
         TextColumn("errors {task.fields[errors]}  acc {task.fields[acc]}"),
         TimeRemainingColumn(),
-        console=console,
+        console=console.real,
         transient=True,
         disable=not console.is_terminal,
     )

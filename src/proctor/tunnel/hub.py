@@ -30,7 +30,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable  # noqa: F401 - Awaitable: in a string annotation
 from dataclasses import dataclass, field
 from typing import Any
 
