@@ -224,3 +224,27 @@ def test_prompt_and_generation_parameters_reach_the_wire(tmp_path: Path) -> None
                                 {"role": "user", "content": "Q: What is 1 + 3? (even)"}]
     (record,) = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert record["output"] == "Q: What is 1 + 3? (even)"
+
+
+def test_adding_samples_extends_a_run_but_changing_or_removing_one_is_refused(
+    tmp_path: Path, fake_llm: FakeLLMThread
+) -> None:
+    rows = arith_rows(8)
+    spec = write_spec(tmp_path, fake_llm.base_url, rows=rows[:5])
+    out = tmp_path / "run"
+    assert run_proctor("run", spec, "--out", out).returncode == 0
+    # New rows at the end of the file: the run goes on with them only.
+    write_spec(tmp_path, fake_llm.base_url, rows=rows)
+    result = run_proctor("run", spec, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert len(fake_llm.counts) == 8 and set(fake_llm.counts.values()) == {1}
+    # A changed target, or a removed sample, would mix two datasets in one result.
+    changed = [dict(r) for r in rows]
+    changed[2]["answer"] = "999"
+    write_spec(tmp_path, fake_llm.base_url, rows=changed)
+    result = run_proctor("run", spec, "--out", out)
+    assert result.returncode == 2 and "1 sample(s) changed their input or target (e.g. 'q2')" in result.stderr
+    write_spec(tmp_path, fake_llm.base_url, rows=rows[1:])
+    result = run_proctor("run", spec, "--out", out)
+    assert result.returncode == 2 and "1 of its samples are no longer in data.jsonl (e.g. 'q0')" in result.stderr
+    assert fake_llm.stats()["requests"] == 8

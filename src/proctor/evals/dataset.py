@@ -27,6 +27,9 @@ _MISSING = object()
 @dataclass(slots=True)
 class LoadedDataset:
     samples: list[Sample]
+    """The selection to run (after shuffle, shard and limit)."""
+    all_samples: list[Sample]
+    """Every sample in the file: what a resumed run is checked against."""
     path: Path
     digest: str
     """sha256 of the file's bytes: changes whenever the data does."""
@@ -51,7 +54,7 @@ def load_dataset(config: DatasetConfig, *, base_dir: Path, limit: int | None = N
     samples = [_to_sample(row, where, index, config) for index, (where, row) in enumerate(rows)]
     _check_unique(samples, rows)
     selected = _select(samples, config, limit)
-    return LoadedDataset(selected, path, hashlib.sha256(raw).hexdigest(), len(rows))
+    return LoadedDataset(selected, samples, path, hashlib.sha256(raw).hexdigest(), len(rows))
 
 
 def _infer_format(path: Path) -> str:

@@ -151,6 +151,21 @@ class Ledger:
         rows = self._conn.execute("SELECT id, state, error_class FROM samples")
         return {r[0]: (r[1], r[2]) for r in rows}
 
+    def differences(self, samples: list[Sample]) -> tuple[list[str], list[str]]:
+        """(ids this run has that ``samples`` lack, ids whose input or target changed)."""
+        current = {s.id: (_dumps(s.input), _dumps(s.target)) for s in samples}
+        missing: list[str] = []
+        changed: list[str] = []
+        for sample_id, stored_input, stored_target in self._conn.execute(
+            "SELECT id, input, target FROM samples ORDER BY idx"
+        ):
+            now = current.get(sample_id)
+            if now is None:
+                missing.append(sample_id)
+            elif now != (stored_input, stored_target):
+                changed.append(sample_id)
+        return missing, changed
+
     def add_samples(self, samples: list[Sample], start_index: int = 0) -> None:
         """Insert samples the ledger does not know yet as pending."""
         rows = [

@@ -78,27 +78,41 @@ class RunDirectory:
 
     def prepare(self, spec: TaskSpec, dataset: LoadedDataset, *, force_new: bool) -> Ledger:
         self.path.mkdir(parents=True, exist_ok=True)
-        fingerprint = spec.fingerprint(dataset.digest)
-        if self.ledger_path.exists():
-            ledger = Ledger(self.ledger_path)
-            stored = ledger.get_meta("fingerprint")
-            if stored is not None and json.loads(stored) != fingerprint:
-                changed = [k for k, v in json.loads(stored).items() if fingerprint.get(k) != v]
-                if not force_new:
-                    ledger.close()
-                    raise IncomparableRunError(
-                        f"{self.path} holds a run whose {', '.join(changed)} differ(s) from this spec; "
-                        "its results cannot be mixed with this one's",
-                        hint="use another --out directory, or --force-new to set the old run aside and start afresh",
-                    )
-                ledger.close()
-                self._set_aside()
-                ledger = Ledger(self.ledger_path)
-        else:
+        fingerprint = spec.fingerprint()
+        ledger = Ledger(self.ledger_path)
+        problems = self._incomparable(ledger, fingerprint, dataset)
+        if problems:
+            ledger.close()
+            if not force_new:
+                raise IncomparableRunError(
+                    f"{self.path} holds a run that cannot be mixed with this one: {'; '.join(problems)}",
+                    hint="use another --out directory, or --force-new to set the old run aside and start afresh",
+                )
+            self._set_aside()
             ledger = Ledger(self.ledger_path)
         ledger.set_meta("fingerprint", json.dumps(fingerprint))
+        ledger.set_meta("dataset_digest", dataset.digest)
         ledger.set_meta("name", spec.name)
         return ledger
+
+    @staticmethod
+    def _incomparable(ledger: Ledger, fingerprint: dict[str, str], dataset: LoadedDataset) -> list[str]:
+        """Why the stored run and this spec cannot share a ledger (empty when they can)."""
+        problems = []
+        stored = ledger.get_meta("fingerprint")
+        if stored is not None:
+            old = json.loads(stored)
+            changed = [k for k in fingerprint if k in old and old[k] != fingerprint[k]]
+            if changed:
+                problems.append(f"its {', '.join(changed)} differ(s) from this spec")
+        missing, altered = ledger.differences(dataset.all_samples)
+        if missing:
+            problems.append(f"{len(missing)} of its samples are no longer in {dataset.path.name} "
+                            f"(e.g. {', '.join(map(repr, missing[:3]))})")
+        if altered:
+            problems.append(f"{len(altered)} sample(s) changed their input or target "
+                            f"(e.g. {', '.join(map(repr, altered[:3]))})")
+        return problems
 
     def _set_aside(self) -> None:
         """--force-new never deletes finished work: the old run moves to a dated subdirectory."""

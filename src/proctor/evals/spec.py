@@ -104,10 +104,13 @@ class TaskSpec(StrictModel):
             raise ValueError("a 'subject' role (the model under evaluation) is required")
         return value
 
-    def fingerprint(self, dataset_digest: str) -> dict[str, str]:
-        """What must not change between a run and its resumption for results to be comparable."""
+    def fingerprint(self) -> dict[str, str]:
+        """What must not change between a run and its resumption for results to be comparable.
+
+        The dataset is checked sample by sample instead (``Ledger.differences``): adding samples
+        extends a run, while changing or removing one makes it another run.
+        """
         return {
-            "dataset": dataset_digest,
             "fields": _digest(self.dataset.fields.model_dump()),
             "model": self.models["subject"].model,
             "solver": _digest(self.solver.model_dump()),
