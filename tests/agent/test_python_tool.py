@@ -110,3 +110,27 @@ def test_tool_reports_errors_to_the_model() -> None:
     assert ok == "ok"
     assert [e["tool"] for e in events.tools()] == ["python"] * 3
     assert all("execution" in e["steps"] for e in events.tools())
+
+
+def test_code_has_no_network_unless_the_spec_allows_it() -> None:
+    import socket
+
+    import pytest
+
+    from proctor.evals.agent.tools.python import network_isolation_prefix
+
+    if not network_isolation_prefix():
+        pytest.skip("network namespaces are not available on this machine")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        code = (
+            "import socket\n"
+            "s = socket.socket(); s.settimeout(5)\n"
+            f"print('result', s.connect_ex(('127.0.0.1', {port})))\n"
+        )
+        isolated = arun(run_python(code, PythonOptions(timeout=20)))
+        allowed = arun(run_python(code, PythonOptions(timeout=20, network=True)))
+    assert "result 0" in allowed.stdout  # the listener is reachable from the host's network
+    assert "result" in isolated.stdout and "result 0" not in isolated.stdout

@@ -20,6 +20,8 @@ evaluation host.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
 import resource
 import shutil
@@ -39,6 +41,8 @@ from proctor.evals.agent.tools.base import Tool, ToolCallContext
 from proctor.models.config import StrictModel
 
 __all__ = ["PythonOptions", "PythonTool", "SandboxResult", "run_python"]
+
+log = logging.getLogger("proctor.tools.python")
 
 _ENV_ALLOWLIST = ("PATH", "LANG", "LC_ALL", "TZ")
 """Inherited only if set; everything else (keys, tokens, proxies) stays out."""
@@ -67,6 +71,35 @@ class PythonOptions(StrictModel):
     """Stdout and stderr are each cut to this many characters (head and tail kept)."""
     interpreter: str | None = None
     """Python executable for the code; default: the one running proctor."""
+    network: bool = False
+    """Let the code reach the network. Off by default: the code runs in a network namespace of
+    its own (Linux ``unshare --net``), with no interface up, not even loopback. Where namespaces
+    are not available, a warning is logged once and the code shares the host's network."""
+
+
+_NETNS_COMMANDS = (
+    ("unshare", "--net", "--"),  # root
+    ("unshare", "--user", "--map-root-user", "--net", "--"),  # unprivileged user namespaces
+)
+
+
+@functools.cache
+def network_isolation_prefix() -> tuple[str, ...]:
+    """The argv prefix that runs a program without network, or () where that is impossible.
+
+    Probed once per process, by running ``true`` under each candidate.
+    """
+    for prefix in _NETNS_COMMANDS:
+        if shutil.which(prefix[0]) is None:
+            break
+        try:
+            ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=10).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return prefix
+    log.warning("python tool: network namespaces are not available here; code runs with the host's network")
+    return ()
 
 
 @dataclass(slots=True)
@@ -191,6 +224,7 @@ async def run_python(code: str, opts: PythonOptions) -> SandboxResult:
         try:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _ExitAwareProtocol(loop),
+                *(() if opts.network else network_isolation_prefix()),
                 opts.interpreter or sys.executable,
                 "-I",  # isolated: no PYTHON* variables, no user site, script dir not trusted
                 "main.py",
@@ -273,6 +307,8 @@ class PythonTool(Tool):
 
     def __init__(self, options: PythonOptions | None = None) -> None:
         self.options = options or PythonOptions()
+        if not self.options.network:
+            network_isolation_prefix()  # probe now, not on the first call inside the event loop
         self.name = self.options.name
         self.description = self.options.description
         # The sandbox enforces the wall limit itself; the outer timeout is a backstop only.
