@@ -112,3 +112,29 @@ def test_private_submission_registers_tunnel(make_server) -> None:
         if path.is_file():
             data = path.read_bytes()
             assert b"sk-local-only" not in data and b"10.9.8.7" not in data and r.json()["tunnel_secret"].encode() not in data
+
+
+def test_a_revoked_token_is_refused_by_the_running_server(make_server) -> None:
+    import subprocess
+    import sys
+    import time
+
+    srv = make_server(token_cache_seconds=0.2)
+    bob = srv.client("bob")
+    assert bob.get("/v1/jobs").status_code == 200  # now cached
+    data = str(srv.settings.data_dir)
+    listed = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "list", "--data", data],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "bob\tuser" in listed.stdout and "root\tadmin" in listed.stdout
+    assert srv.tokens["bob"] not in listed.stdout + listed.stderr  # only names are shown
+    revoked = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data],
+                             capture_output=True, text=True, timeout=60)
+    assert revoked.returncode == 0, revoked.stderr
+    deadline = time.monotonic() + 10
+    while bob.get("/v1/jobs").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bob.get("/v1/jobs").status_code == 401
+    assert srv.client("alice").get("/v1/jobs").status_code == 200
+    again = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "no token named 'bob'" in again.stderr

@@ -6,8 +6,10 @@ config file is also where an admin registers command templates, datasets and cle
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -38,6 +40,10 @@ def serve_command(
         str | None, typer.Option("--rate-limit", help="Jobs per user (or IP) and window, e.g. 3/24h.")
     ] = None,
     database_url: DbOpt = None,
+    token_cache_seconds: Annotated[
+        float | None,
+        typer.Option("--token-cache-seconds", help="A revoked token stops working within this time (default 10)."),
+    ] = None,
     tunnel_grace: Annotated[
         float | None,
         typer.Option(
@@ -74,6 +80,7 @@ def serve_command(
         open=open_mode,
         rate_limit=rate_limit,
         database_url=database_url,
+        token_cache_seconds=token_cache_seconds,
         tunnel_grace=tunnel_grace,
         tunnel_request_deadline=tunnel_deadline,
         tunnel_max_inflight=tunnel_max_inflight,
@@ -89,6 +96,40 @@ def token_create(
     config: ConfigOpt = None,
 ) -> None:
     """Create a bearer token; it is printed once and stored only as a sha256 digest."""
+    with _job_store(data, database_url, config) as store:
+        token = store.create_token(name, admin=admin)
+    typer.echo(token)
+    typer.echo(f"token for {name!r}{' (admin)' if admin else ''}: shown once, keep it secret", err=True)
+
+
+def token_revoke(
+    name: Annotated[str, typer.Argument(help="The token's name, as given to `token create`.")],
+    data: DataOpt = None,
+    database_url: DbOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a token: a running server refuses it within --token-cache-seconds (default 10)."""
+    from proctor.errors import NotFoundError
+
+    with _job_store(data, database_url, config) as store:
+        if not store.revoke_token(name):
+            raise NotFoundError(f"no token named {name!r}", hint="`proctor server token list` shows the names")
+    typer.echo(f"revoked the token {name!r}", err=True)
+
+
+def token_list(data: DataOpt = None, database_url: DbOpt = None, config: ConfigOpt = None) -> None:
+    """List tokens by name (the tokens themselves are not stored)."""
+    import datetime
+
+    with _job_store(data, database_url, config) as store:
+        tokens = store.list_tokens()
+    for t in tokens:
+        created = datetime.datetime.fromtimestamp(t["created_at"]).strftime("%Y-%m-%d %H:%M")
+        typer.echo(f"{t['name']}\t{'admin' if t['admin'] else 'user'}\t{created}")
+
+
+@contextlib.contextmanager
+def _job_store(data: Path | None, database_url: str | None, config: Path | None) -> Iterator[Any]:
     from proctor.server.settings import load_settings
     from proctor.server.store import JobStore
 
@@ -96,11 +137,9 @@ def token_create(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.store_url)
     try:
-        token = store.create_token(name, admin=admin)
+        yield store
     finally:
         store.close()
-    typer.echo(token)
-    typer.echo(f"token for {name!r}{' (admin)' if admin else ''}: shown once, keep it secret", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -109,6 +148,8 @@ def register(app: typer.Typer) -> None:
     server_app = typer.Typer(help="Administer a proctor server.", no_args_is_help=True)
     token_app = typer.Typer(help="API tokens of a proctor server.", no_args_is_help=True)
     token_app.command("create")(token_create)
+    token_app.command("revoke")(token_revoke)
+    token_app.command("list")(token_list)
     server_app.add_typer(token_app, name="token")
     app.add_typer(server_app, name="server")
 

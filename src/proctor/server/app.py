@@ -62,7 +62,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """Build the server for ``settings``; the job store and scheduler start with the app's lifespan."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(settings.store_url)
-    auth = Authenticator(store, open_mode=settings.open)
+    auth = Authenticator(store, open_mode=settings.open, cache_seconds=settings.token_cache_seconds)
     metrics = Metrics()
     manager = JobManager(settings, store, metrics, Quota(store, settings.rate_limit))
 

@@ -6,6 +6,7 @@ job's owner or an admin may see its details, logs and results, or cancel, resume
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -36,25 +37,29 @@ def bearer_token(request: Request) -> str | None:
 class Authenticator:
     """Turns a request (or a raw token, for the tunnel) into a ``Principal``."""
 
-    def __init__(self, store: JobStore, *, open_mode: bool) -> None:
+    def __init__(self, store: JobStore, *, open_mode: bool, cache_seconds: float = 10.0) -> None:
         self.store = store
         self.open_mode = open_mode
-        self._cache: dict[str, Principal] = {}
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[Principal, float]] = {}
 
     def from_token(self, token: str | None) -> Principal | None:
-        """Known tokens are cached in memory (tokens cannot be revoked at run time yet), so
-        a burst of log followers costs no query each; unknown ones are looked up every time."""
+        """Known tokens are cached for ``cache_seconds``, so a burst of log followers costs no
+        query each, and a revoked token stops working within that time; unknown tokens are
+        looked up every time."""
         if not token:
             return None
+        now = time.monotonic()
         cached = self._cache.get(token)
-        if cached is not None:
-            return cached
+        if cached is not None and now - cached[1] < self.cache_seconds:
+            return cached[0]
         info = self.store.lookup_token(token)
         if info is None:
+            self._cache.pop(token, None)
             return None
         principal = Principal(info.name, info.admin)
-        if len(self._cache) < 10_000:
-            self._cache[token] = principal
+        if len(self._cache) < 10_000 or token in self._cache:
+            self._cache[token] = (principal, now)
         return principal
 
     def identify(self, request: Request, *, required: bool = True) -> Principal | None:

@@ -68,6 +68,9 @@ class ServerSettings(_Strict):
     """Public demo mode: no token needed, clients are identified by IP address."""
     rate_limit: str | None = None
     """Submissions per user (or IP) and window, e.g. ``3/24h``; admins are exempt."""
+    token_cache_seconds: float = Field(default=10.0, ge=0)
+    """How long a checked token is trusted without asking the store again: a revoked token stops
+    working within this many seconds on a running server."""
     kill_grace: float = Field(default=5.0, ge=0)
     """Seconds between SIGTERM and SIGKILL of a job's process group."""
     log_poll_interval: float = Field(default=0.1, gt=0)

@@ -180,6 +180,22 @@ class JobStore:
             )
         return token
 
+    def revoke_token(self, name: str) -> bool:
+        """Delete the token named ``name``; False when there is none."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(tokens_table).where(tokens_table.c.name == name))
+        return bool(result.rowcount)
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Names, admin flags and creation times; digests stay in the store."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(tokens_table.c.name, tokens_table.c.admin, tokens_table.c.created_at).order_by(
+                    tokens_table.c.created_at
+                )
+            ).all()
+        return [{"name": r.name, "admin": bool(r.admin), "created_at": r.created_at} for r in rows]
+
     def lookup_token(self, token: str) -> TokenInfo | None:
         with self.engine.connect() as conn:
             row = conn.execute(
