@@ -31,7 +31,9 @@ def test_no_healthy_replica_at_start_names_role_and_every_url() -> None:
             router = ModelRouter({"judge": fast_config(replicas=urls)})
             with pytest.raises(NoHealthyReplicaError) as info:
                 await router.start()
-            await router.aclose()
+            # A failed start leaves nothing open for the caller to close: no session, no probes.
+            assert router.session is None
+            assert all(not role.pool._tasks for role in router.roles.values())
         message = str(info.value)
         assert "'judge'" in message and all(u in message for u in urls)
         assert "503" in message

@@ -341,17 +341,22 @@ class ModelRouter:
         if self._started:
             return
         self._ensure_session()
-        self._resolve_keys()
-        roles = [r for r in self._roles.values() if r.config.health.check_at_start]
-        await asyncio.gather(*(r.pool.check() for r in roles))
-        for role in roles:
-            if not any(rep.healthy for rep in role.pool.replicas):
-                tried = "\n".join(f"  - {rep.base_url}: {rep.last_error}" for rep in role.pool.replicas)
-                raise NoHealthyReplicaError(
-                    f"no healthy replica for role '{role.name}' (model {role.model}); tried:\n{tried}",
-                    hint="start the model server(s) or fix the URLs in the spec; probes GET "
-                    f"<base_url>{role.config.health.path}",
-                )
+        try:
+            self._resolve_keys()
+            roles = [r for r in self._roles.values() if r.config.health.check_at_start]
+            await asyncio.gather(*(r.pool.check() for r in roles))
+            for role in roles:
+                if not any(rep.healthy for rep in role.pool.replicas):
+                    tried = "\n".join(f"  - {rep.base_url}: {rep.last_error}" for rep in role.pool.replicas)
+                    raise NoHealthyReplicaError(
+                        f"no healthy replica for role '{role.name}' (model {role.model}); tried:\n{tried}",
+                        hint="start the model server(s) or fix the URLs in the spec; probes GET "
+                        f"<base_url>{role.config.health.path}",
+                    )
+        except BaseException:
+            # Whoever called start() gets no router to close: leave no session or probe behind.
+            await self.aclose()
+            raise
         for role in self._roles.values():
             role.pool.start_background()
         self._started = True
