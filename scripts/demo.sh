@@ -40,7 +40,7 @@ if ! "$VPY" -c "import llama_cpp.server" 2>/dev/null; then
     # llama.cpp is compiled from source (cmake itself comes from PyPI as a build dependency).
     apt_install build-essential || exit 2
   fi
-  step "compiling llama.cpp (llama-cpp-python[server]) — first time only, 6–17 minutes on 2 cores"
+  step "compiling llama.cpp (llama-cpp-python[server]) — first time only, 5–17 minutes on 2 cores"
   echo "    pip prints 'still running...' while the compiler works; the wheel is then cached by pip"
   t=$SECONDS
   pip_install "llama-cpp-python[server]"
