@@ -123,30 +123,61 @@ async def _wait_http(url: str, headers: dict[str, str] | None = None, attempts: 
 
 
 async def _cell(base_url: str, key: str, requests: int, concurrency: int) -> dict[str, float]:
+    """Plain HTTP calls with one aiohttp session: what any OpenAI client in a command job does."""
     connector = aiohttp.TCPConnector(limit=concurrency)
-    latencies: list[float] = []
     headers = {"Authorization": f"Bearer {key}"}
     payload = json.dumps(BODY).encode()
     url = f"{base_url}/chat/completions"
     async with aiohttp.ClientSession(connector=connector, headers=headers) as http:
-        # Warm-up: connections and code paths, not measured.
-        for _ in range(20):
+
+        async def call() -> None:
             async with http.post(url, data=payload, headers={"Content-Type": "application/json"}) as resp:
                 await resp.read()
-        todo = iter(range(requests))
+                if resp.status != 200:
+                    raise RuntimeError(f"status {resp.status}")
 
-        async def worker() -> None:
-            for _ in todo:
-                t0 = time.perf_counter()
-                async with http.post(url, data=payload, headers={"Content-Type": "application/json"}) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"status {resp.status}")
-                latencies.append(time.perf_counter() - t0)
+        return await _drive(call, requests, concurrency)
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
+
+async def _engine_cell(base_url: str, key: str, transport: str, requests: int, concurrency: int) -> dict[str, float]:
+    """The engine's own model client (``ModelRouter``), as a proctor job calls its roles."""
+    from proctor.models.config import GenerateParams, ModelConfig
+    from proctor.models.router import ModelRouter
+
+    config = ModelConfig(
+        model="fake",
+        base_url=base_url,
+        api_key_env="BENCH_KEY",
+        transport=transport,
+        params=GenerateParams(max_tokens=BODY["max_tokens"]),
+    )
+    router = ModelRouter({"subject": config}, environ={"BENCH_KEY": key})
+    messages = BODY["messages"]
+    async with router:
+        role = router.role("subject")
+
+        async def call() -> None:
+            await role.chat(messages)
+
+        return await _drive(call, requests, concurrency)
+
+
+async def _drive(call: Any, requests: int, concurrency: int) -> dict[str, float]:
+    """Warm up, then ``requests`` calls from ``concurrency`` workers; latency and throughput."""
+    for _ in range(20):  # connections and code paths, not measured
+        await call()
+    latencies: list[float] = []
+    todo = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in todo:
+            t0 = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
     latencies.sort()
     return {
         "p50_ms": statistics.median(latencies) * 1000,
@@ -212,19 +243,31 @@ def main() -> int:
             auth = {"Authorization": f"Bearer {secrets_['internal']}"}
             asyncio.run(_wait_http(f"{facade}/models", auth))
 
-            paths = (("direct", llm.base_url, "none"), ("tunnel", facade, secrets_["internal"]))
+            internal = secrets_["internal"]
+            # (name, client, base URL, key, transport): the engine's client as a proctor job uses
+            # it (direct, or private over the job channel), and a plain HTTP client as a command
+            # job's OpenAI client would (direct, or private through the facade).
+            paths = (
+                ("job direct", "engine", llm.base_url, "none", "http"),
+                ("job tunnel", "engine", facade, internal, "tunnel"),
+                ("http direct", "http", llm.base_url, "none", "http"),
+                ("http facade", "http", facade, internal, "http"),
+            )
             assert llm.proc is not None
             pids = {"model": llm.proc.pid, "server": hub.pid, "agent": agent.pid}
             rounds: dict[tuple[str, int], list[dict[str, float]]] = {}
-            cpu: dict[str, dict[str, float]] = {"direct": {}, "tunnel": {}}
+            cpu: dict[str, dict[str, float]] = {name: {} for name, *_ in paths}
             for conc in (1, args.concurrency):
                 # Alternate the paths over several rounds and keep medians: on a shared machine a
                 # single cell can land on a burst of somebody else's load.
                 for _ in range(args.rounds):
-                    for name, url, key in paths:
+                    for name, client, url, key, transport in paths:
                         before = {role: _cpu_seconds(pid) for role, pid in pids.items()}
                         client_before = time.process_time()
-                        cell = asyncio.run(_cell(url, key, args.requests, conc))
+                        if client == "engine":
+                            cell = asyncio.run(_engine_cell(url, key, transport, args.requests, conc))
+                        else:
+                            cell = asyncio.run(_cell(url, key, args.requests, conc))
                         rounds.setdefault((name, conc), []).append(cell)
                         if conc == args.concurrency:
                             calls = args.requests + 20
@@ -251,38 +294,41 @@ def main() -> int:
         f"tunnel benchmark: {args.requests} requests per cell, {args.rounds} rounds (medians), "
         f"model latency 0 ms, {os.cpu_count()} CPUs, facade {'via router only' if args.router_only else 'fast path'}"
     )
-    print(f"{'path':<8} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+    print(f"{'path':<12} {'conc':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
     for (name, conc), r in results.items():
-        print(f"{name:<8} {conc:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>9.0f}")
-    for name in ("direct", "tunnel"):
-        parts = ", ".join(
-            f"{role} {ms:.2f}" for role, ms in cpu[name].items() if name == "tunnel" or role in ("model", "client")
-        )
-        total = sum(ms for role, ms in cpu[name].items() if name == "tunnel" or role in ("model", "client"))
-        cpu[name]["total"] = total
-        print(f"CPU ms per call at concurrency {args.concurrency}, {name}: {parts}; total {total:.2f}")
+        print(f"{name:<12} {conc:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>9.0f}")
+    for name, cells in cpu.items():
+        private = "direct" not in name
+        used = {role: ms for role, ms in cells.items() if private or role in ("model", "client")}
+        cells["total"] = sum(used.values())
+        parts = ", ".join(f"{role} {ms:.2f}" for role, ms in used.items())
+        print(f"CPU ms per call at concurrency {args.concurrency}, {name}: {parts}; total {cells['total']:.2f}")
     m = tunnel_stats["messages"]
     print(
-        f"WebSocket messages: server->agent {m['sent']} carrying {m['sent_envelopes']} envelopes, "
-        f"agent->server {m['received']} carrying {m['received_envelopes']}"
+        f"WebSocket messages (agent connection): server->agent {m['sent']} carrying {m['sent_envelopes']} "
+        f"envelopes, agent->server {m['received']} carrying {m['received_envelopes']}"
     )
-    added = results[("tunnel", 1)]["p50_ms"] - results[("direct", 1)]["p50_ms"]
-    ratio = results[("tunnel", args.concurrency)]["rps"] / results[("direct", args.concurrency)]["rps"]
-    print(f"added p50 latency at concurrency 1: {added:.2f} ms (goal <= 2 ms): {'ok' if added <= 2 else 'MISSED'}")
-    print(
-        f"throughput at concurrency {args.concurrency}, tunnel/direct: {ratio:.1%} (goal >= 50 %): "
-        f"{'ok' if ratio >= 0.5 else 'MISSED'}"
-    )
-    # Two CPU-based views of the same ratio, independent of other load on the machine: all four
-    # processes sharing this machine's cores (the case measured above on a small machine), and
-    # each process on a core of its own (a deployment: model, server and agent on different hosts).
-    shared = cpu["direct"]["total"] / cpu["tunnel"]["total"]
-    direct_peak = max(cpu["direct"]["client"], cpu["direct"]["model"])
-    tunnel_peak = max(ms for role, ms in cpu["tunnel"].items() if role != "total")
-    print(
-        f"throughput ratio from CPU per call: {shared:.1%} with all processes sharing the cores; "
-        f"{direct_peak / tunnel_peak:.1%} with a core per process"
-    )
+    conc = args.concurrency
+    for label, direct, private, goal in (
+        ("proctor job (engine over the job channel)", "job direct", "job tunnel", True),
+        ("command job (HTTP client through the facade)", "http direct", "http facade", False),
+    ):
+        added = results[(private, 1)]["p50_ms"] - results[(direct, 1)]["p50_ms"]
+        ratio = results[(private, conc)]["rps"] / results[(direct, conc)]["rps"]
+        print(f"{label}:")
+        verdict_latency = (": ok" if added <= 2 else ": MISSED") if goal else ""
+        verdict_ratio = (": ok" if ratio >= 0.5 else ": MISSED") if goal else ""
+        print(f"  added p50 latency at concurrency 1: {added:.2f} ms (goal <= 2 ms){verdict_latency}")
+        print(f"  throughput at concurrency {conc}, tunnel/direct: {ratio:.1%} (goal >= 50 %){verdict_ratio}")
+        # Two CPU-based views of the same ratio, independent of other load on the machine: all
+        # processes sharing this machine's cores, and each on a core of its own (a deployment).
+        shared = cpu[direct]["total"] / cpu[private]["total"]
+        direct_peak = max(cpu[direct]["client"], cpu[direct]["model"])
+        private_peak = max(ms for role, ms in cpu[private].items() if role != "total")
+        print(
+            f"  throughput ratio from CPU per call: {shared:.1%} with all processes sharing the cores; "
+            f"{direct_peak / private_peak:.1%} with a core per process"
+        )
     return 0
 
 

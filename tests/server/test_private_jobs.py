@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -127,9 +128,11 @@ def test_private_job_waits_for_its_tunnel_and_resumes_without_errors(tmp_path: P
         assert stats["errors"]["total"] == 0, stats["errors"]
         leaks = [str(p) for p in srv.settings.data_dir.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
         assert leaks == []  # the tunnel secret is in no file: job store, job dir, server log
-        # Facade calls bypass the app's middleware (fast path) but are still in the metrics.
+        # The job's calls went over the job channel (no facade HTTP calls) and are in the metrics.
         metrics = http.get("/metrics").text
-        assert 'route="/internal/jobs/{job_id}/v1/{path:path}",status="200"' in metrics
+        answered = re.search(r'proctor_private_channel_calls_total\{status="200"\} (\d+)', metrics)
+        assert answered is not None and int(answered[1]) >= N, metrics
+        assert 'route="/internal/jobs/{job_id}/v1/{path:path}",status="200"' not in metrics
     finally:
         for agent in agents:
             agent.stop()

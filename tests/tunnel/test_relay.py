@@ -8,8 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from tunnel.tunnelkit import chat, run, wait_until
+from tunnel.tunnelkit import chat, gated_stream_server, run, wait_until
 
 from proctor.testing import FakeLLM, FakeLLMConfig
 from proctor.tunnel.agent import TunnelAgent
@@ -67,35 +66,13 @@ def test_round_trip_keys_and_upstream_errors_preserved(hub_server: Any) -> None:
     assert "local-key" not in text and "127.0.0.1" not in text and secret not in text
 
 
-async def _gated_stream_server(gate: asyncio.Event, sent_first: asyncio.Event) -> tuple[web.AppRunner, str]:
-    """A model that sends one SSE chunk, then waits for ``gate`` before finishing."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b'data: {"choices":[{"delta":{"content":"one"}}]}\n\n')
-        sent_first.set()
-        await gate.wait()
-        await resp.write(b'data: {"choices":[{"delta":{"content":"two"}}]}\n\n')
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-
-
 def test_stream_is_relayed_chunk_by_chunk(hub_server: Any) -> None:
     server = hub_server()
     secret, internal = server.hub.register_job("job-stream", owner="alice")
 
     async def body() -> None:
         gate, sent_first = asyncio.Event(), asyncio.Event()
-        runner, model_url = await _gated_stream_server(gate, sent_first)
+        runner, model_url = await gated_stream_server(gate, sent_first)
         stop = asyncio.Event()
         task = asyncio.create_task(_agent(server, "job-stream", secret, model_url).run(stop))
         try:
@@ -128,7 +105,7 @@ def test_stream_cut_when_the_agent_is_lost_mid_stream(hub_server: Any) -> None:
 
     async def body() -> None:
         gate, sent_first = asyncio.Event(), asyncio.Event()
-        runner, model_url = await _gated_stream_server(gate, sent_first)
+        runner, model_url = await gated_stream_server(gate, sent_first)
         stop = asyncio.Event()
         agent = _agent(server, "job-cut", secret, model_url)
         task = asyncio.create_task(agent.run(stop))

@@ -8,17 +8,20 @@ byte crosses real loopback sockets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from aiohttp import web
 from fastapi import FastAPI
 
+from proctor.tunnel.agent import TunnelAgent
 from proctor.tunnel.hub import TunnelHub
 
 
@@ -93,3 +96,38 @@ def run(coro: Awaitable[Any], *, timeout: float = 60.0) -> Any:
 
 def chat(text: str, **extra: Any) -> dict[str, Any]:
     return {"model": "fake", "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def gated_stream_server(gate: asyncio.Event, sent_first: asyncio.Event) -> tuple[web.AppRunner, str]:
+    """A model that sends one SSE chunk, then waits for ``gate`` before finishing."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices":[{"delta":{"content":"one"}}]}\n\n')
+        sent_first.set()
+        await gate.wait()
+        await resp.write(b'data: {"choices":[{"delta":{"content":"two"}}]}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+
+@contextlib.asynccontextmanager
+async def running_agent(server: HubServer, job: str, secret: str, model_url: str, **kw: Any) -> AsyncIterator[TunnelAgent]:
+    """Alice's agent for ``job`` serving ``model_url`` for the duration of the block."""
+    agent = TunnelAgent(server.url, job, "tok-alice", secret, model_url, **kw)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await task

@@ -20,13 +20,18 @@ import asyncio
 import email.utils
 import json
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
 from proctor.errors import BadRequestError, ContextOverflowError, InfraErrorClass, ModelAbortError
 from proctor.models.types import ChatResult
+from proctor.tunnel.channel_client import ChannelError
+
+if TYPE_CHECKING:
+    from proctor.tunnel.channel_client import TunnelChannel
 
 __all__ = [
     "AttemptFailure",
@@ -36,6 +41,7 @@ __all__ = [
     "parse_completion",
     "parse_retry_after",
     "post_chat",
+    "post_chat_channel",
 ]
 
 SAMPLE_ID_HEADER = "X-Proctor-Sample-Id"
@@ -187,7 +193,7 @@ def parse_completion(data: Any, endpoint: str) -> ChatResult:
     )
 
 
-async def _read_stream(resp: aiohttp.ClientResponse, endpoint: str, t0: float) -> ChatResult:
+async def _read_stream(chunks: AsyncIterator[bytes], endpoint: str, t0: float) -> ChatResult:
     """Assemble a streamed (SSE) completion, recording the time to the first token.
 
     Lines are split by hand rather than with ``StreamReader.readline`` because aiohttp refuses
@@ -202,7 +208,7 @@ async def _read_stream(resp: aiohttp.ClientResponse, endpoint: str, t0: float) -
     done = False
     buf = b""
     last: dict[str, Any] = {}
-    async for data in resp.content.iter_any():
+    async for data in chunks:
         buf += data
         while not done:
             nl = buf.find(b"\n")
@@ -280,6 +286,16 @@ async def _read_stream(resp: aiohttp.ClientResponse, endpoint: str, t0: float) -
     )
 
 
+def _parse_body(raw: bytes, endpoint: str) -> ChatResult:
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise AttemptFailure(
+            "http_5xx", f"malformed JSON from {endpoint}: {_snippet(raw.decode('utf-8', 'replace'))}"
+        ) from None
+    return parse_completion(parsed, endpoint)
+
+
 async def post_chat(
     session: aiohttp.ClientSession,
     url: URL,
@@ -303,15 +319,8 @@ async def post_chat(
             status = resp.status
             if status == 200:
                 if stream:
-                    return await _read_stream(resp, endpoint, t0)
-                raw = await resp.read()
-                try:
-                    parsed = json.loads(raw)
-                except ValueError:
-                    raise AttemptFailure(
-                        "http_5xx", f"malformed JSON from {endpoint}: {_snippet(raw.decode('utf-8', 'replace'))}"
-                    ) from None
-                return parse_completion(parsed, endpoint)
+                    return await _read_stream(resp.content.iter_any(), endpoint, t0)
+                return _parse_body(await resp.read(), endpoint)
             body = await resp.text(errors="replace")
             raise classify_status(
                 status,
@@ -327,3 +336,44 @@ async def post_chat(
         raise AttemptFailure("connection", f"connection to {endpoint} failed: {exc or type(exc).__name__}") from None
     except aiohttp.ClientResponseError as exc:
         raise AttemptFailure("connection", f"bad HTTP answer from {endpoint}: {exc}") from None
+
+
+async def post_chat_channel(
+    channel: TunnelChannel,
+    data: bytes,
+    headers: Mapping[str, str],
+    timeout: float,
+    *,
+    stream: bool,
+    endpoint: str,
+    model: str,
+    api_key_env: str | None,
+) -> ChatResult:
+    """``post_chat`` over a private role's job channel: same answers, same exceptions.
+
+    Only the per-call headers travel (the internal token authenticated the channel once).
+    """
+    t0 = time.perf_counter()
+    call_headers = {k: v for k, v in headers.items() if k != "Authorization"}
+    try:
+        answer = await channel.request("POST", "/chat/completions", data, call_headers, timeout=timeout)
+        try:
+            if answer.status == 200:
+                if stream:
+                    return await _read_stream(answer.chunks(), endpoint, t0)
+                return _parse_body(await answer.read(), endpoint)
+            body = (await answer.read()).decode("utf-8", "replace")
+        finally:
+            answer.release()
+    except TimeoutError:
+        raise AttemptFailure("timeout", f"no complete answer from {endpoint} within {timeout}s") from None
+    except ChannelError as exc:
+        raise AttemptFailure("connection", f"connection to {endpoint} failed: {exc}") from None
+    raise classify_status(
+        answer.status,
+        body,
+        url=endpoint + "/chat/completions",
+        model=model,
+        api_key_env=api_key_env,
+        retry_after=answer.headers.get("retry-after"),
+    )

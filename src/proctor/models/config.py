@@ -125,6 +125,10 @@ class ModelConfig(StrictModel):
     params: GenerateParams = Field(default_factory=GenerateParams)
     """Per-role sampling defaults (e.g. a judge at temperature 0)."""
     supports_images: bool = False
+    transport: Literal["http", "tunnel"] = "http"
+    """``tunnel``: ``base_url`` is a proctor server's private-model facade, and calls go over one
+    WebSocket to its hub instead of an HTTP request each. The server sets this for the private
+    roles of the proctor jobs it runs; there is no reason to write it in a spec by hand."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -135,4 +139,6 @@ class ModelConfig(StrictModel):
             raise ValueError("give one of 'base_url', 'replicas', 'pool_file' or 'launch'")
         if not self.model and self.launch is None:
             raise ValueError("'model' (the model name sent in requests) is required")
+        if self.transport == "tunnel" and self.base_url is None:
+            raise ValueError("transport 'tunnel' needs 'base_url' (the server's private-model facade)")
         return self

@@ -188,6 +188,7 @@ class Replica:
         "rate_limited",
         "recovering",
         "last_success",
+        "channel",
     )
 
     def __init__(self, base_url: str, *, max_connections: int, health_path: str) -> None:
@@ -216,6 +217,8 @@ class Replica:
         self.recovering = False
         self.last_success = -1e9
         """``time.monotonic()`` of the last successful call."""
+        self.channel: Any = None
+        """A ``TunnelChannel`` when the role's transport is ``tunnel``: calls use it, not HTTP."""
 
     def __repr__(self) -> str:
         state = "healthy" if self.healthy else "open"

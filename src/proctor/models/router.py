@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from proctor.errors import InfraError, InputError, ModelAbortError, ModelError, NoHealthyReplicaError, SpecError
-from proctor.models.client import SAMPLE_ID_HEADER, AttemptFailure, post_chat
+from proctor.models.client import SAMPLE_ID_HEADER, AttemptFailure, post_chat, post_chat_channel
 from proctor.models.config import GenerateParams, ModelConfig
 from proctor.models.pool import ReplicaPool, Strategy, replica_urls
 from proctor.models.types import ChatResult, EventSink
@@ -153,17 +153,29 @@ class Role:
                 if deadline - t_attempt < config.request_timeout:
                     timeout = aiohttp.ClientTimeout(total=max(0.001, deadline - t_attempt))
                 try:
-                    result = await post_chat(
-                        session,
-                        replica.chat_url,
-                        data,
-                        headers,
-                        timeout,
-                        stream=stream,
-                        endpoint=replica.base_url,
-                        model=config.model,
-                        api_key_env=config.api_key_env,
-                    )
+                    if replica.channel is None:
+                        result = await post_chat(
+                            session,
+                            replica.chat_url,
+                            data,
+                            headers,
+                            timeout,
+                            stream=stream,
+                            endpoint=replica.base_url,
+                            model=config.model,
+                            api_key_env=config.api_key_env,
+                        )
+                    else:
+                        result = await post_chat_channel(
+                            replica.channel,
+                            data,
+                            headers,
+                            timeout.total or config.request_timeout,
+                            stream=stream,
+                            endpoint=replica.base_url,
+                            model=config.model,
+                            api_key_env=config.api_key_env,
+                        )
                 except AttemptFailure as failure:
                     http_status = failure.status
                     limited = failure.error_class == "rate_limited"
@@ -326,6 +338,12 @@ class ModelRouter:
             role._headers = headers
             probe_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
             role.pool.bind(self._session, probe_headers)  # type: ignore[arg-type]
+            if role.config.transport == "tunnel" and self._session is not None:
+                from proctor.tunnel.channel_client import TunnelChannel, channel_url
+
+                for replica in role.pool.replicas:
+                    if replica.channel is None:
+                        replica.channel = TunnelChannel(channel_url(replica.base_url), probe_headers, self._session)
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -370,6 +388,11 @@ class ModelRouter:
     async def aclose(self) -> None:
         """Stop health probes and close the session. Safe to call twice."""
         await asyncio.gather(*(r.pool.aclose() for r in self._roles.values()))
+        for role in self._roles.values():
+            for replica in role.pool.replicas:
+                channel, replica.channel = replica.channel, None
+                if channel is not None:
+                    await channel.aclose()
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()

@@ -128,6 +128,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             slots=settings.slots,
             waiting=store.count({"waiting_for_credentials"}),
             waiting_tunnel=store.count({"waiting_for_tunnel"}),
+            channel_answers=manager.hub.channel_answers if manager.hub is not None else None,
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

@@ -259,6 +259,7 @@ def set_private_endpoints(job_dir: Path, roles: list[str], facade_url: str, *, t
     for role in roles:
         cfg = spec["models"][role]
         cfg["base_url"] = facade_url
+        cfg["transport"] = "tunnel"  # the job channel: one WebSocket instead of an HTTP request per call
         cfg["request_timeout"] = _at_least(cfg.get("request_timeout"), wait)
         retry = cfg["retry"] = cfg.get("retry") if isinstance(cfg.get("retry"), dict) else {}
         retry["total_deadline"] = _at_least(retry.get("total_deadline"), wait + TUNNEL_SLACK)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +35,18 @@ class Metrics:
         self.latency_sum[key] += seconds
         self.latency_count[key] += 1
 
-    def render(self, *, queued: int, running: int, slots: int, waiting: int, waiting_tunnel: int = 0) -> str:
+    def render(
+        self,
+        *,
+        queued: int,
+        running: int,
+        slots: int,
+        waiting: int,
+        waiting_tunnel: int = 0,
+        channel_answers: Mapping[int, int] | None = None,
+    ) -> str:
+        """The exposition text; ``channel_answers`` counts private calls of proctor jobs by status
+        (they travel over the job channel, a WebSocket, so the HTTP series do not see them)."""
         lines = [
             "# HELP proctor_queue_length Jobs waiting for a slot.",
             "# TYPE proctor_queue_length gauge",
@@ -78,6 +89,13 @@ class Metrics:
             lines.append(f'proctor_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {count}')
             lines.append(f"proctor_http_request_duration_seconds_sum{{{labels}}} {self.latency_sum[(method, route)]:.6f}")
             lines.append(f"proctor_http_request_duration_seconds_count{{{labels}}} {count}")
+        if channel_answers is not None:
+            lines += [
+                "# HELP proctor_private_channel_calls_total Private-mode model calls of proctor jobs by status.",
+                "# TYPE proctor_private_channel_calls_total counter",
+            ]
+            for status, n in sorted(channel_answers.items()):
+                lines.append(f'proctor_private_channel_calls_total{{status="{status}"}} {n}')
         return "\n".join(lines) + "\n"
 
 

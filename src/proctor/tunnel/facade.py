@@ -58,9 +58,12 @@ def facade_url(host: str, port: int, job_id: str) -> str:
 
 
 def build_router(hub: TunnelHub) -> APIRouter:
-    """The tunnel WebSocket and the facade routes bound to ``hub``."""
+    """The tunnel WebSocket, the job channel and the facade routes bound to ``hub``."""
+    from proctor.tunnel.channel import CHANNEL_PATH  # it builds on this module
+
     router = APIRouter()
     router.add_websocket_route("/v1/jobs/{job_id}/tunnel", hub.websocket_endpoint, name="tunnel")
+    router.add_websocket_route(CHANNEL_PATH, hub.channel_endpoint, name="tunnel_channel")
     # An ASGI object (not a function) as endpoint: Starlette then skips its Request/Response
     # wrapping, which is a third of the facade's CPU per call.
     router.add_route(

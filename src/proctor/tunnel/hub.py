@@ -29,10 +29,10 @@ import logging
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable  # noqa: F401 - Awaitable: in a string annotation
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from starlette.types import ASGIApp
@@ -40,9 +40,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from proctor.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ProctorError
 from proctor.tunnel import protocol
-from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
+from proctor.tunnel.channel import JobChannel, channel_endpoint
+from proctor.tunnel.protocol import Envelope, FrameWriter, Inbox, Kind
 
-__all__ = ["Call", "TunnelHub", "TunnelStateCallback"]
+__all__ = ["Call", "CallEvents", "TunnelHub", "TunnelStateCallback"]
 
 log = logging.getLogger("proctor.tunnel")
 
@@ -78,32 +79,6 @@ def identity(user: Any) -> Any:
             if key in user:
                 return user[key]
     return user
-
-
-class Inbox:
-    """A minimal single-consumer event queue: what ``asyncio.Queue`` does for this one use,
-    without its bookkeeping (this is on the path of every call)."""
-
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[tuple[Any, ...]] = deque()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: tuple[Any, ...]) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> tuple[Any, ...]:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
 
 
 class Slots:
@@ -149,6 +124,12 @@ class Slots:
         self._free += 1
 
 
+class CallEvents(Protocol):
+    """Whatever receives a call's events: ``put_nowait(event)`` must not block."""
+
+    def put_nowait(self, item: tuple[Any, ...]) -> None: ...
+
+
 @dataclass(eq=False)
 class Call:
     """One model call of a job waiting for (or getting) its answer over the tunnel.
@@ -161,7 +142,8 @@ class Call:
     rid: int
     frames: list[bytes]
     deadline: float
-    events: Inbox = field(default_factory=Inbox)
+    events: Inbox | CallEvents = field(default_factory=Inbox)
+    """An ``Inbox`` a facade request awaits, or a job channel's call, which acts on each event."""
     agent: _Agent | None = None
     replayable: bool = True
     """False once response bytes reached the caller (a started stream cannot be replayed)."""
@@ -193,6 +175,8 @@ class _Job:
     token_digest: bytes
     max_inflight: int
     agents: list[_Agent] = field(default_factory=list)
+    channels: list[JobChannel] = field(default_factory=list)
+    """The job process's open channels (``channel.py``); usually one."""
     calls: dict[int, Call] = field(default_factory=dict)
     waiting: deque[Call] = field(default_factory=deque)
     slots: Slots | None = None
@@ -250,6 +234,8 @@ class TunnelHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._background: set[asyncio.Task[Any]] = set()
+        self.channel_answers: Counter[int] = Counter()
+        """Answers given over job channels, by HTTP status (for the server's metrics)."""
         from proctor.tunnel.facade import build_router
 
         self.router: APIRouter = build_router(self)
@@ -296,6 +282,7 @@ class TunnelHub:
             if old is not None:
                 # Keep connected agents and waiting calls of a re-registered job.
                 job.agents, job.calls, job.waiting, job.slots = old.agents, old.calls, old.waiting, old.slots
+                job.channels = old.channels
                 job.reported_down, job.grace_timer = old.reported_down, old.grace_timer
                 for agent in job.agents:
                     agent.job = job
@@ -350,6 +337,7 @@ class TunnelHub:
             raise NotFoundError(f"job {job_id} has no tunnel")
         return {
             "agents": len(job.agents),
+            "channels": len(job.channels),
             "calls": len(job.calls),
             "waiting": len(job.waiting),
             "served": [a.served for a in job.agents],
@@ -373,8 +361,10 @@ class TunnelHub:
             return None
         return job
 
-    def new_call(self, rid: int, frames: list[bytes], deadline: float) -> Call:
-        return Call(rid=rid, frames=frames, deadline=deadline)
+    def new_call(self, rid: int, frames: list[bytes], deadline: float, events: CallEvents | None = None) -> Call:
+        if events is None:
+            return Call(rid=rid, frames=frames, deadline=deadline)
+        return Call(rid=rid, frames=frames, deadline=deadline, events=events)
 
     @staticmethod
     def next_rid() -> int:
@@ -532,8 +522,9 @@ class TunnelHub:
         for call in list(job.calls.values()):
             call.events.put_nowait(("fail", 503, "the job has finished"))
         job.waiting.clear()
-        for agent in list(job.agents):
-            task = asyncio.ensure_future(self._close_ws(agent.ws, protocol.CLOSE_JOB_FINISHED, "job finished"))
+        sockets = [agent.ws for agent in job.agents] + [channel.ws for channel in job.channels]
+        for ws in sockets:
+            task = asyncio.ensure_future(self._close_ws(ws, protocol.CLOSE_JOB_FINISHED, "job finished"))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
@@ -601,6 +592,11 @@ class TunnelHub:
                 return
         await self._serve(ws, job)
 
+    async def channel_endpoint(self, ws: WebSocket) -> None:
+        """``/internal/jobs/{job_id}/v1/channel``: a proctor job's own calls (see ``channel.py``)."""
+        self._loop = self._loop or asyncio.get_running_loop()
+        await channel_endpoint(self, ws)
+
     async def _serve(self, ws: WebSocket, job: _Job) -> None:
         agent = _Agent(ws, job)
         writer_task = asyncio.create_task(agent.writer.run())
@@ -627,14 +623,7 @@ class TunnelHub:
             await self._close_ws(ws, 1000, "")
 
     async def _read(self, agent: _Agent) -> None:
-        receive = agent.ws.receive
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is None:
-                return  # text frames are not part of the protocol: drop the peer
+        async for data in protocol.binary_messages(agent.ws.receive):
             agent.last_seen = time.monotonic()
             agent.received_messages += 1
             try:

@@ -39,7 +39,7 @@ import asyncio
 import json
 import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from enum import IntEnum
 from typing import Any, NamedTuple
 
@@ -49,10 +49,12 @@ __all__ = [
     "CLOSE_JOB_FINISHED",
     "CLOSE_UNAUTHENTICATED",
     "FIN",
+    "binary_messages",
     "MAX_MESSAGE",
     "SECRET_HEADER",
     "Envelope",
     "FrameWriter",
+    "Inbox",
     "Kind",
     "decode",
     "encode",
@@ -131,6 +133,21 @@ def encode_body(kind: int, rid: int, meta: dict[str, Any] | None, body: bytes) -
         piece = bytes(view[start : start + CHUNK])
         out.append(encode(Kind.DATA, rid, None, piece, fin=start + CHUNK >= len(body)))
     return out
+
+
+async def binary_messages(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> AsyncIterator[bytes]:
+    """The binary messages of an ASGI WebSocket until it closes.
+
+    A text frame is not part of the protocol, so it ends the iteration too: the peer is dropped.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        if data is None:
+            return
+        yield data
 
 
 def decode(message: bytes) -> Iterator[Envelope]:
@@ -233,3 +250,29 @@ class FrameWriter:
             if self._queued <= self.HIGH_WATER // 2:
                 self._drained.set()
             await self._send(message)
+
+
+class Inbox:
+    """A minimal single-consumer event queue: what ``asyncio.Queue`` does for this one use,
+    without its bookkeeping (this is on the path of every call)."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Any, ...]] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[Any, ...]) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> tuple[Any, ...]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()

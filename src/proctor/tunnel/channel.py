@@ -1,0 +1,341 @@
+"""The hub's side of the job channel: a proctor job's model calls over one WebSocket.
+
+Why a second way in beside the HTTP facade: on the facade every private call costs an HTTP
+request in the job's process and an HTTP parse and response in the server, which together are
+half the CPU the whole tunnel spends per call. A proctor job instead keeps one WebSocket open to
+``/internal/jobs/<id>/v1/channel`` and sends its calls as the tunnel's own envelopes
+(``protocol.py``), many per message under load; the hub relays them to the agent and the answers
+back without an HTTP request in between. Command jobs, and anything else that speaks only the
+OpenAI API, keep using the facade; both paths share the hub's calls, replay, deadlines and cap.
+
+The channel answers exactly like the facade: the same refusals (loopback callers only, not
+through a proxy, with the job's internal token: otherwise HTTP 403 at the handshake), the same
+allowed paths and forwarded headers, the same 413/502/503/504 answers with OpenAI-shaped error
+bodies, and the same rule that a started stream cannot be replayed.
+
+Per-call work here is callback-driven: no task per call. A call's events (see ``hub.Call``) go
+straight to ``_ChannelCall.put_nowait``, which writes the answer to the job's connection.
+
+Messages, job -> hub: ``REQUEST`` (meta ``{"m", "p", "q", "h", "d"}`` where ``d`` is the caller's
+own deadline in seconds) with ``DATA`` continuations, and ``CANCEL`` (the caller gave up). Hub ->
+job: ``RESPONSE`` (meta ``{"s", "h", "stream"}``) with ``DATA`` continuations; a ``DATA`` whose meta
+holds ``"error"`` ends a stream that broke off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket
+
+from proctor.tunnel import protocol
+from proctor.tunnel.facade import FACADE_PATHS, FORWARDED_REQUEST_HEADERS, _is_loopback, _json_error
+from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
+
+if TYPE_CHECKING:
+    from proctor.tunnel.hub import Call, TunnelHub, _Job
+
+__all__ = ["CHANNEL_PATH", "JobChannel", "channel_endpoint"]
+
+log = logging.getLogger("proctor.tunnel")
+
+CHANNEL_PATH = "/internal/jobs/{job_id}/v1/channel"
+"""Where a job's process opens its channel: the facade's base URL plus ``/channel``."""
+
+_JSON_HEADERS = {"content-type": "application/json"}
+_FORWARDED = frozenset(FORWARDED_REQUEST_HEADERS)
+
+
+async def channel_endpoint(hub: TunnelHub, ws: WebSocket) -> None:
+    """Authenticate a job's channel at the handshake, then relay its calls until it closes."""
+    client = ws.client
+    headers = ws.headers
+    job = None
+    if client and _is_loopback(client.host) and "x-forwarded-for" not in headers and "forwarded" not in headers:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        job = hub.check_internal_token(
+            ws.path_params["job_id"], token.strip() if scheme.lower() == "bearer" else None
+        )
+    if job is None or job.closed:
+        # Refused before accepting: the server answers HTTP 403 and nothing is exchanged.
+        log.info("job channel refused for %s", ws.url.path)
+        await ws.close(protocol.CLOSE_FORBIDDEN)
+        return
+    await ws.accept()
+    channel = JobChannel(hub, job, ws)
+    await channel.serve()
+
+
+class JobChannel:
+    """One open channel of one job: its writer, its calls, and calls waiting for a tunnel slot."""
+
+    def __init__(self, hub: TunnelHub, job: _Job, ws: WebSocket) -> None:
+        self.hub = hub
+        self.job = job
+        self.ws = ws
+        self.writer = FrameWriter(ws.send_bytes)
+        self.calls: dict[int, _ChannelCall] = {}
+        """By the job's request id."""
+        self.partial: dict[int, tuple[dict[str, Any], list[bytes], int]] = {}
+        """Requests whose body is still arriving: meta, pieces, size so far."""
+        self.backlog: deque[_ChannelCall] = deque()
+        """Calls waiting for one of the job's ``max_inflight`` slots, in arrival order."""
+        self._pump: asyncio.Task[None] | None = None
+        self.closed = False
+
+    async def serve(self) -> None:
+        job = self.job
+        job.channels.append(self)
+        writer_task = asyncio.create_task(self.writer.run())
+        try:
+            await self._read()
+        finally:
+            self.close_calls()
+            if self in job.channels:
+                job.channels.remove(self)
+            self.writer.close()
+            writer_task.cancel()
+            await self.hub._close_ws(self.ws, 1000, "")
+
+    async def _read(self) -> None:
+        async for data in protocol.binary_messages(self.ws.receive):
+            try:
+                for env in protocol.decode(data):
+                    self._on_envelope(env)
+            except ValueError:
+                log.warning("job channel of %s: malformed message; closing it", self.job.job_id)
+                return
+
+    def _on_envelope(self, env: Envelope) -> None:
+        kind = env.kind
+        if kind == Kind.REQUEST:
+            if len(env.body) > self.hub.max_body:
+                self._refuse_too_large(env.rid)
+            elif env.fin:
+                self._start(env.rid, env.meta or {}, env.body)
+            else:
+                self.partial[env.rid] = (env.meta or {}, [env.body], len(env.body))
+        elif kind == Kind.DATA:
+            entry = self.partial.get(env.rid)
+            if entry is None:
+                return
+            meta, pieces, size = entry
+            size += len(env.body)
+            if size > self.hub.max_body:
+                del self.partial[env.rid]
+                self._refuse_too_large(env.rid)
+                return
+            pieces.append(env.body)
+            if env.fin:
+                del self.partial[env.rid]
+                self._start(env.rid, meta, b"".join(pieces))
+            else:
+                self.partial[env.rid] = (meta, pieces, size)
+        elif kind == Kind.CANCEL:
+            self.partial.pop(env.rid, None)
+            call = self.calls.get(env.rid)
+            if call is not None:
+                call.end()
+
+    def _refuse_too_large(self, rid: int) -> None:
+        msg = f"request body over the tunnel cap of {self.hub.max_body} bytes"
+        self.send_error(rid, 413, msg, "body_too_large")
+
+    def send_error(self, rid: int, status: int, message: str, code: str, retry_after: bool = False) -> None:
+        headers = {**_JSON_HEADERS, "retry-after": "5"} if retry_after else _JSON_HEADERS
+        self.hub.channel_answers[status] += 1
+        self.writer.put(protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": headers}, _json_error(status, message, code)))
+
+    def _start(self, rid: int, meta: dict[str, Any], body: bytes) -> None:
+        """Validate one complete request and hand it to the hub (or the backlog)."""
+        hub = self.hub
+        job = self.job
+        method = meta.get("m", "POST")
+        path = str(meta.get("p", "")).lstrip("/")
+        expected = FACADE_PATHS.get(path) or ("GET" if path.startswith("models/") else None)
+        if expected != method:
+            self.send_error(rid, 404, f"{method} /{path} is not forwarded to the private model", "not_found")
+            return
+        if rid in self.calls:
+            self.send_error(rid, 400, f"request id {rid} is already in use on this channel", "bad_request")
+            return
+        timeout = hub.request_deadline
+        asked = meta.get("d")
+        if isinstance(asked, int | float) and not isinstance(asked, bool):
+            timeout = min(timeout, max(0.0, float(asked)))
+        out: dict[str, Any] = {"m": method, "p": "/" + path}
+        query = meta.get("q")
+        if isinstance(query, str) and query:
+            out["q"] = query
+        given = meta.get("h")
+        if isinstance(given, dict):
+            forwarded = {k: v for k, v in given.items() if isinstance(v, str) and k.lower() in _FORWARDED}
+            if forwarded:
+                out["h"] = forwarded
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        hub_rid = hub.next_rid()
+        call = _ChannelCall(self, rid, timeout)
+        call.call = hub.new_call(hub_rid, protocol.encode_body(Kind.REQUEST, hub_rid, out, body), deadline, events=call)
+        call.timer = loop.call_at(deadline, call.put_nowait, ("expire",))
+        self.calls[rid] = call
+        slots = job.semaphore()
+        if not self.backlog and slots.try_acquire():
+            call.holds_slot = True
+            hub.submit(job, call.call)
+            return
+        self.backlog.append(call)
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._drain_backlog())
+
+    async def _drain_backlog(self) -> None:
+        """Hand waiting calls their slots in order (backpressure: they wait, none fails)."""
+        slots = self.job.semaphore()
+        backlog = self.backlog
+        while backlog:
+            await slots.acquire()
+            while backlog and backlog[0].ended:
+                backlog.popleft()
+            if not backlog or self.closed:
+                slots.release()
+                return
+            call = backlog.popleft()
+            call.holds_slot = True
+            self.hub.submit(self.job, call.call)
+
+    def close_calls(self) -> None:
+        """The job's side went away: every call of this channel is over (the agent is told)."""
+        self.closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+        for call in list(self.calls.values()):
+            call.end()
+        self.partial.clear()
+        self.backlog.clear()
+
+
+class _ChannelCall:
+    """Receives one call's events from the hub (as ``Call.events``) and answers the job at once.
+
+    Non-streamed answers are relayed when complete, so a replayed call (its agent went away
+    mid-body) never shows the job a partial answer; streamed ones chunk by chunk.
+    """
+
+    __slots__ = (
+        "call",
+        "channel",
+        "ended",
+        "head",
+        "holds_slot",
+        "parts",
+        "rid",
+        "size",
+        "streaming",
+        "timeout",
+        "timer",
+    )
+
+    def __init__(self, channel: JobChannel, rid: int, timeout: float) -> None:
+        self.channel = channel
+        self.rid = rid
+        self.timeout = timeout
+        self.call: Call = None  # type: ignore[assignment]  # set right after construction
+        self.timer: asyncio.TimerHandle | None = None
+        self.holds_slot = False
+        self.ended = False
+        self.streaming = False
+        self.parts: list[bytes] | None = None
+        """A non-streamed answer that arrives in pieces, kept until its last piece."""
+        self.head: dict[str, Any] = {}
+        self.size = 0
+
+    def put_nowait(self, event: tuple[Any, ...]) -> None:
+        if self.ended:
+            return
+        tag = event[0]
+        put = self.channel.writer.put
+        rid = self.rid
+        if tag == "head":
+            meta: dict[str, Any] = event[1]
+            body: bytes = event[2]
+            if event[3] or meta.get("stream"):
+                self.channel.hub.channel_answers[meta.get("s", 0)] += 1
+            if event[3]:
+                put(protocol.encode(Kind.RESPONSE, rid, meta, body))
+                self.end()
+            elif meta.get("stream"):
+                # From here on bytes reach the caller: a lost agent can no longer be hidden.
+                self.call.replayable = False
+                self.streaming = True
+                put(protocol.encode(Kind.RESPONSE, rid, meta, body, fin=False))
+            else:
+                self.parts = [body]
+                self.size = len(body)
+                self.head = meta
+        elif tag == "data":
+            body, fin = event[1], event[2]
+            if self.streaming:
+                if body or fin:
+                    put(protocol.encode(Kind.DATA, rid, None, body, fin=fin))
+                if fin:
+                    self.end()
+                return
+            if self.parts is None:
+                return  # stray data of an answer that was reset
+            self.parts.append(body)
+            self.size += len(body)
+            hub = self.channel.hub
+            if self.size > hub.max_body:
+                msg = f"response body over the tunnel cap of {hub.max_body} bytes"
+                self.channel.send_error(rid, 502, msg, "body_too_large")
+                self.end()
+            elif fin:
+                self.channel.hub.channel_answers[self.head.get("s", 0)] += 1
+                whole = b"".join(self.parts)
+                for frame in protocol.encode_body(Kind.RESPONSE, rid, self.head, whole):
+                    put(frame)
+                self.end()
+        elif tag == "reset":
+            self.parts = None  # the call is replayed; what arrived of it is void
+        elif tag == "fail":
+            if self.streaming:
+                put(protocol.encode(Kind.DATA, rid, {"error": event[2]}, fin=True))
+            else:
+                self.channel.send_error(rid, event[1], event[2], "tunnel_failed")
+            self.end()
+        elif tag == "expire":
+            self._expire()
+
+    def _expire(self) -> None:
+        channel = self.channel
+        hub = channel.hub
+        job = channel.job
+        if self.streaming:
+            channel.writer.put(
+                protocol.encode(Kind.DATA, self.rid, {"error": "the stream passed its tunnel deadline"}, fin=True)
+            )
+        else:
+            status = 504 if self.call.dispatched and job.agents else 503
+            code = "waiting_for_tunnel" if status == 503 else "tunnel_timeout"
+            message = f"tunnel call timed out after {self.timeout:g} s: {hub.waiting_reason(job)}"
+            channel.send_error(self.rid, status, message, code, retry_after=status == 503)
+        self.end()
+
+    def end(self) -> None:
+        """Forget the call everywhere: hub, agent (cancelled if still working), slot, timer."""
+        if self.ended:
+            return
+        self.ended = True
+        channel = self.channel
+        channel.calls.pop(self.rid, None)
+        if self.timer is not None:
+            self.timer.cancel()
+        call = self.call
+        if call is not None and not call.done:
+            channel.hub.finish(channel.job, call)
+        if self.holds_slot:
+            self.holds_slot = False
+            channel.job.semaphore().release()
