@@ -61,7 +61,7 @@ class Running:
 
 
 def start_server(data: Path, **overrides: Any) -> Running:
-    sock = bind_socket("127.0.0.1", 0)
+    sock = bind_socket("127.0.0.1", overrides.pop("port", 0))  # a restarted server: the same port
     values: dict[str, Any] = {
         "data_dir": data,
         "port": sock.getsockname()[1],

@@ -40,7 +40,7 @@ def test_server_status_anonymizes_others(make_server, tmp_path) -> None:
     gate = tmp_path / "gate"
     mine = alice.post("/v1/jobs", json=script_job("gate", str(gate))).json()["job"]["id"]
     theirs = bob.post("/v1/jobs", json=script_job("gate", str(gate))).json()["job"]["id"]
-    assert len(mine) == 22 and len(theirs) == 22  # 128 random bits
+    assert len(mine) == 26 and len(theirs) == 26  # 128 random bits
     info = alice.get("/v1/server").json()
     ids = {j["id"]: j for j in info["jobs"]}
     assert mine in ids and ids[mine]["mine"]

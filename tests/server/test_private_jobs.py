@@ -162,8 +162,43 @@ def test_submit_private_validates_before_queueing(tmp_path: Path) -> None:
         srv.stop()
 
 
+def test_private_job_survives_a_server_restart_without_resume(tmp_path: Path) -> None:
+    """The store keeps the tunnel secret's digest: after a restart the job is queued again at
+    once, and the agent that was serving it reconnects by itself with the secret it holds."""
+    data = tmp_path / "data"
+    srv = start_server(data, tunnel_grace=0.3)
+    tokens, port = srv.tokens, srv.settings.port
+    agent = None
+    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.3)) as llm:
+        try:
+            with Client(srv.url, tokens["alice"]) as client:
+                answer = client.submit(_spec(tmp_path), private=True)
+            job_id, secret = answer["job"]["id"], answer["tunnel_secret"]
+            agent = Agent(srv.url, job_id, tokens["alice"], secret, llm.base_url)
+            _wait(lambda: sum(llm.successes.values()) >= 2, "the first answers")
+            srv.stop()  # mid-job: the job process is stopped, the job kept active in the store
+            assert sum(llm.successes.values()) < N
+
+            srv = start_server(data, port=port, tunnel_grace=0.3)
+            srv.tokens = tokens
+            http = srv.client("alice")
+            assert "re-queued after a server restart" in (http.get(f"/v1/jobs/{job_id}").json()["note"] or "")
+            final = wait_state(http, job_id, {"succeeded", "failed", "cancelled", "timed_out"})
+            assert final["state"] == "succeeded", final
+            _wait(lambda: any("reconnected" in line for line in agent.lines), "the agent to say it reconnected")
+        finally:
+            if agent is not None:
+                agent.stop()
+            srv.stop()
+    stats = json.loads((srv.settings.jobs_dir / job_id / "out" / "eval_stats.json").read_text())
+    assert stats["counts"]["scored"] == N and stats["counts"]["error"] == 0, stats["counts"]
+    leaks = [str(p) for p in data.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == []  # the store keeps the secret's digest, never the secret
+
+
 def test_resume_serves_a_private_job_after_a_restart(tmp_path: Path) -> None:
-    """A restart loses the hub's registration: `proctor resume` gets a new secret and serves it."""
+    """A restart while nobody serves the job: the job waits for its tunnel, and `proctor resume`
+    gets a new secret and serves it (without restarting the job)."""
     data = tmp_path / "data"
     srv = start_server(data)
     tokens = srv.tokens
@@ -173,11 +208,11 @@ def test_resume_serves_a_private_job_after_a_restart(tmp_path: Path) -> None:
         wait_state(srv.client("alice"), job_id, {"running"})
     finally:
         srv.stop()  # the job is stopped, kept active in the store
-    srv = start_server(data)
+    srv = start_server(data, tunnel_grace=0.3)
     srv.tokens = tokens
     try:
         http = srv.client("alice")
-        assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "waiting_for_credentials"
+        wait_state(http, job_id, {"waiting_for_tunnel"})
         with FakeLLMThread(FakeLLMConfig(reply="arith", require_key="sk-local-resume-key")) as llm:
             env = dict(os.environ, PROCTOR_SERVER=srv.url, PROCTOR_TOKEN=tokens["alice"], LOCAL_KEY="sk-local-resume-key")
             done = subprocess.run(

@@ -30,3 +30,27 @@ def test_running_job_requeued_first(tmp_path: Path) -> None:
         assert a["started_at"] < b["started_at"]
     finally:
         srv.stop()
+
+
+def test_a_store_from_an_older_release_gains_the_new_columns(tmp_path: Path) -> None:
+    """A data directory made before ``tunnel_digest`` existed opens, keeps its jobs, and can
+    store the new column."""
+    import sqlite3
+
+    from proctor.server.store import JobRow, JobStore
+
+    path = tmp_path / "proctor.sqlite"
+    store = JobStore(f"sqlite:///{path}")
+    store.insert_job(JobRow(id="old-job", owner="alice", kind="proctor", state="queued", priority=1, seq=0, created_at=1.0))
+    store.close()
+    with sqlite3.connect(path) as db:  # what the previous release created
+        db.execute("ALTER TABLE jobs DROP COLUMN tunnel_digest")
+        assert "tunnel_digest" not in {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+
+    store = JobStore(f"sqlite:///{path}")
+    try:
+        assert store.get("old-job").tunnel_digest is None
+        store.update("old-job", tunnel_digest="ab" * 32)
+        assert store.get("old-job").tunnel_digest == "ab" * 32
+    finally:
+        store.close()

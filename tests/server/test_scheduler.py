@@ -85,3 +85,14 @@ def test_exit_codes_map_to_states(make_server) -> None:
     assert 'proctor_job_outcomes_total{state="failed"} 1' in metrics
     assert "proctor_queue_length 0" in metrics
     assert 'proctor_http_request_duration_seconds_count{method="POST",route="/v1/jobs"} 2' in metrics
+
+
+def test_job_ids_are_safe_on_a_command_line() -> None:
+    """An id starting with '-' would be read as an option by every CLI command that takes it."""
+    import re
+
+    from proctor.server.scheduler import new_job_id
+
+    ids = {new_job_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(re.fullmatch(r"[a-z2-7]{26}", job_id) for job_id in ids)

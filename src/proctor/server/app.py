@@ -191,7 +191,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.post("/v1/jobs/{job_id}/resume", tags=["jobs"], response_model=SubmitResponse)
     async def resume(request: Request, job_id: JobId, body: ResumeRequest) -> SubmitResponse:
-        """Queue a stopped job again (ahead of newer jobs), with the keys the server could not keep."""
+        """Queue a stopped job again (ahead of newer jobs), with the keys the server could not keep.
+
+        A private job that is still live (queued, running or waiting for its tunnel) is not
+        restarted: it gets a new tunnel secret, for a new agent to serve it.
+        """
         principal, job = own_job(request, job_id)
         job, tunnel_secret = manager.resume(principal, job, body)
         return SubmitResponse(job=manager.view(job), tunnel_secret=tunnel_secret)

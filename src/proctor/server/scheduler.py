@@ -11,6 +11,7 @@ memory; a restart drops them and the jobs that needed them wait in ``waiting_for
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import math
@@ -51,8 +52,12 @@ class Running:
 
 
 def new_job_id() -> str:
-    """128 random bits in the URL-safe alphabet (22 characters)."""
-    return secrets_mod.token_urlsafe(16)
+    """128 random bits as 26 lower-case base32 characters.
+
+    Not ``token_urlsafe``: one id in 64 would start with ``-``, which every command line then
+    reads as an option (``proctor status -x5...``); base32 is also safe in any shell or file name.
+    """
+    return base64.b32encode(secrets_mod.token_bytes(16)).decode("ascii").rstrip("=").lower()
 
 
 def outcome(kind: str, code: int) -> tuple[str, str | None]:
@@ -118,7 +123,22 @@ class JobManager:
                 assert job.pid is not None
                 log.info("job %s: stopping the process the previous server left running", job.id)
                 await jobmod.kill_tree(job.pid, grace=self.settings.kill_grace)
-            if job.key_envs or job.private_roles:
+            if job.private_roles and not job.key_envs and job.tunnel_digest and self.hub is not None:
+                # Nothing was lost but the internal token, which is new at each start anyway: the
+                # submitter's agent reconnects with the secret it holds, and the job runs again.
+                internal_token = self.hub.restore_job(
+                    job.id, owner=job.owner, roles=job.private_roles, secret_digest=job.tunnel_digest
+                )
+                self._set_internal_token(job.id, job.private_roles, internal_token)
+                if job.state in ACTIVE_STATES:
+                    self.store.update(
+                        job.id,
+                        state="queued",
+                        priority=0,
+                        pid=None,
+                        note="re-queued after a server restart; its tunnel client reconnects by itself",
+                    )
+            elif job.key_envs or job.private_roles:
                 self.store.update(
                     job.id,
                     state="waiting_for_credentials",
@@ -246,13 +266,25 @@ class JobManager:
         if not roles or self.hub is None:
             return None
         tunnel_secret, internal_token = self.hub.register_job(job_id, owner=owner, roles=list(roles))
+        self._set_internal_token(job_id, roles, internal_token)
+        self.store.update(job_id, tunnel_digest=self.hub.secret_digest(job_id))
+        return str(tunnel_secret)
+
+    def _set_internal_token(self, job_id: str, roles: list[str], internal_token: str) -> None:
+        """The private roles' API key in the job's environment: the hub's token for this job."""
         for role in roles:
             self.secrets.setdefault(job_id, JobSecrets()).env[key_env_name(role)] = internal_token
-        return str(tunnel_secret)
 
     def resume(self, principal: Principal, job: JobRow, req: ResumeRequest) -> tuple[JobRow, str | None]:
         check_access(principal, job)
-        if job.state not in TERMINAL_STATES and job.state != "waiting_for_credentials":
+        live = job.state not in TERMINAL_STATES and job.state != "waiting_for_credentials"
+        if live and job.private_roles and self.hub is not None and self.hub.secret_digest(job.id) is not None:
+            # A live private job whose submitter lost the tunnel (e.g. its agent stopped during a
+            # server restart): a new secret lets a new agent in; the job itself goes on as it is.
+            tunnel_secret = self.hub.new_secret(job.id)
+            self.store.update(job.id, tunnel_digest=self.hub.secret_digest(job.id))
+            return self.store.get(job.id), tunnel_secret
+        if live:
             raise ConflictError(f"job {job.id} is {job.state}; only a stopped job can be resumed")
         supplied = jobmod.collect_keys(req.models)
         missing = [name for name in job.key_envs if name not in supplied.env]

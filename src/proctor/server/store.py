@@ -31,7 +31,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -89,6 +91,9 @@ jobs_table = Table(
     Column("proc_start", Float),
     # proc_start: the job process's start time, to tell it from a later process reusing its pid.
     Column("progress", Text),
+    Column("tunnel_digest", String(64)),
+    # tunnel_digest: sha256 of a private job's tunnel secret (never the secret), so that the
+    # submitter's agent is let back in after a server restart without `proctor resume`.
 )
 
 submissions_table = Table(
@@ -98,6 +103,22 @@ submissions_table = Table(
     Column("owner", String(160), nullable=False, index=True),
     Column("at", Float, nullable=False, index=True),
 )
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Give a store made by an older proctor the nullable columns added since.
+
+    ``create_all`` makes missing tables, never missing columns. Every column added after the
+    first release is nullable, so ``ALTER TABLE ... ADD COLUMN`` is all an upgrade needs; anything
+    more would call for a migration tool.
+    """
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as conn:
+                    conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def hash_token(token: str) -> str:
@@ -134,6 +155,7 @@ class JobRow:
     pid: int | None = None
     proc_start: float | None = None
     progress: dict[str, Any] | None = None
+    tunnel_digest: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:
@@ -161,6 +183,7 @@ class JobStore:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

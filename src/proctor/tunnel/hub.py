@@ -268,6 +268,45 @@ class TunnelHub:
         its secrets (e.g. after a server restart, when the submitter reconnects with a new one).
         """
         tunnel_secret = secrets.token_urlsafe(32)
+        return tunnel_secret, self._register(job_id, owner, roles, digest(tunnel_secret), max_inflight)
+
+    def restore_job(
+        self,
+        job_id: str,
+        *,
+        owner: Any,
+        secret_digest: str,
+        roles: Iterable[str] = ("subject",),
+        max_inflight: int | None = None,
+    ) -> str:
+        """Open a job's tunnel again after a server restart; returns the new internal token.
+
+        ``secret_digest`` is what ``secret_digest(job_id)`` gave before the restart (hex), so the
+        submitter's agent, still holding the secret, is let back in when it reconnects.
+        """
+        return self._register(job_id, owner, roles, bytes.fromhex(secret_digest), max_inflight)
+
+    def new_secret(self, job_id: str) -> str:
+        """Replace a live job's tunnel secret (its submitter lost it); the job runs on untouched.
+
+        Agents already connected stay; new connections need the new secret. The internal token,
+        which the running job process holds, is kept.
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id} has no tunnel")
+        tunnel_secret = secrets.token_urlsafe(32)
+        job.secret_digest = digest(tunnel_secret)
+        return tunnel_secret
+
+    def secret_digest(self, job_id: str) -> str | None:
+        """The hex digest of a job's tunnel secret, for a store to keep across restarts."""
+        job = self._jobs.get(job_id)
+        return job.secret_digest.hex() if job is not None else None
+
+    def _register(
+        self, job_id: str, owner: Any, roles: Iterable[str], secret_digest: bytes, max_inflight: int | None
+    ) -> str:
         internal_token = "pti_" + secrets.token_urlsafe(32)
         with self._lock:
             old = self._jobs.get(job_id)
@@ -275,7 +314,7 @@ class TunnelHub:
                 job_id=job_id,
                 owner=owner,
                 roles=list(roles),
-                secret_digest=digest(tunnel_secret),
+                secret_digest=secret_digest,
                 token_digest=digest(internal_token),
                 max_inflight=max_inflight or self.max_inflight,
             )
@@ -287,7 +326,7 @@ class TunnelHub:
                 for agent in job.agents:
                     agent.job = job
             self._jobs[job_id] = job
-        return tunnel_secret, internal_token
+        return internal_token
 
     def unregister_job(self, job_id: str) -> None:
         """The job ended: close its agents (they exit) and fail whatever still waits.
