@@ -95,15 +95,21 @@ def test_engine_calls_go_over_the_channel_with_statuses_and_headers_preserved(hu
                     assert answer.status == 429 and answer.headers["retry-after"] == "7"
                     assert json.loads(answer.body)["error"]["type"] == "rate_limit_error"
                     llm.reconfigure(rate_limit_rate=0.0)
-                    # Only the OpenAI surface is forwarded.
+                    # Only the OpenAI surface is forwarded, and nothing else of the model's server.
                     answer = await channel.request("POST", "/embeddings", b"{}", None, timeout=5)
                     assert answer.status == 404
+                    for path in ("/models/../../metrics", "/models/%2E%2E/admin", "/models/./x"):
+                        answer = await channel.request("GET", path, b"", None, timeout=5)
+                        assert answer.status == 404, path
+                        assert "not forwarded" in json.loads(answer.body)["error"]["message"]
+                    answer = await channel.request("GET", "/models", b"", None, timeout=5)
+                    assert answer.status == 200 and json.loads(answer.body)["data"][0]["id"] == "fake"
                 # The model's own 404 (unknown model) arrives as such: the engine aborts the role.
                 async with _router(server, "job-rt", internal, model="nope") as router:
                     with pytest.raises(ModelAbortError, match="nope"):
                         await router.role("subject").chat(_messages("z"))
             # Counted for the server's metrics, which cannot see these calls as HTTP requests.
-            assert server.hub.channel_answers[200] == 40
+            assert server.hub.channel_answers[200] == 41  # the 40 chats and GET /models
             assert server.hub.channel_answers[429] == 1
         assert llm.successes == {f"n{i}": 1 for i in range(40)}
 

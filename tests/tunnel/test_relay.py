@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from tunnel.tunnelkit import chat, gated_stream_server, run, wait_until
+from yarl import URL
 
 from proctor.testing import FakeLLM, FakeLLMConfig
 from proctor.tunnel.agent import TunnelAgent
@@ -52,9 +53,13 @@ def test_round_trip_keys_and_upstream_errors_preserved(hub_server: Any) -> None:
                 async with http.post(f"{url}/completions", json={"model": "fake", "prompt": "p q"}) as resp:
                     assert resp.status == 200
                     assert (await resp.json())["choices"][0]["text"] == "p q"
-                # Paths outside the OpenAI surface are not forwarded.
+                # Paths outside the OpenAI surface are not forwarded, nor a way out of /v1/models.
                 async with http.post(f"{url}/embeddings", json={}) as resp:
                     assert resp.status == 404
+                escape = URL(f"{url}/models/%2e%2e/%2e%2e/metrics", encoded=True)
+                async with http.get(escape) as resp:
+                    assert resp.status == 404
+                    assert "not forwarded" in (await resp.json())["error"]["message"]  # refused by the hub
             server.hub.unregister_job("job-rt")
             stats = await task  # the agent exits by itself when the job ends
             assert stats.served == 5

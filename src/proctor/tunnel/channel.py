@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 from proctor.tunnel import protocol
-from proctor.tunnel.facade import FACADE_PATHS, FORWARDED_REQUEST_HEADERS, _is_loopback, _json_error
+from proctor.tunnel.facade import FORWARDED_REQUEST_HEADERS, _is_loopback, _json_error, forwarded_method
 from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
 
 if TYPE_CHECKING:
@@ -155,8 +155,7 @@ class JobChannel:
         job = self.job
         method = meta.get("m", "POST")
         path = str(meta.get("p", "")).lstrip("/")
-        expected = FACADE_PATHS.get(path) or ("GET" if path.startswith("models/") else None)
-        if expected != method:
+        if forwarded_method(path) != method:
             self.send_error(rid, 404, f"{method} /{path} is not forwarded to the private model", "not_found")
             return
         if rid in self.calls:

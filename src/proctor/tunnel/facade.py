@@ -34,7 +34,15 @@ from proctor.tunnel.protocol import Kind
 if TYPE_CHECKING:
     from proctor.tunnel.hub import Call, Slots, TunnelHub, _Job
 
-__all__ = ["DEADLINE_HEADER", "FACADE_PATHS", "FacadeApp", "FastPath", "build_router", "facade_url"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "FACADE_PATHS",
+    "FacadeApp",
+    "FastPath",
+    "build_router",
+    "facade_url",
+    "forwarded_method",
+]
 
 log = logging.getLogger("proctor.tunnel")
 
@@ -50,6 +58,23 @@ on the server, and the agent adds the model's own key on the submitter's machine
 
 FORWARDED_REQUEST_HEADERS_B = tuple((name, name.encode()) for name in FORWARDED_REQUEST_HEADERS)
 DEADLINE_HEADER_B = DEADLINE_HEADER.encode()
+
+
+def forwarded_method(path: str) -> str | None:
+    """The one method with which ``path`` (relative to ``/v1``) is forwarded, or None.
+
+    ``.`` and ``..`` segments (also percent-encoded) are refused: a job must not reach other
+    URLs of the submitter's model server (``/v1/models/../../metrics``) through the agent.
+    """
+    method = FACADE_PATHS.get(path)
+    if method is not None:
+        return method
+    if not path.startswith("models/"):
+        return None
+    lowered = path.lower().replace("%2e", ".")
+    if any(part in (".", "..") for part in lowered.split("/")):
+        return None
+    return "GET"
 
 
 def facade_url(host: str, port: int, job_id: str) -> str:
@@ -157,8 +182,7 @@ class FacadeApp:
             return 401, _JSON, _json_error(401, "the internal token is not valid for this job", "invalid_api_key"), None
         path: str = params["path"]
         method: str = scope["method"]
-        expected = FACADE_PATHS.get(path) or ("GET" if path.startswith("models/") else None)
-        if expected != method:
+        if forwarded_method(path) != method:
             return (
                 404,
                 _JSON,
