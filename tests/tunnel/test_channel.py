@@ -87,7 +87,11 @@ def test_engine_calls_go_over_the_channel_with_statuses_and_headers_preserved(hu
                     role = router.role("subject")
                     results = await asyncio.gather(*(role.chat(_messages(f"n{i}")) for i in range(40)))
                     assert [r.content for r in results] == [f"n{i}" for i in range(40)]
-                    assert server.hub.stats("job-rt")["channels"] == 1  # one connection carried them all
+                    stats = server.hub.stats("job-rt")
+                    assert stats["channels"] == 1  # one connection carried them all
+                    # The agent got the welcome, the router's start-up probe (GET /models, through
+                    # the facade) and one request per call: no CANCEL for an answered call.
+                    assert stats["messages"]["sent_envelopes"] == 1 + 1 + 40
                     channel = role.pool.replicas[0].channel
                     # A 429 keeps its status and Retry-After.
                     llm.reconfigure(rate_limit_rate=1.0, retry_after=7)

@@ -675,23 +675,26 @@ class TunnelHub:
 
     def _on_envelope(self, agent: _Agent, env: Envelope) -> None:
         kind = env.kind
+        # A finished answer leaves ``agent.calls`` before its event is delivered: a job channel's
+        # call acts on the event at once, and must not find itself still at the agent (which
+        # would send the agent a needless CANCEL).
         if kind == Kind.RESPONSE:
             call = agent.calls.get(env.rid)
             if call is not None:
-                call.events.put_nowait(("head", env.meta or {}, env.body, env.fin))
                 if env.fin:
-                    agent.calls.pop(env.rid, None)
+                    del agent.calls[env.rid]
                     agent.served += 1
+                call.events.put_nowait(("head", env.meta or {}, env.body, env.fin))
         elif kind == Kind.DATA:
             call = agent.calls.get(env.rid)
             if call is not None:
+                if env.fin:
+                    del agent.calls[env.rid]
+                    agent.served += 1
                 if env.meta and "error" in env.meta:  # the model broke off mid-stream
                     call.events.put_nowait(("fail", 502, str(env.meta["error"])))
                 else:
                     call.events.put_nowait(("data", env.body, env.fin))
-                if env.fin:
-                    agent.calls.pop(env.rid, None)
-                    agent.served += 1
         elif kind == Kind.PONG or kind == Kind.PING:
             pass  # last_seen is already updated
         # Unknown kinds are ignored so that newer agents can talk to older hubs.
