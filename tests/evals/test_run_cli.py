@@ -97,9 +97,14 @@ def test_resume_redoes_nothing(tmp_path: Path, fake_llm: FakeLLMThread) -> None:
     out = tmp_path / "run"
     assert run_proctor("run", spec, "--out", out, "--limit", "8").returncode == 0
     assert len(fake_llm.counts) == 8
+    assert json.loads((out / "eval_stats.json").read_text())["resumed_samples"] == 0
     result = run_proctor("run", spec, "--out", out)
     assert result.returncode == 0, result.stderr
     assert len(fake_llm.counts) == 20 and set(fake_llm.counts.values()) == {1}
+    # The report tells this session's calls and time from the run's totals.
+    stats = json.loads((out / "eval_stats.json").read_text())
+    assert stats["resumed_samples"] == 8 and stats["latency"]["model_call_s"]["n"] == 12
+    assert "12 this session" in result.stdout and "8 samples were finished before" in result.stdout
     assert run_proctor("run", spec, "--out", out).returncode == 0
     assert fake_llm.stats()["requests"] == 20
     assert json.loads((out / "eval_stats.json").read_text())["counts"]["scored"] == 20

@@ -40,11 +40,16 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
         if cat_acc["value"] is not None:
             table.add_row(f"  {cat}", f"{cat_acc['value']:.1%} ({cat_acc['correct']:g}/{cat_acc['denominator']})")
     table.add_row("tokens", f"{stats['tokens']['in']:,} in, {stats['tokens']['out']:,} out")
+    # Resumed: the calls and the wall time are this session's, while the counts cover the run.
+    session = " this session" if stats.get("resumed_samples") else ""
     latency = stats["latency"]["model_call_s"]
     if latency:
-        table.add_row("model calls", f"{latency['n']}, p50 {latency['p50']:.3f} s, p90 {latency['p90']:.3f} s, "
-                                     f"p99 {latency['p99']:.3f} s")
-    table.add_row("wall time", f"{stats['wall_time_s']:.1f} s")
+        table.add_row("model calls", f"{latency['n']}{session}, p50 {latency['p50']:.3f} s, "
+                                     f"p90 {latency['p90']:.3f} s, p99 {latency['p99']:.3f} s")
+    wall = f"{stats['wall_time_s']:.1f} s"
+    if session:
+        wall += f" this session ({stats['resumed_samples']} samples were finished before)"
+    table.add_row("wall time", wall)
     table.add_row("run directory", str(run_dir))
     console.print(table)
 

@@ -84,8 +84,15 @@ def compute_stats(
     model: str,
     wall_time: float,
     model_durations: list[float] | None = None,
+    resumed: int = 0,
     final: bool,
 ) -> dict[str, Any]:
+    """The run's figures from its ledger rows.
+
+    Counts, accuracy and tokens cover the whole run; ``wall_time_s`` and the model-call latencies
+    cover this session only, and ``resumed_samples`` says how many samples an earlier session
+    had finished, so a reader can tell the two apart.
+    """
     states = Counter(r.state for r in rows)
     scored = [r for r in rows if r.state == "scored" and r.score is not None]
     errors = [r for r in rows if r.state == "error" and r.error_class != "skipped"]
@@ -122,6 +129,7 @@ def compute_stats(
             "out": sum(r.tokens_out or 0 for r in rows),
         },
         "wall_time_s": round(wall_time, 3),
+        "resumed_samples": resumed,
         "latency": {
             "sample_s": percentiles(durations),
             "model_call_s": percentiles(model_durations or []),
@@ -162,12 +170,13 @@ def write_reports(
     model: str,
     wall_time: float,
     model_durations: list[float] | None = None,
+    resumed: int = 0,
     final: bool,
 ) -> dict[str, Any]:
     """Rebuild eval_stats.json, samples.jsonl and traj_log_all.jsonl from the ledger."""
     rows = list(ledger.rows())
     stats = compute_stats(rows, name=name, model=model, wall_time=wall_time, model_durations=model_durations,
-                          final=final)
+                          resumed=resumed, final=final)
     atomic_write(run_dir / "samples.jsonl", (_line(_sample_record(r)) for r in rows))
     atomic_write(run_dir / "traj_log_all.jsonl", ledger.trajectory_lines())
     atomic_write(run_dir / "eval_stats.json", json.dumps(stats, indent=2) + "\n")

@@ -152,6 +152,8 @@ class Runner:
         self._interrupted = False
         self._sigint_count = 0
         self.wall_start = time.monotonic()
+        self._resumed = 0
+        """Samples already finished when this session started (wall time and calls are this session's)."""
 
     # ------------------------------------------------------------------ preparation (sync)
     def prepare(self) -> tuple[LoadedDataset, Solver, Scorer]:
@@ -215,6 +217,7 @@ class Runner:
         events = EventLog(self.run_dir / "events.jsonl")
         ledger.start_writer()
         self.counters.done = already
+        self._resumed = already
         progress = Progress(total=total, done=already, errors=self.counters.errors, mode=self.options.progress,
                             console=self.console)
         loop = asyncio.get_running_loop()
@@ -250,7 +253,7 @@ class Runner:
             raise self._abort
         stats = write_reports(ledger, self.run_dir, name=self.spec.name, model=self.spec.models["subject"].model,
                               wall_time=time.monotonic() - self.wall_start, model_durations=events.model_durations,
-                              final=not self._interrupted)
+                              resumed=self._resumed, final=not self._interrupted)
         if self._interrupted:
             return RunResult(EXIT_INTERRUPTED, stats, interrupted=True)
         code = EXIT_SAMPLE_ERRORS if stats["errors"]["total"] else EXIT_OK
@@ -385,7 +388,7 @@ class Runner:
                     await asyncio.to_thread(
                         write_reports, ledger, self.run_dir, name=self.spec.name,
                         model=self.spec.models["subject"].model, wall_time=time.monotonic() - self.wall_start,
-                        model_durations=list(events.model_durations), final=False)
+                        model_durations=list(events.model_durations), resumed=self._resumed, final=False)
                 except OSError as exc:  # e.g. a full disk: the ledger has everything, retry later
                     log.warning("could not refresh the reports (%s); will try again", exc)
                 # Never spend more than ~5% of the time rewriting reports on huge runs.
