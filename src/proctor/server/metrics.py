@@ -94,8 +94,8 @@ class Metrics:
                 "# HELP proctor_private_channel_calls_total Private-mode model calls of proctor jobs by status.",
                 "# TYPE proctor_private_channel_calls_total counter",
             ]
-            for status, n in sorted(channel_answers.items()):
-                lines.append(f'proctor_private_channel_calls_total{{status="{status}"}} {n}')
+            for code, n in sorted(channel_answers.items()):
+                lines.append(f'proctor_private_channel_calls_total{{status="{code}"}} {n}')
         return "\n".join(lines) + "\n"
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 from proctor.tunnel import protocol
-from proctor.tunnel.facade import FORWARDED_REQUEST_HEADERS, _is_loopback, _json_error, forwarded_method
+from proctor.tunnel.facade import FORWARDED_REQUEST_HEADERS, is_loopback, json_error, forwarded_method
 from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ async def channel_endpoint(hub: TunnelHub, ws: WebSocket) -> None:
     client = ws.client
     headers = ws.headers
     job = None
-    if client and _is_loopback(client.host) and "x-forwarded-for" not in headers and "forwarded" not in headers:
+    if client and is_loopback(client.host) and "x-forwarded-for" not in headers and "forwarded" not in headers:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         job = hub.check_internal_token(
             ws.path_params["job_id"], token.strip() if scheme.lower() == "bearer" else None
@@ -98,7 +98,7 @@ class JobChannel:
                 job.channels.remove(self)
             self.writer.close()
             writer_task.cancel()
-            await self.hub._close_ws(self.ws, 1000, "")
+            await self.hub.close_websocket(self.ws, 1000, "")
 
     async def _read(self) -> None:
         async for data in protocol.binary_messages(self.ws.receive):
@@ -147,7 +147,7 @@ class JobChannel:
     def send_error(self, rid: int, status: int, message: str, code: str, retry_after: bool = False) -> None:
         headers = {**_JSON_HEADERS, "retry-after": "5"} if retry_after else _JSON_HEADERS
         self.hub.channel_answers[status] += 1
-        self.writer.put(protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": headers}, _json_error(status, message, code)))
+        self.writer.put(protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": headers}, json_error(status, message, code)))
 
     def _start(self, rid: int, meta: dict[str, Any], body: bytes) -> None:
         """Validate one complete request and hand it to the hub (or the backlog)."""

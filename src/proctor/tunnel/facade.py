@@ -29,7 +29,7 @@ from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proctor.tunnel import protocol
-from proctor.tunnel.protocol import Kind
+from proctor.tunnel.protocol import Inbox, Kind
 
 if TYPE_CHECKING:
     from proctor.tunnel.hub import Call, Slots, TunnelHub, _Job
@@ -130,12 +130,13 @@ class FastPath:
 _FACADE_PATH = re.compile(r"^/internal/jobs/([^/]+)/v1/(.*)$")
 
 
-def _json_error(status: int, message: str, code: str) -> bytes:
+def json_error(status: int, message: str, code: str) -> bytes:
     """OpenAI's error shape, so the engine's client classifies it like any endpoint's error."""
     return json.dumps({"error": {"message": message, "type": "tunnel_error", "code": code}}).encode()
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a peer address is this machine's own (the facade and the job channel serve no one else)."""
     return host == "::1" or host.startswith(("127.", "::ffff:127."))
 
 
@@ -166,11 +167,11 @@ class FacadeApp:
         hub = self.hub
         client = scope.get("client")
         headers: dict[bytes, bytes] = dict(scope["headers"])
-        if not client or not _is_loopback(client[0]) or b"x-forwarded-for" in headers or b"forwarded" in headers:
+        if not client or not is_loopback(client[0]) or b"x-forwarded-for" in headers or b"forwarded" in headers:
             return (
                 403,
                 _JSON,
-                _json_error(403, "the private-model facade only answers the server's own job processes", "forbidden"),
+                json_error(403, "the private-model facade only answers the server's own job processes", "forbidden"),
                 None,
             )
         params = scope["path_params"]
@@ -179,14 +180,14 @@ class FacadeApp:
         scheme, _, token = auth.partition(" ")
         job = hub.check_internal_token(job_id, token.strip() if scheme.lower() == "bearer" else None)
         if job is None:
-            return 401, _JSON, _json_error(401, "the internal token is not valid for this job", "invalid_api_key"), None
+            return 401, _JSON, json_error(401, "the internal token is not valid for this job", "invalid_api_key"), None
         path: str = params["path"]
         method: str = scope["method"]
         if forwarded_method(path) != method:
             return (
                 404,
                 _JSON,
-                _json_error(404, f"{method} /{path} is not forwarded to the private model", "not_found"),
+                json_error(404, f"{method} /{path} is not forwarded to the private model", "not_found"),
                 None,
             )
         length = headers.get(b"content-length")
@@ -194,7 +195,7 @@ class FacadeApp:
         body = None if too_long else await _read_body(receive, hub.max_body)
         if body is None:
             msg = f"request body over the tunnel cap of {hub.max_body} bytes"
-            return 413, _JSON, _json_error(413, msg, "body_too_large"), None
+            return 413, _JSON, json_error(413, msg, "body_too_large"), None
 
         loop = asyncio.get_running_loop()
         timeout = hub.request_deadline
@@ -215,13 +216,14 @@ class FacadeApp:
         }
         if forwarded:
             meta["h"] = forwarded
-        call = hub.new_call(rid, protocol.encode_body(Kind.REQUEST, rid, meta, body), deadline)
+        inbox = Inbox()
+        call = hub.new_call(rid, protocol.encode_body(Kind.REQUEST, rid, meta, body), deadline, events=inbox)
 
         slots = job.semaphore()
         acquired = False
         handed_off = False
         # The deadline arrives as an event in the call's inbox: cheaper than a timeout scope.
-        timer = loop.call_at(deadline, call.events.put_nowait, _EXPIRED)
+        timer = loop.call_at(deadline, inbox.put_nowait, _EXPIRED)
         try:
             if not slots.try_acquire():
                 async with asyncio.timeout_at(deadline):
@@ -229,12 +231,12 @@ class FacadeApp:
             acquired = True
             hub.submit(job, call)
             while True:
-                event = await call.events.get()
+                event = await inbox.get()
                 tag = event[0]
                 if tag == "expire":
                     raise TimeoutError
                 if tag == "fail":
-                    return event[1], _JSON, _json_error(event[1], event[2], "tunnel_failed"), None
+                    return event[1], _JSON, json_error(event[1], event[2], "tunnel_failed"), None
                 if tag != "head":
                     continue  # a reset before any answer, or stray data of a reset answer
                 head: dict[str, Any] = event[1]
@@ -246,22 +248,22 @@ class FacadeApp:
                     # From here on bytes reach the caller: a lost agent can no longer be hidden.
                     call.replayable = False
                     handed_off = True
-                    return status, out, b"", _Stream(job, call, slots, event[2])
-                full = await _collect(call, event[2])
+                    return status, out, b"", _Stream(job, call, inbox, slots, event[2])
+                full = await _collect(inbox, event[2])
                 if full is None:
                     continue  # the agent went away mid-body; the call was replayed
                 if len(full) > hub.max_body:
                     msg = f"response body over the tunnel cap of {hub.max_body} bytes"
-                    return 502, _JSON, _json_error(502, msg, "body_too_large"), None
+                    return 502, _JSON, json_error(502, msg, "body_too_large"), None
                 return status, out, full, None
         except _CallFailed as exc:
-            return exc.status, _JSON, _json_error(exc.status, str(exc), "tunnel_failed"), None
+            return exc.status, _JSON, json_error(exc.status, str(exc), "tunnel_failed"), None
         except TimeoutError:
             status = 504 if call.dispatched and job.agents else 503
             code = "waiting_for_tunnel" if status == 503 else "tunnel_timeout"
             message = f"tunnel call timed out after {timeout:g} s: {hub.waiting_reason(job)}"
             headers_out = _JSON + [(b"retry-after", b"5")] if status == 503 else _JSON
-            return status, headers_out, _json_error(status, message, code), None
+            return status, headers_out, json_error(status, message, code), None
         finally:
             timer.cancel()
             if not handed_off:
@@ -297,11 +299,12 @@ class FacadeApp:
     async def _relay(self, status: int, headers: list[tuple[bytes, bytes]], stream: _Stream, send: Send) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         call = stream.call
+        inbox = stream.inbox
         if stream.first:
             await send({"type": "http.response.body", "body": stream.first, "more_body": True})
         async with asyncio.timeout_at(call.deadline):
             while True:
-                event = await call.events.get()
+                event = await inbox.get()
                 tag = event[0]
                 if tag == "data":
                     if event[2]:
@@ -317,11 +320,12 @@ class FacadeApp:
 class _Stream:
     """A streamed answer handed from ``_handle`` to ``_stream``, with the slot it holds."""
 
-    __slots__ = ("call", "first", "job", "slots")
+    __slots__ = ("call", "first", "inbox", "job", "slots")
 
-    def __init__(self, job: _Job, call: Call, slots: Slots, first: bytes) -> None:
+    def __init__(self, job: _Job, call: Call, inbox: Inbox, slots: Slots, first: bytes) -> None:
         self.job = job
         self.call = call
+        self.inbox = inbox
         self.slots = slots
         self.first = first
 
@@ -352,11 +356,11 @@ async def _read_body(receive: Receive, cap: int) -> bytes | None:
             return b"".join(parts)
 
 
-async def _collect(call: Call, first: bytes) -> bytes | None:
+async def _collect(inbox: Inbox, first: bytes) -> bytes | None:
     """The rest of a non-streamed answer; None if the agent was lost (the call is replayed)."""
     parts = [first]
     while True:
-        event = await call.events.get()
+        event = await inbox.get()
         tag = event[0]
         if tag == "data":
             parts.append(event[1])

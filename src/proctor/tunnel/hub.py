@@ -563,12 +563,13 @@ class TunnelHub:
         job.waiting.clear()
         sockets = [agent.ws for agent in job.agents] + [channel.ws for channel in job.channels]
         for ws in sockets:
-            task = asyncio.ensure_future(self._close_ws(ws, protocol.CLOSE_JOB_FINISHED, "job finished"))
+            task = asyncio.ensure_future(self.close_websocket(ws, protocol.CLOSE_JOB_FINISHED, "job finished"))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     @staticmethod
-    async def _close_ws(ws: WebSocket, code: int, reason: str) -> None:
+    async def close_websocket(ws: WebSocket, code: int, reason: str) -> None:
+        """Close ``ws`` if it is still open; a peer that is already gone is not an error."""
         if ws.application_state != WebSocketState.CONNECTED:
             return
         with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # the peer is already gone
@@ -624,10 +625,10 @@ class TunnelHub:
                 job = await self._authenticate(ws, job_id, hello.meta.get("token"), hello.meta.get("secret"))
             except ProctorError as exc:
                 code = protocol.CLOSE_UNAUTHENTICATED if exc.http_status == 401 else protocol.CLOSE_FORBIDDEN
-                await self._close_ws(ws, code, exc.message[:120])
+                await self.close_websocket(ws, code, exc.message[:120])
                 return
             except (TimeoutError, ValueError, StopIteration, KeyError, WebSocketDisconnect, RuntimeError):
-                await self._close_ws(ws, protocol.CLOSE_UNAUTHENTICATED, "authentication expected first")
+                await self.close_websocket(ws, protocol.CLOSE_UNAUTHENTICATED, "authentication expected first")
                 return
         await self._serve(ws, job)
 
@@ -659,7 +660,7 @@ class TunnelHub:
             heartbeat_task.cancel()
             self._detach(agent)
             writer_task.cancel()
-            await self._close_ws(ws, 1000, "")
+            await self.close_websocket(ws, 1000, "")
 
     async def _read(self, agent: _Agent) -> None:
         async for data in protocol.binary_messages(agent.ws.receive):
@@ -707,7 +708,7 @@ class TunnelHub:
                     "tunnel of job %s: client silent for %.0f s; dropping it", agent.job.job_id, 3 * self.heartbeat
                 )
                 self._detach(agent)  # replay its calls now, not after a close handshake that may never end
-                await self._close_ws(agent.ws, 1001, "heartbeat timeout")
+                await self.close_websocket(agent.ws, 1001, "heartbeat timeout")
                 return
             agent.writer.put(protocol.encode(Kind.PING, 0, {"t": time.time()}))
 
