@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs proctor's whole test suite; sets up .venv first when needed.
+# Type-checks src/proctor (mypy), then runs proctor's whole test suite; sets up .venv first when needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_setup.sh
 ensure_venv
 echo "==> installing proctor and its test dependencies into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "==> type-checking src/proctor (mypy)"
+.venv/bin/python -m mypy src/proctor
 echo "==> running the tests"
 exec .venv/bin/python -m pytest -n 2 "$@"

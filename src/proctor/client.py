@@ -280,6 +280,8 @@ class Client:
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[LogEvent]:
+    data: list[str]
+    event_id: int | None
     event, data, event_id = "message", [], None
     for line in lines:
         if line == "":

@@ -83,9 +83,11 @@ def main() -> None:
         if type(exc).__name__ == "Abort":
             print("interrupted", file=sys.stderr)
             sys.exit(130)
-        if hasattr(exc, "show") and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if hasattr(exc, "show"):
+            exit_code = getattr(exc, "exit_code", None)
+            if isinstance(exit_code, int):
+                exc.show()
+                sys.exit(exit_code)
         raise
     sys.exit(rc if isinstance(rc, int) else 0)
 

@@ -170,6 +170,7 @@ def _to_sample(row: dict[str, Any], where: str, index: int, config: DatasetConfi
             except json.JSONDecodeError:
                 choices = None
         if not isinstance(choices, list) or not choices:
+            assert fields.choices is not None  # optional() found a value, so the field is mapped
             raise DatasetError(f"{where}: field {_describe(fields.choices)} must hold a non-empty list of choices")
         choices = [str(c) for c in choices]
     images = optional(fields.images)

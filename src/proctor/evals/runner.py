@@ -283,7 +283,7 @@ class Runner:
                    for _ in range(n_workers)]
         stop_wait = asyncio.create_task(self._stop_dispatch.wait())
         try:
-            pending = set(workers)
+            pending: set[asyncio.Task[object]] = set(workers)
             while pending:
                 done, pending = await asyncio.wait(pending | {stop_wait}, return_when=asyncio.FIRST_COMPLETED)
                 pending.discard(stop_wait)

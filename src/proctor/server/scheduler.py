@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import math
 import secrets as secrets_mod
@@ -409,7 +410,7 @@ class JobManager:
             log_path,
             self.watch(job.id),
             interval=self.settings.log_poll_interval,
-            on_progress=lambda p, job_id=job.id: self._progress(job_id, p),
+            on_progress=functools.partial(self._progress, job.id),
         )
         run.tail.start()
         self.watch(job.id).notify()
@@ -455,8 +456,8 @@ class JobManager:
         # Even a job that ended by itself may have left children in its group.
         if jobmod.group_members(run.proc.pid):
             await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
-        state, note = outcome(job.kind, code if code is not None else -9)
-        await self._finish(job, run, state, code, note)
+        state, end_note = outcome(job.kind, code if code is not None else -9)
+        await self._finish(job, run, state, code, end_note)
 
     async def _finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:
         if run.tail is not None:

@@ -19,6 +19,10 @@ PARAM_PATTERN_DEFAULT = r"^[A-Za-z0-9_.:/@+=,-]{0,256}$"
 """What a template parameter may contain unless the template says otherwise: no spaces, no quotes."""
 
 
+def _default_cleanup_hooks() -> list[list[str] | str]:
+    return ["docker"]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,7 +83,7 @@ class ServerSettings(_Strict):
     templates: dict[str, CommandTemplate] = Field(default_factory=dict)
     datasets: dict[str, Path] = Field(default_factory=dict)
     """Named dataset files on the server that a spec may use instead of uploading one."""
-    cleanup_hooks: list[list[str] | str] = Field(default_factory=lambda: ["docker"])
+    cleanup_hooks: list[list[str] | str] = Field(default_factory=_default_cleanup_hooks)
     """Run after a cancel/timeout: argv templates (``{job_id}``, ``{job_dir}``) or ``"docker"``,
     which removes containers labelled ``proctor.job=<id>`` when a working docker is present."""
     hook_timeout: float = Field(default=30.0, gt=0)

@@ -25,7 +25,7 @@ import re
 import signal
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -138,7 +138,8 @@ class RetrievalServer:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # An asyncio.Server (or uvloop's): the AbstractServer that aiohttp declares has no sockets.
+        self.port = cast(asyncio.Server, server).sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -66,12 +66,14 @@ __all__ = [
     "user_content",
 ]
 
-"""The skip reason; the same text as the ``generate`` solver's, so the engine counts them together."""
-
 DEFAULT_SYSTEM_PROMPT = (
     "You are solving a task with the help of tools. Call tools as needed; when you know the answer, "
     "call the `answer` tool with it (or reply with the answer and no tool call)."
 )
+
+
+def _default_tools() -> list[str | dict[str, Any]]:
+    return ["answer"]
 
 
 class AgentOptions(StrictModel):
@@ -82,7 +84,7 @@ class AgentOptions(StrictModel):
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     prompt_template: str = "{input}"
     """Wraps a text input; ``{input}`` is replaced by the sample's text."""
-    tools: list[str | dict[str, Any]] = Field(default_factory=lambda: ["answer"])
+    tools: list[str | dict[str, Any]] = Field(default_factory=_default_tools)
     max_turns: int = Field(default=20, ge=1, le=10_000)
     time_limit: float | None = Field(default=None, gt=0)
     """Seconds of wall time per sample (the engine's own deadline applies as well)."""
@@ -232,7 +234,8 @@ def parse_text_tool_calls(content: str, tool_names: set[str] | frozenset[str]) -
 def _looks_like_call(obj: Any, tool_names: set[str] | frozenset[str]) -> bool:
     if not isinstance(obj, dict):
         return False
-    inner = obj.get("function") if isinstance(obj.get("function"), dict) else obj
+    function = obj.get("function")
+    inner = function if isinstance(function, dict) else obj
     return inner.get("name") in tool_names and ("arguments" in inner or "parameters" in inner)
 
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from proctor.errors import ContextOverflowError, InfraError, ModelAbortError, ProctorError, ToolError
 
@@ -72,7 +72,7 @@ class Tool(ABC):
 
     name: str = ""
     description: str = ""
-    parameters: ClassVar[dict[str, Any]] | dict[str, Any] = {"type": "object", "properties": {}}
+    parameters: dict[str, Any] = {"type": "object", "properties": {}}
     timeout: float = 60.0
     final: bool = False
 
