@@ -312,6 +312,27 @@ def test_job_end_answers_waiting_channel_calls_and_closes_the_channel(hub_server
     run(body())
 
 
+def test_engine_aborts_when_the_channel_is_refused(hub_server: Any) -> None:
+    """A wrong internal token, or a base_url that is no proctor facade: every call would be
+    refused, so the role aborts at its first call instead of failing sample after sample."""
+    server = hub_server()
+    server.hub.register_job("job-ab", owner="alice")
+
+    async def body() -> None:
+        async with _router(server, "job-ab", "pti_wrong", health={"check_at_start": False}) as router:
+            with pytest.raises(ModelAbortError, match="refused the job channel") as info:
+                await router.role("subject").chat(_messages("x"))
+            assert info.value.status == 403 and info.value.hint and "facade" in info.value.hint
+        async with FakeLLM(FakeLLMConfig(reply="echo")) as llm:
+            config = {"model": "fake", "base_url": llm.base_url, "transport": "tunnel"}
+            async with ModelRouter({"subject": ModelConfig(**config)}) as router:
+                with pytest.raises(ModelAbortError, match="HTTP 404"):
+                    await router.role("subject").chat(_messages("x"))
+            assert llm.stats()["requests"] == 0  # no chat call ever reached the model
+
+    run(body())
+
+
 def test_dead_server_is_a_connection_failure_not_a_hang() -> None:
     async def body() -> None:
         with socket.socket() as s:

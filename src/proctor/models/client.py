@@ -368,6 +368,15 @@ async def post_chat_channel(
     except TimeoutError:
         raise AttemptFailure("timeout", f"no complete answer from {endpoint} within {timeout}s") from None
     except ChannelError as exc:
+        if exc.refused in (401, 403, 404):
+            # Every call would be refused the same way: stop the run rather than error each sample.
+            abort = ModelAbortError(
+                f"{endpoint}: {exc} (the role's transport is 'tunnel')",
+                hint="transport 'tunnel' is for the private roles of jobs a proctor server runs; "
+                "its base_url must be that server's facade, and the key its internal token",
+            )
+            abort.status = exc.refused
+            raise abort from None
         raise AttemptFailure("connection", f"connection to {endpoint} failed: {exc}") from None
     raise classify_status(
         answer.status,

@@ -38,7 +38,15 @@ def channel_url(facade_base_url: str) -> str:
 
 
 class ChannelError(ConnectionError):
-    """The channel broke (or was refused) while a call used it; the call may be retried."""
+    """The channel broke (or was refused) while a call used it.
+
+    ``refused`` holds the HTTP status when the server refused the handshake: retrying cannot
+    help then. Otherwise the call may be retried.
+    """
+
+    def __init__(self, message: str, *, refused: int | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class _Pending:
@@ -234,7 +242,9 @@ class TunnelChannel:
                         self.url, headers=self._headers, max_msg_size=8 * protocol.MAX_MESSAGE, compress=0
                     )
                 except aiohttp.WSServerHandshakeError as exc:
-                    raise ChannelError(f"the server refused the job channel (HTTP {exc.status})") from None
+                    raise ChannelError(
+                        f"the server refused the job channel (HTTP {exc.status})", refused=exc.status
+                    ) from None
                 except (aiohttp.ClientError, OSError) as exc:
                     raise ChannelError(f"cannot open the job channel ({type(exc).__name__}: {exc})") from None
                 conn = self._conn = _Connection(ws)
