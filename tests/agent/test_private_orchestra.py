@@ -1,8 +1,9 @@
 """The orchestra example through the server in private mode.
 
-The orchestrator (the subject) lives on "the submitter's machine": the job reaches it only
-through the tunnel that `proctor submit --private` opens. Experts, judge and the retrieval
-service are ordinary endpoints the server's job calls directly.
+The orchestrator (the subject) and the coding expert live on "the submitter's machine", as two
+different local models: the job reaches them only through the tunnel that `proctor submit
+--private` opens, each role's calls going to its own model. The other experts, the judge and the
+retrieval service are ordinary endpoints the server's job calls directly.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def test_orchestra_runs_through_the_server_in_private_mode(tmp_path: Path) -> No
             env["PROCTOR_TOKEN"] = token
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "proctor", "submit", str(tmp_path / "spec.yaml"), "--server", server_url,
-                "--private", "--base-url", urls["orchestrator"], "--out", str(out),
+                # No --base-url: each private role's local URL comes from the spec, and stays here.
+                "--private", "--private-role", "subject", "--private-role", "coder", "--out", str(out),
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
                 env=env,
             )
@@ -56,10 +58,10 @@ def test_orchestra_runs_through_the_server_in_private_mode(tmp_path: Path) -> No
                 proc.kill()
                 await proc.wait()
                 raise
-            return proc.returncode or 0, stdout.decode(errors="replace"), urls["orchestrator"]
+            return proc.returncode or 0, stdout.decode(errors="replace"), [urls["orchestrator"], urls["coder"]]
 
     try:
-        code, output, orchestrator_url = asyncio.run(go())
+        code, output, private_urls = asyncio.run(go())
     finally:
         stop_process(server)
     assert code == 0, output
@@ -70,8 +72,10 @@ def test_orchestra_runs_through_the_server_in_private_mode(tmp_path: Path) -> No
     events = [json.loads(line) for line in next(out.rglob("events.jsonl")).read_text().splitlines()]
     tools = {e["tool"] for e in events if e.get("kind") == "tool"}
     assert {"search", "enhance_reasoning", "answer"} <= tools
-    subject_endpoints = {e["endpoint"] for e in events if e.get("kind") == "model" and e.get("role") == "subject"}
-    assert subject_endpoints and all("/internal/jobs/" in e for e in subject_endpoints)  # only via the tunnel
-    host_port = orchestrator_url.removeprefix("http://").removesuffix("/v1").encode()
-    leaks = [str(p) for p in data.rglob("*") if p.is_file() and host_port in p.read_bytes()]
-    assert leaks == []
+    for role in ("subject", "coder"):
+        endpoints = {e["endpoint"] for e in events if e.get("kind") == "model" and e.get("role") == role}
+        assert endpoints and all("/internal/jobs/" in e for e in endpoints), role  # only via the tunnel
+    for url in private_urls:
+        host_port = url.removeprefix("http://").removesuffix("/v1").encode()
+        leaks = [str(p) for p in data.rglob("*") if p.is_file() and host_port in p.read_bytes()]
+        assert leaks == [], url

@@ -45,9 +45,11 @@ def scored_ids(ledger: Path) -> set[str]:
 
 def test_kill_9_at_random_moments_then_resume_does_everything_exactly_once(tmp_path: Path) -> None:
     rng = random.Random(os.getpid())
-    # Each round runs at most 30 requests past its start plus ~0.15 s (~30 more at 8 x 40 ms):
-    # five rounds stay well below n, so the final run always has work left to prove resumption.
-    n = 500
+    # Each round runs at most 30 requests past its start plus at most 0.45 s (~90 more at 8 x 40
+    # ms): five rounds stay well below n, so the final run always has work left to prove
+    # resumption. The wait is at least 0.25 s, longer than the ledger's commit interval (0.2 s,
+    # its writer starts before the first request), so every round leaves something durable.
+    n = 1000
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.04, jitter=0.02)) as llm:
         spec = write_spec(tmp_path, llm.base_url, n=n, concurrency=8)
         out = tmp_path / "run"
@@ -59,7 +61,7 @@ def test_kill_9_at_random_moments_then_resume_does_everything_exactly_once(tmp_p
             proc = start(spec, out)
             try:
                 wait_for(lambda: llm.stats()["requests"] >= target or proc.poll() is not None)
-                time.sleep(rng.uniform(0, 0.15))
+                time.sleep(rng.uniform(0.25, 0.45))
             finally:
                 proc.kill()  # SIGKILL: no cleanup at all
                 proc.communicate(timeout=30)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from tunnel.tunnelkit import chat, run, wait_until
 from proctor.testing import FakeLLMConfig, FakeLLMThread
 
 
-def _spawn(server_url: str, job: str, model_url: str, env: dict[str, str]) -> subprocess.Popen[str]:
+def _spawn(
+    server_url: str, job: str, model_url: str, env: dict[str, str], *extra: str, key_env: str = "LOCAL_MODEL_KEY"
+) -> subprocess.Popen[str]:
     argv = [
         sys.executable,
         "-m",
@@ -26,7 +29,8 @@ def _spawn(server_url: str, job: str, model_url: str, env: dict[str, str]) -> su
         "--server",
         server_url,
         "--api-key-env",
-        "LOCAL_MODEL_KEY",
+        key_env,
+        *extra,
     ]
     return subprocess.Popen(
         argv,
@@ -65,6 +69,62 @@ def test_tunnel_command_serves_until_the_job_ends(hub_server: Any) -> None:
     assert "connected" in err and "served 1 calls" in err
     for secret_text in (secret, "tok-alice", "k-local", llm.base_url):
         assert secret_text not in err
+
+
+def test_tunnel_command_serves_each_private_role_from_its_own_model(hub_server: Any) -> None:
+    """``--model ROLE=URL`` per role, each with its own key: a call names its role (the job
+    channel's ``r``, the facade's X-Proctor-Role header) and reaches that role's model."""
+    from proctor.tunnel.channel_client import TunnelChannel, channel_url
+
+    server = hub_server()
+    secret, internal = server.hub.register_job("job-roles", owner="alice", roles=["subject", "judge"])
+    with (
+        FakeLLMThread(FakeLLMConfig(reply="echo", model="subject-model", require_key="k-subject")) as subject,
+        FakeLLMThread(FakeLLMConfig(reply="echo", model="judge-model", require_key="k-judge")) as judge,
+    ):
+        env = {"PROCTOR_TOKEN": "tok-alice", "PROCTOR_TUNNEL_SECRET": secret, "K_SUBJECT": "k-subject", "K_JUDGE": "k-judge"}
+        proc = _spawn(
+            server.url, "job-roles", f"subject={subject.base_url}", env,
+            "--model", f"judge={judge.base_url}", "--api-key-env", "judge=K_JUDGE", key_env="subject=K_SUBJECT",
+        )  # fmt: skip
+        try:
+
+            async def body() -> None:
+                await wait_until(lambda: server.hub.is_connected("job-roles"), timeout=30, what="CLI agent")
+                async with aiohttp.ClientSession() as http:
+                    channel = TunnelChannel(
+                        channel_url(server.facade("job-roles")), {"Authorization": f"Bearer {internal}"}, http
+                    )
+                    body = json.dumps(chat("to the judge", model="judge-model")).encode()
+                    answer = await channel.request("POST", "/chat/completions", body, None, timeout=10, role="judge")
+                    assert answer.status == 200, answer.body
+                    body = json.dumps(chat("to the subject", model="subject-model")).encode()
+                    answer = await channel.request("POST", "/chat/completions", body, None, timeout=10, role="subject")
+                    assert answer.status == 200, answer.body
+                    await channel.aclose()
+                    url = f"{server.facade('job-roles')}/models"
+                    for role, name in (("judge", "judge-model"), ("subject", "subject-model"), (None, "subject-model")):
+                        headers = {"Authorization": f"Bearer {internal}"} | ({"X-Proctor-Role": role} if role else {})
+                        async with http.get(url, headers=headers) as resp:
+                            assert (await resp.json())["data"][0]["id"] == name, role  # no role: the first
+
+            run(body())
+            server.hub.unregister_job("job-roles")
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err
+    assert subject.successes == {"to the subject": 1} and judge.successes == {"to the judge": 1}
+
+
+def test_tunnel_command_refuses_ambiguous_model_flags(hub_server: Any) -> None:
+    server = hub_server()
+    env = {"PROCTOR_TOKEN": "tok-alice", "PROCTOR_TUNNEL_SECRET": "s", "LOCAL_MODEL_KEY": "k"}
+    proc = _spawn(server.url, "job-x", "http://127.0.0.1:9/v1", env, "--model", "http://127.0.0.1:10/v1")
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "--model is given twice without a role" in err and "Traceback" not in err
 
 
 def test_tunnel_command_refused_with_a_wrong_secret(hub_server: Any) -> None:

@@ -128,10 +128,10 @@ def submit(
         raise InputError("--private-role only makes sense with --private (or --mode private)")
     models = _models(model, base_url, model_name, _key_overrides(api_key, api_key_env))
     roles = private_role or (["subject"] if is_private else [])
-    local: LocalModel | None = None
+    local: LocalModels | None = None
     if is_private:
         # Everything the tunnel needs is checked before anything is queued on the server.
-        local = _local_model(roles, models, spec)
+        local = _local_models(roles, models, spec)
         # The endpoint and key of a private role stay on this machine: only the name is sent.
         for role in roles:
             name = models.get(role, {}).get("model")
@@ -228,12 +228,16 @@ class LocalModel:
     api_key: str | None = field(default=None, repr=False)
 
 
-def _local_model(roles: list[str], flag_models: dict[str, dict[str, Any]], spec: Path | None) -> LocalModel:
-    """Where the private roles' calls go on this machine, and with which key.
+LocalModels = dict[str, LocalModel]
+"""Private role -> the local model that serves it (roles may share one)."""
+
+
+def _local_models(roles: list[str], flag_models: dict[str, dict[str, Any]], spec: Path | None) -> LocalModels:
+    """Where each private role's calls go on this machine, and with which key.
 
     From the flags (``--base-url``, ``--model ROLE=URL@NAME``, ``--api-key(-env)``), else from the
-    spec (``models.<role>.base_url`` and the variable its ``api_key_env`` names). One tunnel serves
-    one local model, so every private role must name the same one.
+    spec (``models.<role>.base_url`` and the variable its ``api_key_env`` names). Roles may name
+    different local models: the agent sends each role's calls to its own.
     """
     from proctor.client import spec_local_endpoints
 
@@ -259,16 +263,18 @@ def _local_model(roles: list[str], flag_models: dict[str, dict[str, Any]], spec:
                     hint=f"export {env_name}=... (the key stays on this machine), or give --api-key-env VAR",
                 )
         chosen[role] = LocalModel(url.rstrip("/"), key)
-    if len(set(chosen.values())) > 1:
-        raise InputError(
-            "the private roles name different local models, but one tunnel serves one local model",
-            hint="make them one endpoint, or keep only one --private-role",
-        )
-    return next(iter(chosen.values()))
+    return chosen
 
 
-def _start_tunnel_agent(client: Client, job_id: str, tunnel_secret: str | None, local: LocalModel) -> Any:
-    """Serve the job's private roles from the local model through ``proctor.tunnel``, in-process.
+def _role_models(local: LocalModels) -> dict[str, tuple[str, str | None]] | None:
+    """The agent's per-role routes, needed only when the roles' local models differ."""
+    if len(set(local.values())) < 2:
+        return None
+    return {role: (m.url, m.api_key) for role, m in local.items()}
+
+
+def _start_tunnel_agent(client: Client, job_id: str, tunnel_secret: str | None, local: LocalModels) -> Any:
+    """Serve the job's private roles from their local models through ``proctor.tunnel``, in-process.
 
     The tunnel secret, the local URL and the key are handed over in memory. Only on an
     interactive terminal is the secret shown (once), so that the job can be served from
@@ -285,14 +291,16 @@ def _start_tunnel_agent(client: Client, job_id: str, tunnel_secret: str | None, 
             f"[dim]tunnel secret (shown once; to serve this job from elsewhere: "
             f"PROCTOR_TUNNEL_SECRET=... proctor tunnel {job_id} --model URL):[/] {tunnel_secret}"
         )
+    first = next(iter(local.values()))  # calls that name no role (e.g. a command job's) go here
     return _AgentThread(
         run_agent_sync,
         server_url=client.server,
         job_id=job_id,
         token=client.token or "",
         tunnel_secret=tunnel_secret,
-        model_url=local.url,
-        api_key=local.api_key,
+        model_url=first.url,
+        api_key=first.api_key,
+        role_models=_role_models(local),
         log=lambda line: err_console.print(f"[dim]tunnel:[/] {line}"),
     )
 
@@ -496,10 +504,10 @@ def resume(
     keys = _key_overrides(api_key, api_key_env)
     with _client(server, token) as client:
         roles: list[str] = list(client.status(job_id).get("private_roles") or [])
-        local: LocalModel | None = None
+        local: LocalModels | None = None
         if roles:
             flag_models = _models(model, base_url, None, {r: k for r, k in keys.items() if r in roles})
-            local = _local_model(roles, flag_models, spec)
+            local = _local_models(roles, flag_models, spec)
             keys = {r: k for r, k in keys.items() if r not in roles}  # a private role's key stays here
         elif base_url or model or spec:
             raise InputError(

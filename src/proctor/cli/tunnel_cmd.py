@@ -10,6 +10,7 @@ it: the user token, the tunnel secret and the model's key are read from environm
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from typing import Annotated
@@ -42,12 +43,40 @@ def _secret(env_name: str) -> str:
     )
 
 
+def _per_role(values: list[str], what: str) -> tuple[str | None, dict[str, str]]:
+    """``VALUE`` and ``ROLE=VALUE`` items -> (the default value, {role: value})."""
+    default: str | None = None
+    by_role: dict[str, str] = {}
+    for item in values:
+        role, sep, value = item.partition("=")
+        if sep and re.fullmatch(r"[A-Za-z0-9_-]+", role) and value:
+            if role in by_role:
+                raise InputError(f"{what} for role {role!r} is given twice")
+            by_role[role] = value
+        elif default is None:
+            default = item
+        else:
+            raise InputError(f"{what} is given twice without a role", hint="use ROLE=... for each role")
+    return default, by_role
+
+
 def tunnel(
     job_id: Annotated[str, typer.Argument(help="The private-mode job to serve.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Local model base URL, e.g. http://127.0.0.1:8000/v1.")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Local model base URL, e.g. http://127.0.0.1:8000/v1; ROLE=URL (repeatable) when the "
+            "job's private roles are different local models.",
+        ),
+    ],
     api_key_env: Annotated[
-        str | None, typer.Option("--api-key-env", help="Environment variable holding the local model's API key.")
-    ] = None,
+        list[str],
+        typer.Option(
+            "--api-key-env", help="Environment variable holding the local model's API key; ROLE=VAR per role."
+        ),
+    ] = [],  # noqa: B006
     server: Annotated[
         str | None, typer.Option("--server", "-s", help="Server URL (env PROCTOR_SERVER, or client.yaml).")
     ] = None,
@@ -71,14 +100,43 @@ def tunnel(
     token = os.environ.get(token_env) or config.get("token")
     if not token:
         raise InputError(f"no user token: set {token_env} or put token: in the client config file")
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise InputError(f"--api-key-env {api_key_env}: environment variable {api_key_env} is not set")
+    default_url, role_urls = _per_role(model, "--model")
+    default_env, role_envs = _per_role(api_key_env, "--api-key-env")
+    for url in [default_url, *role_urls.values()]:
+        if url is not None and not re.match(r"^https?://[^\s/]+", url):
+            raise InputError(f"--model {url!r}: the local model URL must start with http:// or https://")
+    unknown = sorted(set(role_envs) - set(role_urls)) if role_urls else []
+    if unknown:
+        raise InputError(f"--api-key-env names role(s) {', '.join(unknown)} that no --model ROLE=URL serves")
+    routes = {role: (url, _key(role_envs.get(role) or default_env)) for role, url in role_urls.items()}
+    if default_url is None:  # calls that name no role go to the first role's model
+        default_url = next(iter(role_urls.values()))
+        default_env = role_envs.get(next(iter(role_urls))) or default_env
+    api_key = _key(default_env)
     secret = _secret(secret_env)
     _stderr(f"tunnel for job {job_id}: serving its model calls from the local model (Ctrl-C to stop)")
-    run_loop(run_agent(server_url, job_id, token, secret, model, api_key, log=_stderr, connections=connections))
+    run_loop(
+        run_agent(
+            server_url,
+            job_id,
+            token,
+            secret,
+            default_url,
+            api_key,
+            role_models=routes or None,
+            log=_stderr,
+            connections=connections,
+        )
+    )
+
+
+def _key(env_name: str | None) -> str | None:
+    if not env_name:
+        return None
+    key = os.environ.get(env_name)
+    if not key:
+        raise InputError(f"--api-key-env {env_name}: environment variable {env_name} is not set")
+    return key
 
 
 def register(app: typer.Typer) -> None:

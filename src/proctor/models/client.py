@@ -348,6 +348,7 @@ async def post_chat_channel(
     endpoint: str,
     model: str,
     api_key_env: str | None,
+    role: str | None = None,
 ) -> ChatResult:
     """``post_chat`` over a private role's job channel: same answers, same exceptions.
 
@@ -356,7 +357,7 @@ async def post_chat_channel(
     t0 = time.perf_counter()
     call_headers = {k: v for k, v in headers.items() if k != "Authorization"}
     try:
-        answer = await channel.request("POST", "/chat/completions", data, call_headers, timeout=timeout)
+        answer = await channel.request("POST", "/chat/completions", data, call_headers, timeout=timeout, role=role)
         try:
             if answer.status == 200:
                 if stream:

@@ -175,6 +175,7 @@ class Role:
                             endpoint=replica.base_url,
                             model=config.model,
                             api_key_env=config.api_key_env,
+                            role=self.name,
                         )
                 except AttemptFailure as failure:
                     http_status = failure.status
@@ -337,13 +338,15 @@ class ModelRouter:
                 headers["Authorization"] = f"Bearer {key}"
             role._headers = headers
             probe_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
-            role.pool.bind(self._session, probe_headers)  # type: ignore[arg-type]
             if role.config.transport == "tunnel" and self._session is not None:
                 from proctor.tunnel.channel_client import TunnelChannel, channel_url
 
                 for replica in role.pool.replicas:
                     if replica.channel is None:
                         replica.channel = TunnelChannel(channel_url(replica.base_url), probe_headers, self._session)
+                # Probes go through the facade: say which role, so each probes its own model.
+                probe_headers = {**probe_headers, "X-Proctor-Role": role.name}
+            role.pool.bind(self._session, probe_headers)  # type: ignore[arg-type]
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -23,7 +23,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -85,6 +85,9 @@ class TunnelAgent:
         tunnel_secret: the job's tunnel secret from the submission response.
         model_url: the local model's base URL, ending ``/v1`` (calls arrive as ``/chat/completions``).
         api_key: the local model's key, if it needs one.
+        role_models: ``{role: (base_url, api_key)}`` when the job's private roles are different
+            local models; a call naming one of these roles goes to its model, any other call
+            to ``model_url``.
         connections: parallel WebSockets to open; the server spreads calls over them.
         log: where progress lines go (default: the ``proctor.tunnel.agent`` logger).
         max_backoff: cap, in seconds, of the wait between reconnection attempts.
@@ -103,6 +106,7 @@ class TunnelAgent:
         model_url: str,
         api_key: str | None = None,
         *,
+        role_models: Mapping[str, tuple[str, str | None]] | None = None,
         connections: int = 1,
         log: Callable[[str], None] | None = None,
         max_backoff: float = 10.0,
@@ -113,8 +117,9 @@ class TunnelAgent:
         self.ws_url = tunnel_ws_url(server_url, job_id)
         self.job_id = job_id
         self._headers = {"Authorization": f"Bearer {token}", protocol.SECRET_HEADER: tunnel_secret}
-        self._model_base = model_url.rstrip("/")
-        self._model_auth = f"Bearer {api_key}" if api_key else None
+        self._default_route = _route(model_url, api_key)
+        self._routes = {role: _route(url, key) for role, (url, key) in (role_models or {}).items()}
+        """Per private role: the local model's base URL and Authorization header."""
         self.connections = max(1, connections)
         self._log = log or _logger.info
         self.max_backoff = max_backoff
@@ -316,12 +321,13 @@ class TunnelAgent:
     async def _forward(self, writer: FrameWriter, rid: int, meta: dict[str, Any], body: bytes) -> None:
         """One call: local model -> relayed answer, chunk by chunk when it streams."""
         assert self._model is not None
-        url = self._model_base + meta.get("p", "/")
+        base, auth = self._routes.get(meta.get("r") or "", self._default_route)
+        url = base + meta.get("p", "/")
         if meta.get("q"):
             url += "?" + meta["q"]
         headers: dict[str, str] = dict(meta.get("h") or {})
-        if self._model_auth:
-            headers["Authorization"] = self._model_auth
+        if auth:
+            headers["Authorization"] = auth
         stats = self.stats
         stats.in_flight += 1
         head_sent = False
@@ -367,6 +373,10 @@ class TunnelAgent:
             stats.in_flight -= 1
 
 
+def _route(model_url: str, api_key: str | None) -> tuple[str, str | None]:
+    return model_url.rstrip("/"), f"Bearer {api_key}" if api_key else None
+
+
 def _forget_task(tasks: dict[int, asyncio.Task[None]], rid: int, _task: asyncio.Task[None]) -> None:
     tasks.pop(rid, None)
 
@@ -379,6 +389,7 @@ async def run_agent(
     model_url: str,
     api_key: str | None = None,
     *,
+    role_models: Mapping[str, tuple[str, str | None]] | None = None,
     stop_event: asyncio.Event | None = None,
     log: Callable[[str], None] | None = None,
     connections: int = 1,
@@ -388,7 +399,17 @@ async def run_agent(
     What ``proctor submit --private`` runs in-process next to its log follower, and what
     ``proctor tunnel`` runs alone.
     """
-    agent = TunnelAgent(server_url, job_id, token, tunnel_secret, model_url, api_key, connections=connections, log=log)
+    agent = TunnelAgent(
+        server_url,
+        job_id,
+        token,
+        tunnel_secret,
+        model_url,
+        api_key,
+        role_models=role_models,
+        connections=connections,
+        log=log,
+    )
     return await agent.run(stop_event)
 
 
@@ -400,6 +421,7 @@ def run_agent_sync(
     model_url: str,
     api_key: str | None = None,
     *,
+    role_models: Mapping[str, tuple[str, str | None]] | None = None,
     stop_event: threading.Event | None = None,
     log: Callable[[str], None] | None = None,
     connections: int = 1,
@@ -430,6 +452,7 @@ def run_agent_sync(
             tunnel_secret,
             model_url,
             api_key,
+            role_models=role_models,
             stop_event=stop,
             log=log,
             connections=connections,

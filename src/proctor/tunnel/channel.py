@@ -16,8 +16,8 @@ bodies, and the same rule that a started stream cannot be replayed.
 Per-call work here is callback-driven: no task per call. A call's events (see ``hub.Call``) go
 straight to ``_ChannelCall.put_nowait``, which writes the answer to the job's connection.
 
-Messages, job -> hub: ``REQUEST`` (meta ``{"m", "p", "q", "h", "d"}`` where ``d`` is the caller's
-own deadline in seconds) with ``DATA`` continuations, and ``CANCEL`` (the caller gave up). Hub ->
+Messages, job -> hub: ``REQUEST`` (meta ``{"m", "p", "q", "h", "d", "r"}`` where ``d`` is the
+caller's own deadline in seconds and ``r`` the private role) with ``DATA`` continuations, and ``CANCEL`` (the caller gave up). Hub ->
 job: ``RESPONSE`` (meta ``{"s", "h", "stream"}``) with ``DATA`` continuations; a ``DATA`` whose meta
 holds ``"error"`` ends a stream that broke off.
 """
@@ -169,6 +169,9 @@ class JobChannel:
         query = meta.get("q")
         if isinstance(query, str) and query:
             out["q"] = query
+        role = meta.get("r")
+        if isinstance(role, str) and role in job.roles:
+            out["r"] = role
         given = meta.get("h")
         if isinstance(given, dict):
             forwarded = {k: v for k, v in given.items() if isinstance(v, str) and k.lower() in _FORWARDED}

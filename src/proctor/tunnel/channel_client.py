@@ -258,10 +258,12 @@ class TunnelChannel:
         headers: Mapping[str, str] | None,
         *,
         timeout: float,
+        role: str | None = None,
     ) -> ChannelAnswer:
         """Send one call; wait for its status and headers (and whole body unless it streams).
 
-        Raises ``TimeoutError`` after ``timeout`` seconds (the hub is told to stop the call) and
+        ``role`` names the private role the call is for: an agent serving several local models
+        picks that role's. Raises ``TimeoutError`` after ``timeout`` seconds (the hub is told to stop the call) and
         :class:`ChannelError` if the connection cannot be opened or breaks first.
         """
         loop = asyncio.get_running_loop()
@@ -271,6 +273,8 @@ class TunnelChannel:
         meta: dict[str, Any] = {"m": method, "p": path, "d": timeout}
         if headers:
             meta["h"] = headers
+        if role is not None:
+            meta["r"] = role
         pending = _Pending(loop.create_future())
         conn.pending[rid] = pending
         put = conn.writer.put

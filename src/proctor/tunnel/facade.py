@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEADLINE_HEADER",
     "FACADE_PATHS",
+    "ROLE_HEADER",
     "FacadeApp",
     "FastPath",
     "build_router",
@@ -48,6 +49,10 @@ log = logging.getLogger("proctor.tunnel")
 
 DEADLINE_HEADER = "x-proctor-deadline"
 """A caller may ask for a shorter deadline (seconds) than the hub's default."""
+
+ROLE_HEADER = "x-proctor-role"
+"""Which private role a call is for (the engine sends it); the agent picks that role's model."""
+ROLE_HEADER_B = ROLE_HEADER.encode()
 
 FACADE_PATHS = {"chat/completions": "POST", "completions": "POST", "models": "GET"}
 """What the facade forwards (plus ``GET models/<name>``); everything else is 404."""
@@ -216,6 +221,9 @@ class FacadeApp:
         }
         if forwarded:
             meta["h"] = forwarded
+        role = headers.get(ROLE_HEADER_B)
+        if role is not None and role.decode("latin-1") in job.roles:
+            meta["r"] = role.decode("latin-1")
         inbox = Inbox()
         call = hub.new_call(rid, protocol.encode_body(Kind.REQUEST, rid, meta, body), deadline, events=inbox)
 

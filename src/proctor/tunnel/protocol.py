@@ -22,7 +22,9 @@ Message kinds
 -------------
 ``HELLO``    agent -> hub   ``{"token", "secret"}`` when they could not go in the handshake headers
 ``WELCOME``  hub -> agent   ``{"heartbeat", "max_body", "max_inflight", "roles"}`` after auth
-``REQUEST``  hub -> agent   ``{"m": method, "p": path, "q": query, "h": headers}`` + body piece
+``REQUEST``  hub -> agent   ``{"m": method, "p": path, "q": query, "h": headers, "r": role}`` + body
+                            piece; ``r`` (optional) names the private role, for an agent that
+                            serves each role from its own local model
 ``RESPONSE`` agent -> hub   ``{"s": status, "h": headers, "stream": bool}`` + body piece
 ``DATA``     both           continuation of a request or response body
 ``CANCEL``   hub -> agent   the caller is gone or its deadline passed: stop working on ``rid``
