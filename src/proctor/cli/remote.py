@@ -104,7 +104,10 @@ def submit(
     ] = [],  # noqa: B006
     mode: Annotated[str, typer.Option("--mode", help="public (server calls the model) or private (tunnel).")] = "public",
     private: Annotated[bool, typer.Option("--private", help="Same as --mode private.")] = False,
-    private_role: Annotated[list[str], typer.Option("--private-role", help="Role served through the tunnel.")] = [],  # noqa: B006
+    private_role: Annotated[
+        list[str],
+        typer.Option("--private-role", help="Role served through the tunnel (repeatable; each may be its own local model)."),
+    ] = [],  # noqa: B006
     workers: Annotated[int | None, typer.Option("--workers", "--concurrency", help="Samples in flight.")] = None,
     limit: Annotated[int | None, typer.Option(help="Run only the first N samples.")] = None,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Re-run samples that errored.")] = False,
