@@ -325,6 +325,8 @@ class TunnelHub:
                 job.reported_down, job.grace_timer = old.reported_down, old.grace_timer
                 for agent in job.agents:
                     agent.job = job
+                for channel in job.channels:
+                    channel.job = job
             self._jobs[job_id] = job
         return internal_token
 
