@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Iterator
 
 from proctor.models.config import ModelConfig
 from proctor.models.router import ModelRouter
@@ -34,12 +35,12 @@ async def run(url: str, args: argparse.Namespace, llm: FakeLLMProcess) -> list[t
             llm.reset()
             queue = iter(range(args.per_phase))
 
-            async def worker() -> None:
+            async def worker(queue: Iterator[int], phase: int) -> None:
                 for i in queue:
                     await role.chat([{"role": "user", "content": f"{phase}-{i}"}])
 
             t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            await asyncio.gather(*(worker(queue, phase) for _ in range(args.concurrency)))
             elapsed = time.perf_counter() - t0
             stats = llm.stats()
             rows.append((stats["requests"], stats["errors"].get("429", 0), args.per_phase / elapsed, role.pool.replicas[0].cap))

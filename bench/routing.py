@@ -65,7 +65,7 @@ def main() -> None:
         for server in servers:
             server.start()
         urls = [s.base_url for s in servers]
-        names = {url: f"{lat * 1000:.0f}ms" for url, lat in zip(urls, latencies)}
+        names = {url: f"{lat * 1000:.0f}ms" for url, lat in zip(urls, latencies, strict=True)}
         # a short warm-up so both runs meet warm servers
         asyncio.run(workload(urls, "least_time", 200, args.concurrency))
         results = {}

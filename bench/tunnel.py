@@ -56,9 +56,8 @@ def _hub_main(port: int, router_only: bool) -> None:
 
 def _agent_main(server_url: str, model_url: str) -> None:
     """The submitter's agent; reads the tunnel secret from stdin."""
-    from proctor.tunnel.agent import run_agent
-
     from proctor._loop import run as run_loop
+    from proctor.tunnel.agent import run_agent
 
     secret = sys.stdin.readline().strip()
     run_loop(run_agent(server_url, "bench-job", "bench-token", secret, model_url, log=lambda _line: None))

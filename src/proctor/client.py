@@ -9,8 +9,8 @@ bodies, never in URLs, and never printed.
 
 from __future__ import annotations
 
-import builtins
 import base64
+import builtins
 import json
 import os
 import time

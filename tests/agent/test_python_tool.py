@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psutil
 
-from proctor.evals.agent.tools.python import PythonOptions, PythonTool, run_python
 from proctor.evals.agent.tools.base import ToolCall, ToolCallContext, invoke_tool
+from proctor.evals.agent.tools.python import PythonOptions, PythonTool, run_python
 from proctor.evals.types import Sample
 
 from .conftest import FakeModels, arun, make_ctx

@@ -60,7 +60,7 @@ def test_kill_9_at_random_moments_then_resume_does_everything_exactly_once(tmp_p
             target = before + rng.randint(10, 30)
             proc = start(spec, out)
             try:
-                wait_for(lambda: llm.stats()["requests"] >= target or proc.poll() is not None)
+                wait_for(lambda target=target, proc=proc: llm.stats()["requests"] >= target or proc.poll() is not None)
                 time.sleep(rng.uniform(0.25, 0.45))
             finally:
                 proc.kill()  # SIGKILL: no cleanup at all

@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 import pytest
-
 from models.modelkit import StubLLM, dead_port, fast_config, user
+
 from proctor.errors import InfraError, NoHealthyReplicaError
 from proctor.models.router import ModelRouter
 from proctor.testing import FakeLLM, FakeLLMConfig

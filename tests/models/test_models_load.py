@@ -7,8 +7,8 @@ import logging
 import os
 
 import pytest
-
 from models.modelkit import fast_config, user
+
 from proctor.models.router import ModelRouter
 from proctor.testing import FakeLLM, FakeLLMConfig
 

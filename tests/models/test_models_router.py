@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import pytest
-
 from models.modelkit import StubLLM, dead_port, fast_config, user
+
 from proctor.errors import BadRequestError, ContextOverflowError, InfraError, InputError, ModelAbortError, SpecError
 from proctor.models.config import GenerateParams
 from proctor.models.router import ModelRouter

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from models.modelkit import StubLLM, fast_config, user
+
 from proctor.models.config import GenerateParams
 from proctor.models.router import ModelRouter
 from proctor.testing import FakeLLM, FakeLLMConfig

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from server_helpers import wait_state
 from typer.testing import CliRunner
 
 from proctor.cli import remote, server_cmd
-from server_helpers import wait_state
 
 
 def _app() -> typer.Typer:

@@ -8,9 +8,9 @@ import tarfile
 from pathlib import Path
 
 import httpx
+from server_helpers import script_job, wait_state
 
 from proctor.client import Client, _parse_sse
-from server_helpers import script_job, wait_state
 
 
 def _sse(client: httpx.Client, job_id: str, headers: dict[str, str] | None = None, stop_after: int | None = None):

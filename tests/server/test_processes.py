@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from server_helpers import script_job, wait_state
 
 

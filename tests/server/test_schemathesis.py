@@ -5,7 +5,6 @@ from __future__ import annotations
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from server_helpers import start_server
 
 

@@ -60,13 +60,19 @@ def test_writer_coalesces_what_queued_up_and_keeps_order() -> None:
         writer = FrameWriter(send)
         task = asyncio.create_task(writer.run())
         writer.put(protocol.encode(Kind.PING, 0, {"t": 0}))
-        while not sent:
+        for _ in range(10_000):  # bounded: yield until the writer made its first send
+            if sent:
+                break
             await asyncio.sleep(0)
+        assert sent
         for rid in range(1, 51):
             writer.put(protocol.encode(Kind.CANCEL, rid))
         gate.set()
-        while writer.envelopes < 51:
+        for _ in range(10_000):  # bounded: yield until the writer has sent every envelope
+            if writer.envelopes >= 51:
+                break
             await asyncio.sleep(0)
+        assert writer.envelopes == 51
         writer.close()
         await task
         return sent

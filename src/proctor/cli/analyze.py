@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from proctor.cli._console import make_console
-
 from proctor.errors import InputError
 
 

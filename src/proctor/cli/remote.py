@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from proctor.cli._console import LazyConsole
-
 from proctor.errors import InputError, ProctorError
 
 if TYPE_CHECKING:

@@ -9,7 +9,6 @@ import typer
 
 from proctor._loop import run as run_loop
 from proctor.cli._console import make_console
-
 from proctor.errors import InputError
 
 
@@ -76,7 +75,7 @@ def run(
 
     Exit codes: 0 all samples done, 1 finished but some samples errored, 2 bad input, 130 interrupted.
     """
-    from proctor.evals.runner import RunOptions, Runner, resume_command
+    from proctor.evals.runner import Runner, RunOptions, resume_command
     from proctor.evals.spec import apply_model_override, load_spec
 
     if progress not in ("auto", "rich", "plain", "none"):

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Server config YAML (templates, datasets, hooks, any setting).")
 ]

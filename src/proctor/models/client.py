@@ -16,7 +16,6 @@ builds nothing it can reuse and parses JSON exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import time
@@ -330,7 +329,7 @@ async def post_chat(
                 api_key_env=api_key_env,
                 retry_after=resp.headers.get("Retry-After"),
             )
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+    except (TimeoutError, aiohttp.ServerTimeoutError):
         raise AttemptFailure("timeout", f"no complete answer from {endpoint} within {timeout.total}s") from None
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise AttemptFailure("connection", f"connection to {endpoint} failed: {exc or type(exc).__name__}") from None

@@ -248,7 +248,7 @@ class LaunchedServer:
         try:
             self._close_lifeline()
             deadline = began + STOP_GRACE + 2.0
-            while self.watchdog.poll() is None and time.monotonic() < deadline:
+            while self.watchdog.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - Popen exit is not awaitable
                 await asyncio.sleep(0.05)
         except BaseException:
             self._kill_now()  # cancelled again while stopping: do not leave it to chance

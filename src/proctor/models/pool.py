@@ -331,7 +331,7 @@ class ReplicaPool:
             handle = loop.call_later(remaining, _expire, fut)
             try:
                 await fut
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._discard(fut)
                 raise self._wait_error() from None
             except BaseException:
@@ -532,7 +532,7 @@ class ReplicaPool:
                 if resp.status in (401, 403):
                     r.last_error = f"health probe {r.health_url} answered HTTP {resp.status} (key refused?)"
                 return True, None
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             return False, f"health probe {r.health_url} timed out after {self.health.timeout}s"
         except aiohttp.ClientError as exc:
             return False, f"health probe {r.health_url} failed: {exc or type(exc).__name__}"
@@ -543,7 +543,7 @@ class ReplicaPool:
         """Probe replicas concurrently, opening or closing breakers from the answers."""
         targets = list(self.replicas if replicas is None else replicas)
         results = await asyncio.gather(*(self.probe(r) for r in targets))
-        for r, (ok, error) in zip(targets, results):
+        for r, (ok, error) in zip(targets, results, strict=True):
             r.checked = True
             if ok:
                 if not r.healthy:
@@ -627,4 +627,4 @@ def _quiet(r: Replica) -> float:
 
 def _expire(fut: asyncio.Future[None]) -> None:
     if not fut.done():
-        fut.set_exception(asyncio.TimeoutError())
+        fut.set_exception(TimeoutError())

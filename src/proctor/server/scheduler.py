@@ -433,7 +433,7 @@ class JobManager:
         code: int | None
         try:
             code = await asyncio.wait_for(asyncio.shield(run.proc.wait()), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if run.stop_reason is None:
                 run.stop_reason = "timed_out"
             await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 from proctor.tunnel import protocol
-from proctor.tunnel.facade import FORWARDED_REQUEST_HEADERS, is_loopback, json_error, forwarded_method
+from proctor.tunnel.facade import FORWARDED_REQUEST_HEADERS, forwarded_method, is_loopback, json_error
 from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
 
 if TYPE_CHECKING:

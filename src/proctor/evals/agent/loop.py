@@ -48,10 +48,10 @@ from typing import Any, Literal
 from pydantic import Field
 
 from proctor.errors import ContextOverflowError, ModelError
-from proctor.evals.content import check_images, user_content
-from proctor.evals.options import validate_options
 from proctor.evals.agent.tools import Tool, ToolCall, ToolCallContext, ToolOutcome, build_tools, invoke_tool
 from proctor.evals.agent.tools._http import close_sessions
+from proctor.evals.content import check_images, user_content
+from proctor.evals.options import validate_options
 from proctor.evals.types import Sample, SampleSkipped, SolveContext, SolveResult, register_solver
 from proctor.models.config import GenerateParams, StrictModel
 

@@ -20,13 +20,13 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from proctor.errors import SpecError
-from proctor.evals.options import format_errors
 from proctor.evals.agent.tools.answer import AnswerOptions, AnswerTool
 from proctor.evals.agent.tools.base import Tool, ToolCall, ToolCallContext, ToolOutcome, invoke_tool
 from proctor.evals.agent.tools.expert import ExpertOptions, ExpertTool
 from proctor.evals.agent.tools.python import PythonOptions, PythonTool
 from proctor.evals.agent.tools.retrieve import RetrieveOptions, RetrieveTool
 from proctor.evals.agent.tools.web_search import WebSearchOptions, WebSearchTool
+from proctor.evals.options import format_errors
 
 __all__ = [
     "BUILTIN_TOOLS",

@@ -87,7 +87,7 @@ class Tool(ABC):
             "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
         }
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook: a no-op unless a tool holds resources
         """Release what the tool holds (sessions, processes); called once at the end of a run."""
 
 

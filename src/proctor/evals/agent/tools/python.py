@@ -218,7 +218,7 @@ async def run_python(code: str, opts: PythonOptions) -> SandboxResult:
     workdir = tempfile.mkdtemp(prefix="proctor-py-")
     try:
         script = os.path.join(workdir, "main.py")
-        with open(script, "w", encoding="utf-8") as fh:
+        with open(script, "w", encoding="utf-8") as fh:  # noqa: ASYNC230 - one small write to a fresh local temp dir
             fh.write(code)
         loop = asyncio.get_running_loop()
         try:

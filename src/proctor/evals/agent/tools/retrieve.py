@@ -7,7 +7,6 @@ Protocol (the one common research retrieval servers speak): ``POST {url}`` with
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -44,7 +43,7 @@ async def retrieve(
                 text = (await resp.text())[:200]
                 raise ToolError(f"retrieval service answered HTTP {resp.status}: {text}")
             data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise ToolError(f"retrieval service unreachable: {type(exc).__name__}: {exc}") from exc
     except ValueError as exc:
         raise ToolError(f"retrieval service sent invalid JSON: {exc}") from exc

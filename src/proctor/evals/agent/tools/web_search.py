@@ -9,7 +9,6 @@ event.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any, Literal, Protocol
 
@@ -60,7 +59,7 @@ class TavilyProvider:
                     # The body is not echoed: some services repeat the request (and key) in errors.
                     raise ToolError(f"web search provider {self.name} answered HTTP {resp.status}")
                 data = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise ToolError(f"web search provider {self.name} unreachable: {type(exc).__name__}") from exc
         except ValueError as exc:
             raise ToolError(f"web search provider {self.name} sent invalid JSON") from exc
