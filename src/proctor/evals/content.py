@@ -13,6 +13,20 @@ from proctor.evals.types import Sample, SampleSkipped
 IMAGES_UNSUPPORTED = "image input, but the subject model does not accept images (supports_images: false)"
 
 
+def question_text(sample: Sample) -> str:
+    """The sample's question as text (the last user message of a chat-shaped input)."""
+    value = sample.input
+    if isinstance(value, str):
+        return value
+    for msg in reversed(value):
+        if msg.get("role") == "user":
+            content = msg.get("content")
+            if isinstance(content, list):
+                return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+            return str(content or "")
+    return ""
+
+
 def check_images(sample: Sample, supports_images: bool) -> None:
     """Raise ``SampleSkipped`` when the sample has images the model cannot take."""
     if sample.images and not supports_images:

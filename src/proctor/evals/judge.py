@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import Field
 
 from proctor.errors import ProctorError
+from proctor.evals.content import question_text
 from proctor.evals.options import validate_options
 from proctor.evals.scorers import targets as sample_targets
 from proctor.evals.types import Sample, Score, SolveContext, SolveResult, register_scorer
@@ -157,18 +158,6 @@ def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
-def _question(sample: Sample) -> str:
-    if isinstance(sample.input, str):
-        return sample.input
-    for msg in reversed(sample.input):
-        if msg.get("role") == "user":
-            content = msg.get("content")
-            if isinstance(content, list):
-                return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
-
-
 class JudgeScorer:
     """Asks the judge role; see the module docstring for the rules."""
 
@@ -188,7 +177,7 @@ class JudgeScorer:
             norm = _normalise(output)
             if any(norm == _normalise(t) for t in targets):
                 return Score(1.0, answer=output, explanation="exact match", extra={"judge_raw": None, "shortcut": "exact"})
-        values = {"question": _question(sample), "response": output, "target": " | ".join(targets)}
+        values = {"question": question_text(sample), "response": output, "target": " | ".join(targets)}
         prompt = _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.template)
         messages: list[dict[str, Any]] = []
         if self.options.system_prompt:

@@ -351,12 +351,11 @@ async def post_chat_channel(
 ) -> ChatResult:
     """``post_chat`` over a private role's job channel: same answers, same exceptions.
 
-    Only the per-call headers travel (the internal token authenticated the channel once).
+    ``headers`` are the per-call ones; the internal token authenticated the channel once.
     """
     t0 = time.perf_counter()
-    call_headers = {k: v for k, v in headers.items() if k != "Authorization"}
     try:
-        answer = await channel.request("POST", "/chat/completions", data, call_headers, timeout=timeout, role=role)
+        answer = await channel.request("POST", "/chat/completions", data, headers, timeout=timeout, role=role)
         try:
             if answer.status == 200:
                 if stream:

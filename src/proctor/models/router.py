@@ -336,8 +336,11 @@ class ModelRouter:
                         hint=f"export {name}=... before running (the key itself never goes in the spec)",
                     )
                 headers["Authorization"] = f"Bearer {key}"
-            role._headers = headers
             probe_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
+            if role.config.transport == "tunnel":
+                # The key authenticates the channel once, at its handshake, never each call.
+                headers = {"Content-Type": "application/json"}
+            role._headers = headers
             if role.config.transport == "tunnel" and self._session is not None:
                 from proctor.tunnel.channel_client import TunnelChannel, channel_url
 

@@ -430,6 +430,17 @@ def run_agent_sync(
 
     ``stop_event`` is a ``threading.Event``; setting it from any thread stops the agent.
     """
+    agent = TunnelAgent(
+        server_url,
+        job_id,
+        token,
+        tunnel_secret,
+        model_url,
+        api_key,
+        role_models=role_models,
+        connections=connections,
+        log=log,
+    )
 
     async def main() -> AgentStats:
         stop = asyncio.Event()
@@ -445,17 +456,6 @@ def run_agent_sync(
                     pass
 
             threading.Thread(target=wake, name="proctor-tunnel-stop", daemon=True).start()
-        return await run_agent(
-            server_url,
-            job_id,
-            token,
-            tunnel_secret,
-            model_url,
-            api_key,
-            role_models=role_models,
-            stop_event=stop,
-            log=log,
-            connections=connections,
-        )
+        return await agent.run(stop)
 
     return run_loop(main())

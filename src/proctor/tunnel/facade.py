@@ -221,9 +221,9 @@ class FacadeApp:
         }
         if forwarded:
             meta["h"] = forwarded
-        role = headers.get(ROLE_HEADER_B)
-        if role is not None and role.decode("latin-1") in job.roles:
-            meta["r"] = role.decode("latin-1")
+        role = headers.get(ROLE_HEADER_B, b"").decode("latin-1")
+        if role in job.roles:
+            meta["r"] = role
         inbox = Inbox()
         call = hub.new_call(rid, protocol.encode_body(Kind.REQUEST, rid, meta, body), deadline, events=inbox)
 

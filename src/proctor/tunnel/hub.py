@@ -681,23 +681,19 @@ class TunnelHub:
         # A finished answer leaves ``agent.calls`` before its event is delivered: a job channel's
         # call acts on the event at once, and must not find itself still at the agent (which
         # would send the agent a needless CANCEL).
-        if kind == Kind.RESPONSE:
+        if kind == Kind.RESPONSE or kind == Kind.DATA:
             call = agent.calls.get(env.rid)
-            if call is not None:
-                if env.fin:
-                    del agent.calls[env.rid]
-                    agent.served += 1
+            if call is None:
+                return
+            if env.fin:
+                del agent.calls[env.rid]
+                agent.served += 1
+            if kind == Kind.RESPONSE:
                 call.events.put_nowait(("head", env.meta or {}, env.body, env.fin))
-        elif kind == Kind.DATA:
-            call = agent.calls.get(env.rid)
-            if call is not None:
-                if env.fin:
-                    del agent.calls[env.rid]
-                    agent.served += 1
-                if env.meta and "error" in env.meta:  # the model broke off mid-stream
-                    call.events.put_nowait(("fail", 502, str(env.meta["error"])))
-                else:
-                    call.events.put_nowait(("data", env.body, env.fin))
+            elif env.meta and "error" in env.meta:  # the model broke off mid-stream
+                call.events.put_nowait(("fail", 502, str(env.meta["error"])))
+            else:
+                call.events.put_nowait(("data", env.body, env.fin))
         elif kind == Kind.PONG or kind == Kind.PING:
             pass  # last_seen is already updated
         # Unknown kinds are ignored so that newer agents can talk to older hubs.

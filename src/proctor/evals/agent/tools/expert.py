@@ -27,9 +27,10 @@ from proctor.evals.agent.tools.base import Tool, ToolCallContext
 from proctor.evals.agent.tools.python import PythonOptions, format_result, run_python
 from proctor.evals.agent.tools.retrieve import RetrieveOptions, format_hits, retrieve
 from proctor.evals.agent.tools.web_search import WebSearchOptions, format_search, make_provider
+from proctor.evals.content import question_text
 from proctor.models.config import GenerateParams, StrictModel
 
-__all__ = ["DEFAULT_PROMPTS", "ExpertOptions", "ExpertTool", "render", "sample_text"]
+__all__ = ["DEFAULT_PROMPTS", "ExpertOptions", "ExpertTool", "render"]
 
 DEFAULT_PROMPTS: dict[str, str] = {
     "answer": (
@@ -55,20 +56,6 @@ _CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IG
 def render(template: str, **values: str) -> str:
     """Fill ``{task}`` and ``{question}`` only: prompts full of JSON or code braces stay intact."""
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
-
-
-def sample_text(sample: Any) -> str:
-    """The sample's question as text (the last user message of a chat-shaped input)."""
-    value = sample.input
-    if isinstance(value, str):
-        return value
-    for msg in reversed(value):
-        if msg.get("role") == "user":
-            content = msg.get("content")
-            if isinstance(content, list):
-                return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
 
 
 def extract_code(text: str) -> str:
@@ -146,7 +133,7 @@ class ExpertTool(Tool):
         model = getattr(getattr(role, "config", None), "model", None) or getattr(role, "model", None)
         if model is not None:
             ctx.info["expert_model"] = str(model)
-        prompt = render(self.template, task=str(args["task"]), question=sample_text(ctx.sample))
+        prompt = render(self.template, task=str(args["task"]), question=question_text(ctx.sample))
         messages: list[dict[str, Any]] = []
         if self.options.system_prompt:
             messages.append({"role": "system", "content": self.options.system_prompt})
