@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import yaml
 
+from proctor import _yaml
 from proctor.errors import (
     AuthenticationError,
     ConflictError,
@@ -51,7 +52,7 @@ def load_client_config(path: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = _yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"cannot read client config {path}: {exc}") from None
     if not isinstance(data, dict):
@@ -307,7 +308,7 @@ def _spec_upload(
     """Read the spec and the files it names (dataset, pool files), relative to the spec file."""
     try:
         text = spec_path.read_text(encoding="utf-8")
-        spec = yaml.safe_load(text)
+        spec = _yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(f"cannot read spec {spec_path}: {exc}") from None
     if not isinstance(spec, dict):
@@ -369,7 +370,7 @@ def spec_local_endpoints(spec_path: Path, roles: list[str]) -> dict[str, dict[st
     its key. Values are read here and never sent to the server.
     """
     try:
-        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        spec = _yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(f"cannot read spec {spec_path}: {exc}") from None
     models = spec.get("models") if isinstance(spec, dict) else None

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from proctor import _yaml
 from proctor.errors import SpecError
 from proctor.evals.options import location, plain_message
 from proctor.models.config import GenerateParams, ModelConfig, StrictModel
@@ -146,7 +147,7 @@ def load_spec(path: Path) -> TaskSpec:
     if path.is_dir():
         raise SpecError(f"{path} is a directory, not a spec file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -28,9 +28,10 @@ from typing import Any
 import psutil
 import yaml
 
+from proctor import _yaml
 from proctor.errors import InputError
 from proctor.server.schemas import ModelEndpoint, SubmitRequest
-from proctor.server.settings import CommandTemplate, ServerSettings
+from proctor.server.settings import BASE_URL_PATTERN, MODEL_PATTERN, CommandTemplate, ServerSettings, TemplateParam
 
 log = logging.getLogger("proctor.server")
 
@@ -133,13 +134,30 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
 
 
 def _template(req: SubmitRequest, settings: ServerSettings) -> CommandTemplate:
+    """The registered template a command job names, after checking the built-in values it will
+    substitute from the request (``{model}``, ``{base_url}``), so a bad one is a 400 now rather
+    than a job that fails, or worse runs with an injected option, later."""
     if not req.template:
         raise InputError("a command job needs 'template' (one the server's admin registered)")
     template = settings.templates.get(req.template)
     if template is None:
         known = ", ".join(sorted(settings.templates)) or "none"
         raise InputError(f"no command template {req.template!r} on this server (registered: {known})")
+    subject = req.models.get("subject")
+    if subject is not None:
+        _check_builtins({"model": subject.model or "", "base_url": subject.base_url or ""})
     return template
+
+
+BUILTIN_PATTERNS = {"model": MODEL_PATTERN, "base_url": BASE_URL_PATTERN}
+"""The built-in placeholders that carry user input, and what they must match when not empty."""
+
+
+def _check_builtins(values: dict[str, str]) -> None:
+    for pname, pattern in BUILTIN_PATTERNS.items():
+        value = values.get(pname, "")
+        if value and not re.fullmatch(pattern, value):
+            raise InputError(f"the subject's {pname} is not allowed in a command template: it must match {pattern}")
 
 
 def _check_params(name: str, template: CommandTemplate, given: dict[str, str]) -> dict[str, str]:
@@ -151,17 +169,26 @@ def _check_params(name: str, template: CommandTemplate, given: dict[str, str]) -
         value = given.get(pname, param.default)
         if value is None:
             raise InputError(f"template {name!r} needs parameter {pname!r}")
-        if not re.fullmatch(param.pattern, value):
-            raise InputError(f"parameter {pname!r} of template {name!r} must match {param.pattern}")
+        _check_value(name, pname, param, value)
         values[pname] = value
     return values
+
+
+def _check_value(name: str, pname: str, param: TemplateParam, value: str) -> None:
+    if not re.fullmatch(param.pattern, value):
+        raise InputError(f"parameter {pname!r} of template {name!r} must match {param.pattern}")
+    if value.startswith("-") and not param.allow_dash:
+        raise InputError(
+            f"parameter {pname!r} of template {name!r} may not start with '-' (it would read as an option)",
+            hint="the server's admin can set allow_dash: true on that parameter",
+        )
 
 
 def _rewrite_spec(
     req: SubmitRequest, settings: ServerSettings, private_roles: list[str], keyed_envs: set[str]
 ) -> dict[str, Any]:
     try:
-        spec = yaml.safe_load(req.spec or "")
+        spec = _yaml.safe_load(req.spec or "")
     except yaml.YAMLError as exc:
         raise InputError(f"the spec is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(spec, dict):
@@ -254,7 +281,7 @@ def set_private_endpoints(job_dir: Path, roles: list[str], facade_url: str, *, t
     Done at each start, with the server's current deadline. Longer values in the spec are kept.
     """
     path = job_dir / "spec.yaml"
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    spec = _yaml.safe_load(path.read_text(encoding="utf-8"))
     wait = tunnel_deadline + TUNNEL_SLACK
     for role in roles:
         cfg = spec["models"][role]
@@ -290,14 +317,17 @@ def build_argv(request: dict[str, Any], job_id: str, job_dir: Path, settings: Se
     if template is None:
         raise InputError(f"command template {request['template']!r} is no longer registered on this server")
     subject = request.get("models", {}).get("subject", {})
+    # Checked again at each start: a stored request may predate the rules or the template's edit.
+    given = {"model": subject.get("model", ""), "base_url": subject.get("base_url", "")}
+    _check_builtins(given)
+    params = _check_params(request["template"], template, request.get("params", {}))
     values = {
         "job_id": job_id,
         "job_dir": str(job_dir),
         "out_dir": str(job_dir / "out"),
         "python": sys.executable,
-        "model": subject.get("model", ""),
-        "base_url": subject.get("base_url", ""),
-        **request.get("params", {}),
+        **given,
+        **params,
     }
     return [re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), part) for part in template.argv]
 

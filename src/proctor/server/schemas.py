@@ -11,8 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-"""A client-chosen job id: 8-64 characters of the URL-safe base64 alphabet."""
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{7,63}$")
+"""A client-chosen job id: 8-64 characters of the URL-safe base64 alphabet, not starting with ``-``
+(the id is substituted into command templates, where a leading ``-`` would read as an option)."""
 ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,4}$")
 

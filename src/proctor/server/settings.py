@@ -13,10 +13,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from proctor import _yaml
 from proctor.errors import InputError
 
 PARAM_PATTERN_DEFAULT = r"^[A-Za-z0-9_.:/@+=,-]{0,256}$"
 """What a template parameter may contain unless the template says otherwise: no spaces, no quotes."""
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}$"
+"""What ``{model}`` may be: a model name, with no ``,``, ``=`` or spaces that would add keys to an
+argument such as lm-eval's ``--model_args model={model},...``."""
+BASE_URL_PATTERN = r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*)?$"
+"""What ``{base_url}`` may be: scheme, host, port and path only (no query, no ``,`` or ``=``)."""
 
 
 def _default_cleanup_hooks() -> list[list[str] | str]:
@@ -34,6 +40,9 @@ class TemplateParam(_Strict):
     """Regular expression the whole value must match (the value becomes one argv element)."""
     default: str | None = None
     """Used when the client gives no value; without a default the parameter is required."""
+    allow_dash: bool = False
+    """May a value start with ``-``? Off by default: a value such as ``--output_path=/x`` would
+    otherwise become an option of the program when it is a whole argv element."""
 
     @field_validator("pattern")
     @classmethod
@@ -45,8 +54,9 @@ class TemplateParam(_Strict):
 class CommandTemplate(_Strict):
     """An admin-registered program a ``command`` job runs, with ``{placeholders}`` in its argv.
 
-    Built-in placeholders: ``{job_id}``, ``{job_dir}``, ``{out_dir}``, ``{python}``, ``{model}``,
-    ``{base_url}``. Values are substituted per argv element, never through a shell.
+    Built-in placeholders: ``{job_id}``, ``{job_dir}``, ``{out_dir}``, ``{python}``, ``{model}``
+    (``MODEL_PATTERN``), ``{base_url}`` (``BASE_URL_PATTERN``). Values are substituted per argv
+    element, never through a shell.
     """
 
     argv: list[str] = Field(min_length=1)
@@ -133,7 +143,7 @@ def load_settings(config_file: Path | None, **overrides: Any) -> ServerSettings:
     data: dict[str, Any] = {}
     if config_file is not None:
         try:
-            loaded = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+            loaded = _yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise InputError(f"cannot read server config {config_file}: {exc}") from None
         if not isinstance(loaded, dict):
