@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def start_server(data: Path, log: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    """`proctor serve` as a child process in its own session, on a free loopback port."""
+def start_server(data: Path, log: Path, *extra: str,
+                 preexec_fn: Callable[[], None] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """`proctor serve` as a child process in its own session, on a free loopback port.
+
+    ``preexec_fn`` runs in the child before the server starts (e.g. to lower its open-files limit).
+    """
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--slots", "1",
              "--ready-line", "READY {port}", *extra],
             stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, text=True,
+            preexec_fn=preexec_fn,
         )
     assert proc.stdout is not None
     line = proc.stdout.readline()  # bounded: the server prints it or exits (EOF)

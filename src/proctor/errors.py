@@ -10,7 +10,8 @@ ProctorError                      exit 1, HTTP 500
 ├── InputError                    exit 2, HTTP 400  bad spec, dataset, flag or request
 │   ├── SpecError                                   task spec invalid (names the key)
 │   ├── DatasetError                                dataset missing/unparseable/duplicate ids
-│   └── IncomparableRunError                        --out holds a run of another spec
+│   ├── IncomparableRunError                        --out holds a run of another spec
+│   └── TooLargeError             HTTP 413          an upload over the server's size or file caps
 ├── ModelError                                      a model call failed
 │   ├── InfraError                                  connection, timeout, 5xx, 429 after retries
 │   │                                               (kept apart from model outcomes, never "wrong")
@@ -181,3 +182,9 @@ class ConflictError(ProctorError):
     """The request conflicts with the current state (e.g. cancelling a finished job)."""
 
     http_status = 409
+
+
+class TooLargeError(InputError):
+    """The request asks the server to hold more than it allows (bytes, files)."""
+
+    http_status = 413

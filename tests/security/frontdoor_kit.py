@@ -8,6 +8,7 @@ and its real log.
 from __future__ import annotations
 
 import contextlib
+import resource
 import socket
 import subprocess
 import sys
@@ -81,8 +82,13 @@ class Served:
 
 
 @contextlib.contextmanager
-def served(tmp_path: Path, config: dict[str, Any] | None = None, *extra: str) -> Iterator[Served]:
-    """Start `proctor serve` (tokens alice, bob and admin root) with ``config`` as its config file."""
+def served(
+    tmp_path: Path, config: dict[str, Any] | None = None, *extra: str, nofile: tuple[int, int] | None = None
+) -> Iterator[Served]:
+    """Start `proctor serve` (tokens alice, bob and admin root) with ``config`` as its config file.
+
+    ``nofile``: the (soft, hard) open-files limit the server process starts with.
+    """
     data = tmp_path / "srv"
     data.mkdir(exist_ok=True)
     tokens = {"alice": create_token(data, "alice"), "bob": create_token(data, "bob"),
@@ -90,7 +96,11 @@ def served(tmp_path: Path, config: dict[str, Any] | None = None, *extra: str) ->
     cfg = tmp_path / "server.yaml"
     cfg.write_text(yaml.safe_dump(config or {}), encoding="utf-8")
     log = tmp_path / "server.err"
-    proc, url = start_server(data, log, "--config", str(cfg), *extra)
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
+    proc, url = start_server(data, log, "--config", str(cfg), *extra, preexec_fn=limit)
     try:
         yield Served(url, data, log, proc, tokens)
     finally:

@@ -16,16 +16,19 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Scope
 
 from proctor import __version__
 from proctor.errors import InputError, NotFoundError, ProctorError
 from proctor.server import artifacts, logs
 from proctor.server.auth import Authenticator, Principal, anonymize, check_access
+from proctor.server.frontdoor import FrontDoor, error_response
 from proctor.server.metrics import Metrics, MetricsMiddleware
-from proctor.server.quotas import Quota
+from proctor.server.quotas import QueueShare, Quota
 from proctor.server.scheduler import JobManager
 from proctor.server.schemas import (
+    JOB_ID_RE,
     ArtifactInfo,
     JobView,
     LogPage,
@@ -42,17 +45,6 @@ log = logging.getLogger("proctor.server")
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The job's id.")]
 
 
-def error_response(status: int, message: str, *, hint: str | None = None, retry_after: float | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"ok": False, "error": message, "status": status}
-    headers = {}
-    if hint:
-        body["hint"] = hint
-    if retry_after is not None:
-        body["retry_after"] = int(retry_after)
-        headers["Retry-After"] = str(int(retry_after))
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def _route_of(scope: Scope) -> str:
     route = scope.get("route")
     return str(getattr(route, "path", "unmatched"))
@@ -65,6 +57,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     auth = Authenticator(store, open_mode=settings.open, cache_seconds=settings.token_cache_seconds)
     metrics = Metrics()
     manager = JobManager(settings, store, metrics, Quota(store, settings.rate_limit))
+    queue_share = QueueShare(store, settings.queued_per_user, settings.queue_max)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -84,6 +77,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.settings = settings
     app.state.store = store
     app.state.manager = manager
+    # Added first, so the metrics middleware wraps it and counts its early 401/413/408 answers.
+    app.add_middleware(
+        FrontDoor,
+        check_caller=None if settings.open else auth.identify,
+        max_body=settings.max_upload_bytes,
+        body_timeout=settings.body_timeout,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_of=_route_of)
     app.state.metrics = metrics
     manager.hub = _attach_tunnel(app, manager, auth, settings)
@@ -93,6 +93,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return error_response(
             exc.http_status, exc.message, hint=exc.hint, retry_after=getattr(exc, "retry_after", None)
         )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes, wrong methods, bodies FastAPI could not parse (nesting too deep for
+        # Python's JSON parser): the same shape as every other error, not FastAPI's {"detail"}.
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -120,8 +126,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {"ok": True, "version": __version__}
 
     @app.get("/metrics", tags=["server"], response_class=PlainTextResponse)
-    async def prometheus() -> PlainTextResponse:
-        """Prometheus text format: queue length, running jobs, job outcomes, request latency."""
+    async def prometheus(request: Request) -> PlainTextResponse:
+        """Prometheus text format: queue length, running jobs, job outcomes, request latency.
+
+        Public unless the server's config says ``metrics_require_token: true``."""
+        if settings.metrics_require_token:
+            auth.require_token(request)
         text = metrics.render(
             queued=store.count({"queued"}),
             running=len(manager.running),
@@ -167,6 +177,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def submit(request: Request, body: SubmitRequest) -> SubmitResponse:
         """Queue a job. The response's ``tunnel_secret`` (private mode) is shown only here."""
         principal = caller(request)
+        queue_share.check(principal, retry_after=manager.retry_after())
+        artifacts.check_uploads(
+            body.files,
+            job_dir=manager.job_dir(body.job_id) if body.job_id and JOB_ID_RE.match(body.job_id) else None,
+            max_files=settings.max_upload_files,
+            max_bytes=settings.max_job_disk_bytes,
+        )
         job, warnings, tunnel_secret = manager.submit(principal, body)
         return SubmitResponse(job=manager.view(job), warnings=warnings, tunnel_secret=tunnel_secret)
 
@@ -197,6 +214,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         restarted: it gets a new tunnel secret, for a new agent to serve it.
         """
         principal, job = own_job(request, job_id)
+        if job.state in TERMINAL_STATES or job.state == "waiting_for_credentials":  # it will queue again
+            queue_share.check(principal, retry_after=manager.retry_after())
         job, tunnel_secret = manager.resume(principal, job, body)
         return SubmitResponse(job=manager.view(job), tunnel_secret=tunnel_secret)
 

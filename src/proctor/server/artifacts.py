@@ -2,17 +2,20 @@
 
 Every requested path is checked twice: lexically (no absolute paths, no ``..``, no NUL) and after
 resolving symlinks (the real path must still be inside the job directory), because a job's own
-process could plant a symlink pointing anywhere.
+process could plant a symlink pointing anywhere. A file with more than one hard link is never
+listed, served or archived either: a job could hard-link a file it may read but its owner may not
+(a hard link has no target to resolve; it *is* the other file).
 """
 
 from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from proctor.errors import NotFoundError, PermissionDeniedError
+from proctor.errors import NotFoundError, PermissionDeniedError, TooLargeError
 from proctor.server.schemas import ArtifactInfo
 
 
@@ -29,7 +32,35 @@ def safe_path(root: Path, relative: str) -> Path:
         raise PermissionDeniedError(f"artifact path {relative!r} leaves the job directory")
     if not candidate.is_file():
         raise NotFoundError(f"no artifact {relative!r}")
+    if _linked_elsewhere(candidate):
+        raise PermissionDeniedError(f"artifact {relative!r} has other hard links and is not served")
     return candidate
+
+
+def _linked_elsewhere(path: Path) -> bool:
+    try:
+        return path.stat().st_nlink > 1
+    except OSError:
+        return True
+
+
+def check_uploads(files: Mapping[str, Any], *, job_dir: Path | None, max_files: int, max_bytes: int) -> None:
+    """Refuse (413) a submission whose uploads exceed the file count, or whose bytes (decoded,
+    plus what a resumed job's directory already holds) exceed the per-job disk cap."""
+    if len(files) > max_files:
+        raise TooLargeError(f"{len(files):,} files in one submission; this server accepts at most {max_files:,}")
+    total = sum(_decoded_size(upload) for upload in files.values())
+    if job_dir is not None and job_dir.is_dir():
+        total += sum(p.stat().st_size for p in job_dir.rglob("*") if p.is_file() and not p.is_symlink())
+    if total > max_bytes:
+        raise TooLargeError(f"the job's files would take {total:,} bytes; this server allows {max_bytes:,} per job")
+
+
+def _decoded_size(upload: Any) -> int:
+    content: str = upload.content
+    if upload.encoding == "base64":
+        return len(content) * 3 // 4
+    return len(content.encode("utf-8", errors="surrogatepass"))
 
 
 def list_artifacts(root: Path) -> list[ArtifactInfo]:
@@ -39,6 +70,8 @@ def list_artifacts(root: Path) -> list[ArtifactInfo]:
     for path in sorted(root.rglob("*")):
         try:
             if path.is_symlink() or not path.is_file() or not path.resolve().is_relative_to(real_root):
+                continue
+            if _linked_elsewhere(path):
                 continue
             found.append(ArtifactInfo(path=path.relative_to(root).as_posix(), size=path.stat().st_size))
         except OSError:

@@ -80,6 +80,15 @@ class Authenticator:
             )
         return None
 
+    def require_token(self, request: Request) -> Principal:
+        """A valid token's owner, even in open mode (for endpoints the admin closed, like /metrics)."""
+        principal = self.from_token(bearer_token(request))
+        if principal is None:
+            raise AuthenticationError(
+                "this endpoint needs a token", hint="create one with `proctor server token create NAME`"
+            )
+        return principal
+
 
 def check_access(principal: Principal, job: JobRow) -> None:
     if not principal.may_access(job):

@@ -42,3 +42,25 @@ class Quota:
     def record(self, principal: Principal, *, now: float | None = None) -> None:
         if self.limit is not None and not principal.admin:
             self.store.record_submission(principal.name, time.time() if now is None else now)
+
+
+class QueueShare:
+    """At most ``cap`` queued jobs per user (per IP in open mode), so one user cannot fill the
+    whole queue and turn everyone else away with 503s. Admins are exempt."""
+
+    def __init__(self, store: JobStore, cap: int, queue_max: int) -> None:
+        self.store = store
+        self.cap = cap
+        self.queue_max = queue_max
+
+    def check(self, principal: Principal, *, retry_after: float) -> None:
+        """Raise ``QuotaExceededError`` (429, ``retry_after``: when a slot may free up) at the cap."""
+        if principal.admin or self.store.count({"queued"}) >= self.queue_max:
+            return  # a full queue is everyone's 503 (the scheduler's answer), not this user's 429
+        queued = len(self.store.list_jobs(owner=principal.name, states={"queued"}))
+        if queued >= self.cap:
+            raise QuotaExceededError(
+                f"you have {queued} jobs queued, the most one user may have on this server ({self.cap}); "
+                "submit more when one has started",
+                retry_after=max(1, math.ceil(retry_after)),
+            )

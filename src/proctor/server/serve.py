@@ -11,9 +11,11 @@ import socket
 import sys
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from proctor._loop import tune_gc
 from proctor.server.app import create_app, served_app
+from proctor.server.connections import connection_cap, guarded_protocol, raise_open_files_limit
 from proctor.server.settings import ServerSettings
 
 
@@ -40,17 +42,40 @@ def configure_logging(settings: ServerSettings) -> None:
     logger.setLevel(logging.INFO)
 
 
+def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, open_files: int) -> uvicorn.Config:
+    """uvicorn with the front door's connection limits (docs/server.md, "Limits").
+
+    ``proxy_headers`` is uvicorn's, but its default trusts ``X-Forwarded-For`` from 127.0.0.1,
+    which is every job on this machine: here only the proxies the config lists are trusted.
+    """
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        http=guarded_protocol(
+            header_timeout=settings.header_timeout,
+            max_connections=connection_cap(settings.max_connections, open_files),
+        ),
+        timeout_keep_alive=settings.keep_alive_timeout,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or [],
+    )
+
+
 def serve(settings: ServerSettings, *, on_ready: str | None = None) -> None:
     """Serve until SIGINT/SIGTERM; jobs still running are stopped and re-queued on the next start.
 
     ``on_ready``: print this line (with ``{port}`` filled in) once listening, for scripts and tests.
     """
+    open_files = raise_open_files_limit()
     sock = bind_socket(settings.host, settings.port)
     settings = settings.model_copy(update={"port": sock.getsockname()[1]})
     configure_logging(settings)
     app = create_app(settings)
     tune_gc()
-    config = uvicorn.Config(served_app(app), log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=10)
+    config = uvicorn_config(served_app(app), settings, open_files=open_files)
     server = uvicorn.Server(config)
     if on_ready:
         original = server.startup

@@ -6,6 +6,7 @@ they are what decides which programs the server may run, so no request can add t
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,31 @@ class ServerSettings(_Strict):
     log_poll_interval: float = Field(default=0.1, gt=0)
     """How often one tail task per running job looks for new log bytes (shared by all followers)."""
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Largest request body: 413 from ``Content-Length``, or as soon as a streamed body passes it."""
+    max_upload_files: int = Field(default=1000, ge=0)
+    """Files one submission may upload (each is a file created in the job directory)."""
+    max_job_disk_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    """Bytes of files a submission may leave in its job directory: the decoded uploads, plus what
+    the directory already holds when a submission resumes a job."""
+    max_connections: int = Field(default=1000, ge=8, le=1_000_000)
+    """Open client connections. Past it the longest-idle connection (no request in progress) is
+    closed, or the new one when every connection is busy. Lowered at start to fit the open-files
+    limit (less 128 for the store, logs and jobs)."""
+    header_timeout: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds a connection has to send a request's headers (from connecting, or from the end of
+    its previous answer) before it is closed."""
+    body_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds a request body may pause between two pieces before the answer is 408."""
+    keep_alive_timeout: int = Field(default=5, ge=1, le=3600)
+    """Seconds an idle keep-alive connection stays open after an answer."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses (IPs or CIDR networks) of reverse proxies whose ``X-Forwarded-For`` and
+    ``X-Forwarded-Proto`` are believed. Default none: the client is the socket's peer."""
+    max_queued_per_user: int | None = Field(default=None, ge=1)
+    """Queued jobs one user (or IP) may have at once; default half of ``queue_max`` (at least 1).
+    Admins are exempt."""
+    metrics_require_token: bool = False
+    """When true, ``/metrics`` needs a valid token (``proctor server token create prometheus``)."""
     templates: dict[str, CommandTemplate] = Field(default_factory=dict)
     datasets: dict[str, Path] = Field(default_factory=dict)
     """Named dataset files on the server that a spec may use instead of uploading one."""
@@ -114,6 +140,21 @@ class ServerSettings(_Strict):
         if value is not None:
             parse_rate_limit(value)
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_parse(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted proxy {entry!r} is not an IP address or network") from None
+        return value
+
+    @property
+    def queued_per_user(self) -> int:
+        """The per-user queue cap in force: the setting, or half the queue (at least 1)."""
+        return self.max_queued_per_user if self.max_queued_per_user is not None else max(1, self.queue_max // 2)
 
     @property
     def store_url(self) -> str:

@@ -1,0 +1,111 @@
+"""Connection-level limits uvicorn does not have: a header-read timeout and a cap on open sockets.
+
+uvicorn closes a keep-alive connection that stays idle after an answer (``timeout_keep_alive``),
+but a connection that never sends a complete request head is kept forever, and it accepts
+sockets until the process runs out of file descriptors. Then ``accept()`` fails with EMFILE and
+every new client, ``/health`` included, is turned away (1,100 idle sockets under a 1,024
+open-files limit made ``/health`` fail 10 of 10). ``limit_concurrency`` does not help: it answers
+503 to requests but keeps the idle sockets.
+
+``guarded_protocol`` subclasses uvicorn's own HTTP protocol with two rules:
+
+* a connection has ``header_timeout`` seconds to send a request head, counted from connecting
+  and again from the end of each answer; then it is closed;
+* past ``max_connections`` open connections, the connection idle the longest (no request in
+  progress) is closed to make room, or the new one when every connection is busy. A stranger's
+  idle sockets therefore never lock out a client that actually sends a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from typing import Any
+
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+FD_RESERVE = 128
+"""Open files kept back from connections for the job store, logs, job processes and the listener."""
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one (a default soft limit of 1,024 is far below
+    what a server holding hundreds of connections needs); return the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_cap(max_connections: int, open_files: int) -> int:
+    """``max_connections``, lowered so that connections can never use up the open-files limit."""
+    return max(8, min(max_connections, open_files - FD_RESERVE))
+
+
+def guarded_protocol(*, header_timeout: float, max_connections: int) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class with the header timeout and the connection cap."""
+
+    class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+        _header_timer: asyncio.TimerHandle | None = None
+        _idle_since: float = 0.0
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._idle_since = time.monotonic()
+            self._arm()
+            if len(self.connections) > max_connections and _open_count(self.connections) > max_connections:
+                _shed(self.connections, newcomer=self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._idle_since = time.monotonic()
+            self._arm()
+
+        def waiting_for_head(self) -> bool:
+            """True when no request is in progress: before the first head, or after an answer."""
+            cycle = getattr(self, "cycle", None)
+            return cycle is None or bool(cycle.response_complete)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(header_timeout, self._header_deadline)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_deadline(self) -> None:
+            self._header_timer = None
+            # Not ours any more (upgraded to a WebSocket), or a request is being served.
+            if self not in self.connections or self.transport.is_closing() or not self.waiting_for_head():
+                return
+            self.transport.close()
+
+    return GuardedHTTPProtocol
+
+
+def _open_count(connections: set[Any]) -> int:
+    """Connections not already closing (a closed one leaves the set only when the loop says so)."""
+    return sum(1 for c in connections if not c.transport.is_closing())
+
+
+def _shed(connections: set[Any], *, newcomer: Any) -> None:
+    """Close the longest-idle connection other than ``newcomer``; if none is idle, ``newcomer``."""
+    idle = [
+        c
+        for c in connections
+        if c is not newcomer and hasattr(c, "waiting_for_head") and c.waiting_for_head() and not c.transport.is_closing()
+    ]
+    victim = min(idle, key=lambda c: c._idle_since) if idle else newcomer
+    victim.transport.close()
