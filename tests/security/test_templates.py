@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from security.frontdoor_kit import ECHO_ARGV, python, served
+import pytest
+from security.frontdoor_kit import ECHO_ARGV, Served, python, served
 
 LM_EVAL = {
     "argv": [python(), ECHO_ARGV, "--model", "local-chat-completions", "--tasks", "{tasks}",
@@ -40,24 +41,37 @@ def wait_done(client: httpx.Client, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
-def test_template_injection_refused(tmp_path: Path) -> None:
-    with served(tmp_path, CONFIG) as srv, srv.client() as alice:
-        attacks = {
-            "model adds model_args keys": command(model="fake,base_url=http://other/v1,trust_remote_code=True"),
-            "model starts with a dash": command(model="--trust_remote_code"),
-            "base_url adds model_args keys": command(base_url="http://127.0.0.1:9/v1,trust_remote_code=True"),
-            "base_url with a query": command(base_url="http://127.0.0.1:9/v1?x=1"),
-            "param becomes an option": command(params={"extra": "--output_path=/x"}),
-            "param is a short option": command(params={"extra": "-o/x"}),
-            "job id is an option": command(job_id="--output_path=/x"),
-            "job id starts with a dash": command(job_id="-rf12345678"),
-        }
-        for what, body in attacks.items():
-            answer = alice.post("/v1/jobs", json=body)
-            assert answer.status_code in (400, 422), f"{what}: {answer.status_code} {answer.text}"
-            assert answer.json()["ok"] is False, what
-        assert alice.get("/v1/jobs").json()["jobs"] == []
-        # The legitimate submission still runs, with exactly the argv the template describes.
+ATTACKS = {
+    "model adds model_args keys": command(model="fake,base_url=http://other/v1,trust_remote_code=True"),
+    "model starts with a dash": command(model="--trust_remote_code"),
+    "base_url adds model_args keys": command(base_url="http://127.0.0.1:9/v1,trust_remote_code=True"),
+    "base_url with a query": command(base_url="http://127.0.0.1:9/v1?x=1"),
+    "param becomes an option": command(params={"extra": "--output_path=/x"}),
+    "param is a short option": command(params={"extra": "-o/x"}),
+    "job id is an option": command(job_id="--output_path"),
+    "job id starts with a dash": command(job_id="-rf12345678"),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with served(tmp_path_factory.mktemp("templates"), CONFIG) as srv:
+        yield srv
+    assert "Traceback" not in srv.log_text()
+
+
+@pytest.mark.parametrize("what", list(ATTACKS))
+def test_template_injection_refused(server: Served, what: str) -> None:
+    with server.client("bob") as bob:
+        jobs_before = len(bob.get("/v1/jobs").json()["jobs"])
+        answer = bob.post("/v1/jobs", json=ATTACKS[what])
+        assert answer.status_code in (400, 422), f"{what}: {answer.status_code} {answer.text}"
+        assert answer.json()["ok"] is False
+        assert len(bob.get("/v1/jobs").json()["jobs"]) == jobs_before
+
+
+def test_legitimate_values_reach_argv_exactly(server: Served) -> None:
+    with server.client() as alice:
         ok = alice.post("/v1/jobs", json=command(model="org/Model-7B:q4", params={"tasks": "gsm8k,arc"}))
         assert ok.status_code == 201, ok.text
         job_id = ok.json()["job"]["id"]
@@ -65,11 +79,10 @@ def test_template_injection_refused(tmp_path: Path) -> None:
         argv = json.loads(alice.get(f"/v1/jobs/{job_id}/artifacts/out/argv.json").text)
         assert argv[argv.index("--model_args") + 1] == "model=org/Model-7B:q4,base_url=http://127.0.0.1:9/v1/chat/completions"
         assert argv[-1] == "x"
-    assert "Traceback" not in srv.log_text()
 
 
-def test_dash_allowed_only_where_the_template_says(tmp_path: Path) -> None:
-    with served(tmp_path, CONFIG) as srv, srv.client() as alice:
+def test_dash_allowed_only_where_the_template_says(server: Served) -> None:
+    with server.client() as alice:
         answer = alice.post("/v1/jobs", json=command("dashed", params={"limit": "-5"}))
         assert answer.status_code == 201, answer.text
         job_id = answer.json()["job"]["id"]

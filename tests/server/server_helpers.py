@@ -14,7 +14,8 @@ import pytest
 import uvicorn
 
 from proctor.server.app import create_app, served_app
-from proctor.server.serve import bind_socket
+from proctor.server.connections import raise_open_files_limit
+from proctor.server.serve import bind_socket, uvicorn_config
 from proctor.server.settings import CommandTemplate, ServerSettings
 from proctor.server.store import JobStore
 
@@ -81,7 +82,7 @@ def start_server(data: Path, **overrides: Any) -> Running:
             pass
     store.close()
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(served_app(app), log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(served_app(app), settings, open_files=raise_open_files_limit()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     for _ in range(500):
