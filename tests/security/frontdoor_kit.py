@@ -118,12 +118,12 @@ def raw_request(port: int, data: bytes, *, read_timeout: float = 30) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-                if b"\r\n\r\n" in b"".join(chunks) and _complete(b"".join(chunks)):
+                if b"\r\n\r\n" in b"".join(chunks) and answer_complete(b"".join(chunks)):
                     break
     return b"".join(chunks)
 
 
-def _complete(answer: bytes) -> bool:
+def answer_complete(answer: bytes) -> bool:
     head, _, body = answer.partition(b"\r\n\r\n")
     for line in head.split(b"\r\n"):
         name, _, value = line.partition(b":")

@@ -12,7 +12,7 @@ import json
 import socket
 from pathlib import Path
 
-from security.frontdoor_kit import proctor_job, raw_request, served, spec_text
+from security.frontdoor_kit import answer_complete, proctor_job, raw_request, served, spec_text
 
 MIB = 1024 * 1024
 
@@ -95,3 +95,28 @@ def test_upload_file_count_and_job_disk_caps(tmp_path: Path) -> None:
         assert answer.status_code == 413, answer.text
         assert alice.get("/v1/jobs").json()["jobs"] == []
         assert not (srv.data / "jobs").exists() or not any((srv.data / "jobs").iterdir())
+
+
+def test_job_disk_cap_counts_what_a_resumed_job_already_holds(tmp_path: Path) -> None:
+    with served(tmp_path, {"max_job_disk_bytes": 200_000}) as srv, srv.client() as alice:
+        first = proctor_job(spec_text())
+        first["job_id"] = "mine-0001"
+        first["files"]["a.txt"] = {"content": "a" * 150_000}
+        assert alice.post("/v1/jobs", json=first).status_code == 201
+        again = proctor_job(spec_text())
+        again["job_id"] = "mine-0001"
+        again["files"]["b.txt"] = {"content": "b" * 100_000}  # fits alone, not with a.txt
+        answer = alice.post("/v1/jobs", json=again)
+        assert answer.status_code == 413, answer.text
+        assert not (srv.data / "jobs" / "mine-0001" / "b.txt").exists()
+
+
+def test_idle_keep_alive_connection_closed(tmp_path: Path) -> None:
+    with served(tmp_path, {"keep_alive_timeout": 1}) as srv:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = b""
+            while not answer_complete(answer):  # bounded by the socket's timeout
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200")
+            assert sock.recv(1024) == b""  # closed by the server once idle, not by our 30 s timeout
