@@ -16,6 +16,8 @@ MALFORMED: dict[str, bytes] = {
     "a number for the token": b'{"models": {"subject": {"api_key": 5}}}',
     "not JSON": b"\xff\xfe{",
     "nul bytes": b'{"spec": "\\u0000"}',
+    "an integer too long for Python's parser": b'{"limit": ' + b"1" * 10_000 + b"}",
+    "an invalid surrogate": b'{"spec": "\\ud800"}',
 }
 
 

@@ -51,9 +51,22 @@ def check_uploads(files: Mapping[str, Any], *, job_dir: Path | None, max_files: 
         raise TooLargeError(f"{len(files):,} files in one submission; this server accepts at most {max_files:,}")
     total = sum(_decoded_size(upload) for upload in files.values())
     if job_dir is not None and job_dir.is_dir():
-        total += sum(p.stat().st_size for p in job_dir.rglob("*") if p.is_file() and not p.is_symlink())
+        total += _disk_use(job_dir)
     if total > max_bytes:
         raise TooLargeError(f"the job's files would take {total:,} bytes; this server allows {max_bytes:,} per job")
+
+
+def _disk_use(root: Path) -> int:
+    """Bytes of the regular files under ``root``; a file that vanishes meanwhile (a running job's
+    SQLite journal) counts as nothing."""
+    total = 0
+    for path in root.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _decoded_size(upload: Any) -> int:
