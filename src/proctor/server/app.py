@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mimetypes
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -281,10 +282,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return artifacts.list_artifacts(root) if root.is_dir() else []
 
     @app.get("/v1/jobs/{job_id}/artifacts/{path:path}", tags=["results"], response_class=FileResponse)
-    async def get_artifact(request: Request, job_id: JobId, path: str) -> FileResponse:
+    async def get_artifact(request: Request, job_id: JobId, path: str) -> StreamingResponse:
         """One file of the job directory (e.g. ``out/eval_stats.json``); nothing outside it."""
         _, job = own_job(request, job_id)
-        return FileResponse(artifacts.safe_path(manager.job_dir(job.id), path))
+        handle, size = artifacts.open_artifact(manager.job_dir(job.id), path)
+        return StreamingResponse(
+            artifacts.iter_file(handle, size),
+            media_type=mimetypes.guess_type(path)[0] or "application/octet-stream",
+            headers={"Content-Length": str(size)},
+        )
 
     @app.get("/v1/jobs/{job_id}/results.tar.gz", tags=["results"], response_class=Response)
     async def results_tar(request: Request, job_id: JobId) -> StreamingResponse:

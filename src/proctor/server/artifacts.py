@@ -10,10 +10,12 @@ listed, served or archived either: a job could hard-link a file it may read but 
 from __future__ import annotations
 
 import io
+import os
+import stat
 import tarfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from proctor.errors import NotFoundError, PermissionDeniedError, TooLargeError
 from proctor.server.schemas import ArtifactInfo
@@ -35,6 +37,43 @@ def safe_path(root: Path, relative: str) -> Path:
     if _linked_elsewhere(candidate):
         raise PermissionDeniedError(f"artifact {relative!r} has other hard links and is not served")
     return candidate
+
+
+def open_artifact(root: Path, relative: str) -> tuple[BinaryIO, int]:
+    """The artifact, open, and its size: ``safe_path``'s checks, then the same checks again on the
+    open file, because a running job could swap the path for a link between check and open."""
+    opened = _open_checked(root.resolve(), safe_path(root, relative))
+    if opened is None:
+        raise PermissionDeniedError(f"artifact {relative!r} is not a plain file of the job")
+    return opened
+
+
+def _open_checked(real_root: Path, path: Path) -> tuple[BinaryIO, int] | None:
+    """``path`` opened without following a final symlink (nor blocking on a FIFO), if the open
+    file is a regular file with one link whose real path is inside ``real_root``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        real = Path(os.readlink(f"/proc/self/fd/{fd}")) if Path("/proc/self/fd").is_dir() else path
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and real.is_relative_to(real_root):
+            return os.fdopen(fd, "rb"), info.st_size
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def iter_file(handle: BinaryIO, size: int, chunk: int = 256 * 1024) -> Iterator[bytes]:
+    """The first ``size`` bytes of ``handle`` (the length announced; a running job's log grows
+    meanwhile) in chunks, closing it at the end or when the response is dropped."""
+    with handle:
+        left = size
+        while left > 0 and (data := handle.read(min(chunk, left))):
+            left -= len(data)
+            yield data
 
 
 def _linked_elsewhere(path: Path) -> bool:
@@ -115,8 +154,14 @@ def iter_tar_gz(root: Path, arcname: str) -> Iterator[bytes]:
     """Stream ``root`` as a tar.gz without building it in memory or on disk; symlinks are skipped."""
     pipe = _Pipe()
     with tarfile.open(fileobj=pipe, mode="w|gz") as tar:
+        real_root = root.resolve()
         for info in list_artifacts(root):
-            tar.add(str(root / info.path), arcname=f"{arcname}/{info.path}", recursive=False)
+            opened = _open_checked(real_root, root / info.path)
+            if opened is None:  # changed since it was listed
+                continue
+            with opened[0] as handle:
+                member = tar.gettarinfo(arcname=f"{arcname}/{info.path}", fileobj=handle)
+                tar.addfile(member, handle)
             data = pipe.drain()
             if data:
                 yield data
