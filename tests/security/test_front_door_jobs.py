@@ -74,3 +74,24 @@ def test_metrics_can_require_a_token(tmp_path: Path) -> None:
 def test_metrics_public_by_default(tmp_path: Path) -> None:
     with served(tmp_path) as srv, srv.client(None) as anyone:
         assert anyone.get("/metrics").status_code == 200
+
+
+def test_opened_file_is_checked_not_only_its_path(tmp_path: Path) -> None:
+    """What a job could swap in after the path check: each is refused at open, without blocking."""
+    from proctor.server.artifacts import _open_checked
+
+    root, outside = tmp_path / "job", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours")
+    (root / "plain.txt").write_text("yours")
+    os.symlink(outside / "secret.txt", root / "link.txt")
+    os.link(outside / "secret.txt", root / "hard.txt")
+    os.mkfifo(root / "fifo")
+    os.symlink(outside, root / "dir")
+    real = root.resolve()
+    opened = _open_checked(real, root / "plain.txt")
+    assert opened is not None and opened[0].read() == b"yours" and opened[1] == 5
+    opened[0].close()
+    for name in ("link.txt", "hard.txt", "fifo", "dir/secret.txt"):
+        assert _open_checked(real, root / name) is None, name
