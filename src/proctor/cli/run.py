@@ -95,10 +95,12 @@ def run(
     result = runner.run()
     if progress != "none" or result.exit_code:
         _summary(result.stats, run_dir, console=console)
+    # Never wrapped nor marked up: the command must survive a copy and paste as printed.
     if result.interrupted:
-        console.print(f"interrupted; resume with: {resume_command(run_dir)}")
+        console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
     elif result.exit_code == 1:
-        console.print(f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors")
+        console.print(f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
+                      soft_wrap=True, markup=False)
     raise typer.Exit(result.exit_code)
 
 

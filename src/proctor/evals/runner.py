@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -425,8 +426,9 @@ class Runner:
 
 
 def resume_command(run_dir: Path) -> str:
+    """The command that resumes this run, quoted so it can be pasted into a shell as printed."""
     spec = run_dir / "spec.yaml"
-    return f"proctor run {spec} --out {run_dir}"
+    return f"proctor run {shlex.quote(str(spec))} --out {shlex.quote(str(run_dir))}"
 
 
 def _attach_run_log(path: Path) -> logging.Handler:
