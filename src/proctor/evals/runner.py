@@ -177,6 +177,12 @@ class Runner:
             ledger.add_samples(new, start_index=len(known))
         work: deque[tuple[Sample, bool]] = deque()
         already = 0
+        # The running accuracy covers the whole run, as the report does, not only this session.
+        if any(state == "scored" for state, _ in known.values()):
+            for row in ledger.rows():
+                if row.state == "scored" and row.score is not None:
+                    self.counters.score_sum += row.score
+                    self.counters.scored += 1
         for sample in samples:
             state, error_class = known.get(sample.id, ("pending", None))
             if state == "scored":
