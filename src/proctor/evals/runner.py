@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proctor._files import ensure_directory
 from proctor._loop import run as run_loop
 from proctor.errors import (
     ContextOverflowError,
@@ -78,7 +79,7 @@ class RunDirectory:
         self.ledger_path = path / "ledger.sqlite"
 
     def prepare(self, spec: TaskSpec, dataset: LoadedDataset, *, force_new: bool) -> Ledger:
-        self.path.mkdir(parents=True, exist_ok=True)
+        ensure_directory(self.path, what="run directory (--out)")
         fingerprint = spec.fingerprint()
         ledger = Ledger(self.ledger_path)
         problems = self._incomparable(ledger, fingerprint, dataset)

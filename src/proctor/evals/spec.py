@@ -187,6 +187,8 @@ def load_spec(path: Path) -> TaskSpec:
         raise SpecError(f"{path} is not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path} is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec file {path}: {exc.strerror or exc}") from None
     return parse_spec(data, source=str(path))
 
 

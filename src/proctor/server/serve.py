@@ -6,22 +6,35 @@ private-mode facade URL handed to jobs needs the port the server actually listen
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import sys
 
 import uvicorn
 
+from proctor._files import ensure_directory
 from proctor._loop import tune_gc
+from proctor.errors import InputError
 from proctor.server.app import create_app, served_app
 from proctor.server.settings import ServerSettings
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
+    """Listen on ``host:port``; a port in use or an address this machine lacks is bad input."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is already in use",
+                             hint="stop what listens there, or choose another port with --port (0 picks a free one)"
+                             ) from None
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                         hint="check --host (an address of this machine) and --port") from None
     sock.listen(2048)
     sock.set_inheritable(False)
     return sock
@@ -33,7 +46,7 @@ def configure_logging(settings: ServerSettings) -> None:
     if logger.handlers:
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_directory(settings.data_dir, what="data directory (--data)")
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(settings.data_dir / "server.log")):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
