@@ -73,7 +73,18 @@ def serve(settings: ServerSettings, *, on_ready: str | None = None) -> None:
             print(on_ready.format(port=settings.port, host=settings.host), flush=True)
 
         server.startup = startup  # type: ignore[method-assign]
-    logging.getLogger("proctor.server").info(
-        "proctor server on http://%s:%s (data %s, %s slot(s))", settings.host, settings.port, settings.data_dir, settings.slots
-    )
+    log = logging.getLogger("proctor.server")
+    original_shutdown = server.shutdown
+
+    async def shutdown(sockets: list[socket.socket] | None = None) -> None:
+        # Logged here, not after run(): uvicorn re-raises the SIGTERM it caught once shut down,
+        # and the default handler then ends the process before run() could return.
+        try:
+            await original_shutdown(sockets=sockets)
+        finally:
+            log.info("proctor server on http://%s:%s stopped", settings.host, settings.port)
+
+    server.shutdown = shutdown  # type: ignore[method-assign]
+    log.info("proctor server on http://%s:%s (data %s, %s slot(s))", settings.host, settings.port, settings.data_dir,
+             settings.slots)
     server.run(sockets=[sock])

@@ -1,0 +1,66 @@
+"""What a user reads of a server job: submit's report, status, logs, and the server's own log.
+
+The server runs as a child process and the job is the real engine against the fake LLM
+(issue 15, item 9).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import create_token, start_server, stop_process
+
+from proctor.testing import FakeLLMConfig, FakeLLMThread
+
+ROOT = Path(__file__).resolve().parents[2]
+N = 12
+
+
+def _proctor(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proctor", *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(tmp_path: Path) -> None:
+    data, server_err = tmp_path / "data", tmp_path / "server-stderr.log"
+    data.mkdir()
+    token = create_token(data, "alice")
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    rows = (ROOT / "examples" / "arith" / "data.jsonl").read_text().splitlines()[:N]
+    (spec_dir / "data.jsonl").write_text("\n".join(rows) + "\n")
+    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.02)) as llm:
+        (spec_dir / "spec.yaml").write_text((ROOT / "examples" / "arith" / "spec.yaml").read_text()
+                                            .replace("http://127.0.0.1:8000/v1", llm.base_url))
+        proc, url = start_server(data, server_err)
+        try:
+            env = {"PROCTOR_SERVER": url, "PROCTOR_TOKEN": token}
+            dest = tmp_path / "results"
+            submitted = _proctor("submit", spec_dir / "spec.yaml", "--out", dest, env=env)
+            assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+            job_id = submitted.stdout.split()[1]
+            # The report names where the results are here, never the server's job directory.
+            assert f"run directory: {dest.resolve()}" in submitted.stdout.splitlines()
+            assert str(data.resolve()) not in submitted.stdout
+            assert (dest / "eval_stats.json").is_file()
+
+            status = _proctor("status", job_id, env=env)
+            assert status.returncode == 0, status.stderr
+            assert f"{N}/{N} (100%), 0 errors, acc " in status.stdout
+            assert "{" not in status.stdout and "'done'" not in status.stdout
+
+            logs = _proctor("logs", job_id, env=env)
+            assert logs.returncode == 0, logs.stderr
+            assert "PROCTOR_PROGRESS" not in logs.stdout
+            assert "accuracy" in logs.stdout  # the engine's report is still there
+        finally:
+            stop_process(proc)
+    assert proc.returncode in (0, -15)  # uvicorn ends with the SIGTERM it handled
+    for text in (server_err.read_text(), (data / "server.log").read_text()):
+        assert f"proctor server on {url} (data" in text
+        assert f"proctor server on {url} stopped" in text.splitlines()[-1]
