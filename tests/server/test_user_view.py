@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import create_token, start_server, stop_process
 
+from proctor.client import Client
 from proctor.testing import FakeLLMConfig, FakeLLMThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +41,13 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
         proc, url = start_server(data, server_err)
         try:
             env = {"PROCTOR_SERVER": url, "PROCTOR_TOKEN": token}
+            afile = tmp_path / "afile"
+            afile.write_text("x")
+            refused = _proctor("submit", spec_dir / "spec.yaml", "--out", afile, env=env)
+            assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+            assert f"Error: download directory (--out) {afile} is a file, not a directory" in refused.stderr
+            with Client(url, token) as client:
+                assert client.list() == []  # refused before anything was queued
             dest = tmp_path / "results"
             submitted = _proctor("submit", spec_dir / "spec.yaml", "--out", dest, env=env)
             assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -53,6 +61,10 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
             assert status.returncode == 0, status.stderr
             assert f"{N}/{N} (100%), 0 errors, acc " in status.stdout
             assert "{" not in status.stdout and "'done'" not in status.stdout
+
+            refused = _proctor("results", job_id, "--out", afile / "sub", env=env)
+            assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+            assert f"Error: cannot create download directory {afile / 'sub'}: Not a directory" in refused.stderr
 
             logs = _proctor("logs", job_id, env=env)
             assert logs.returncode == 0, logs.stderr

@@ -128,6 +128,10 @@ def submit(
     is_private = private or mode == "private"
     if private_role and not is_private:
         raise InputError("--private-role only makes sense with --private (or --mode private)")
+    if out is not None:  # checked before the job is queued, not when its results arrive
+        from proctor._files import ensure_directory
+
+        ensure_directory(out, what="download directory (--out)")
     models = _models(model, base_url, model_name, _key_overrides(api_key, api_key_env))
     roles = private_role or (["subject"] if is_private else [])
     local: LocalModels | None = None
