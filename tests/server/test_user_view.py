@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 12
 
 
-def _proctor(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _proctor(*args: str | Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "proctor", *map(str, args)], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+                          timeout=180, env={**os.environ, **env}, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
 @pytest.mark.slow
@@ -43,13 +43,16 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
             env = {"PROCTOR_SERVER": url, "PROCTOR_TOKEN": token}
             afile = tmp_path / "afile"
             afile.write_text("x")
-            refused = _proctor("submit", spec_dir / "spec.yaml", "--out", afile, env=env)
+            refused = _proctor("submit", spec_dir / "spec.yaml", "--out", afile, env=env, cwd=tmp_path)
             assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
             assert f"Error: download directory (--out) {afile} is a file, not a directory" in refused.stderr
+            refused = _proctor("submit", spec_dir / "spec.yaml", "--model", f"judg={llm.base_url}@j", env=env, cwd=tmp_path)
+            assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+            assert "Error: the spec uses no role 'judg'; its roles are: subject" in refused.stderr
             with Client(url, token) as client:
-                assert client.list() == []  # refused before anything was queued
+                assert client.list() == []  # both refused before anything was queued
             dest = tmp_path / "results"
-            submitted = _proctor("submit", spec_dir / "spec.yaml", "--out", dest, env=env)
+            submitted = _proctor("submit", spec_dir / "spec.yaml", "--out", dest, env=env, cwd=tmp_path)
             assert submitted.returncode == 0, submitted.stdout + submitted.stderr
             job_id = submitted.stdout.split()[1]
             # The report names where the results are here, never the server's job directory.
@@ -57,16 +60,16 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
             assert str(data.resolve()) not in submitted.stdout
             assert (dest / "eval_stats.json").is_file()
 
-            status = _proctor("status", job_id, env=env)
+            status = _proctor("status", job_id, env=env, cwd=tmp_path)
             assert status.returncode == 0, status.stderr
             assert f"{N}/{N} (100%), 0 errors, acc " in status.stdout
             assert "{" not in status.stdout and "'done'" not in status.stdout
 
-            refused = _proctor("results", job_id, "--out", afile / "sub", env=env)
+            refused = _proctor("results", job_id, "--out", afile / "sub", env=env, cwd=tmp_path)
             assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
             assert f"Error: cannot create download directory {afile / 'sub'}: Not a directory" in refused.stderr
 
-            logs = _proctor("logs", job_id, env=env)
+            logs = _proctor("logs", job_id, env=env, cwd=tmp_path)
             assert logs.returncode == 0, logs.stderr
             assert "PROCTOR_PROGRESS" not in logs.stdout
             assert "accuracy" in logs.stdout  # the engine's report is still there

@@ -133,6 +133,8 @@ def submit(
 
         ensure_directory(out, what="download directory (--out)")
     models = _models(model, base_url, model_name, _key_overrides(api_key, api_key_env))
+    if spec is not None:
+        _check_roles(spec, [*models, *private_role])
     roles = private_role or (["subject"] if is_private else [])
     local: LocalModels | None = None
     if is_private:
@@ -201,6 +203,24 @@ def submit(
         console.print(f"run directory: {dest.resolve()}", soft_wrap=True, markup=False)
         if final != "succeeded":
             raise typer.Exit(1)
+
+
+def _check_roles(spec: Path, roles: list[str]) -> None:
+    """A role the spec never uses (``--model judg=...``) is a typo: refused before anything is queued.
+
+    A spec that does not load here is left for the server to judge, which says why.
+    """
+    from proctor.errors import SpecError
+    from proctor.evals.spec import load_spec
+
+    try:
+        used = load_spec(spec).roles_used()
+    except SpecError:
+        return
+    unknown = [role for role in dict.fromkeys(roles) if role not in used]
+    if unknown:
+        raise InputError(f"the spec uses no role {', '.join(map(repr, unknown))}; its roles are: {', '.join(used)}",
+                         hint="check --model ROLE=..., --api-key-env ROLE=VAR and --private-role")
 
 
 def _tunnel_stopped(job_id: str) -> str:
