@@ -65,3 +65,15 @@ def test_unreadable_spec_and_directory_as_spec(tmp_path: Path) -> None:
     assert _one_error_line(result) == f"Error: cannot read the spec file {sock_path}: No such device or address"
     result = run_proctor("run", tmp_path)
     assert _one_error_line(result) == f"Error: {tmp_path} is a directory, not a spec file"
+
+
+def test_analyze_with_a_file_in_the_way_of_its_plots_or_events(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text('{"kind": "model", "role": "subject", "start": 1.0, "duration": 0.5}\n')
+    (run_dir / "analysis").write_text("not a directory")
+    result = run_proctor("analyze", run_dir, "--plots")
+    assert _one_error_line(result) == f"Error: plot directory {run_dir / 'analysis'} is a file, not a directory"
+    (tmp_path / "other" / "events.jsonl").mkdir(parents=True)
+    result = run_proctor("analyze", tmp_path / "other")
+    assert _one_error_line(result).startswith(f"Error: {tmp_path / 'other'} has no events.jsonl")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proctor._files import ensure_directory
 from proctor.evals.reports import percentiles
 from proctor.profiling.events import read_events
 
@@ -144,7 +145,7 @@ def write_plots(run_dir: Path, out_dir: Path) -> list[Path]:
 
     events = read_events(run_dir / "events.jsonl")
     groups = group_events(events)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out_dir, what="plot directory")
     written: list[Path] = []
     if not groups:
         return written
