@@ -6,6 +6,7 @@ The server runs as a child process and the job is the real engine against the fa
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,3 +80,47 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
     for text in (server_err.read_text(), (data / "server.log").read_text()):
         assert f"proctor server on {url} (data" in text
         assert f"proctor server on {url} stopped" in text.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_status_after_a_resumed_job_shows_the_accuracy_of_the_whole_run(tmp_path: Path) -> None:
+    """Issue 15, item 7: the first session scores 0/10 (10 errors), the resumed one 10/10; the run 10/20."""
+    data, server_err = tmp_path / "data", tmp_path / "server-stderr.log"
+    data.mkdir()
+    token = create_token(data, "alice")
+    rows = [{"id": f"q{i}", "question": f"What is {i} + 1?", "answer": str(i + 1 + (i < 10))} for i in range(20)]
+    spec_dir = tmp_path / "spec"
+    spec_dir.mkdir()
+    (spec_dir / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    failing = {f"q{i}": -1 for i in range(10, 20)}
+    with FakeLLMThread(FakeLLMConfig(reply="arith", fail_samples=failing)) as llm:
+        (spec_dir / "spec.yaml").write_text(f"""name: resumed
+dataset: {{path: data.jsonl, fields: {{input: question, target: answer}}}}
+solver: generate
+scorer: numeric
+models:
+  subject:
+    base_url: {llm.base_url}
+    model: fake
+    retry: {{max_attempts: 2, backoff_base: 0.01, backoff_max: 0.02}}
+    health: {{failure_threshold: 1000}}
+concurrency: 1
+""")
+        proc, url = start_server(data, server_err)
+        try:
+            env = {"PROCTOR_SERVER": url, "PROCTOR_TOKEN": token}
+            with Client(url, token) as client:
+                job_id = client.submit(spec_dir / "spec.yaml")["job"]["id"]
+                first = client.wait(job_id, timeout=120)
+                assert first["progress"]["errors"] == 10 and first["progress"]["accuracy"] == 0, first
+                llm.reconfigure(fail_samples={})
+                client.resume(job_id, retry_errors=True)
+                final = client.wait(job_id, timeout=120)
+                assert final["state"] == "succeeded", final
+                stats = json.loads(client.download(job_id, "out/eval_stats.json", tmp_path / "stats.json").read_text())
+            assert stats["accuracy"]["value"] == 0.5 and stats["resumed_samples"] == 10
+            status = _proctor("status", job_id, env=env, cwd=tmp_path)
+            assert status.returncode == 0, status.stderr
+            assert "20/20 (100%), 0 errors, acc 50.0%" in status.stdout
+        finally:
+            stop_process(proc)
