@@ -23,6 +23,7 @@ import httpx
 import yaml
 
 from proctor import _yaml
+from proctor._files import ensure_directory
 from proctor.errors import (
     AuthenticationError,
     ConflictError,
@@ -260,7 +261,7 @@ class Client:
         return self._stream_to(f"/v1/jobs/{job_id}/results.tar.gz", dest)
 
     def _stream_to(self, url: str, dest: Path) -> Path:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        ensure_directory(dest.parent, what="download directory")
         with self._http.stream("GET", url) as response:
             if response.status_code >= 400:
                 response.read()

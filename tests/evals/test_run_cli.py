@@ -177,6 +177,25 @@ def test_progress_json_lines(tmp_path: Path, fake_llm: FakeLLMThread) -> None:
     assert set(lines[-1]) == {"done", "total", "errors", "accuracy", "rate", "eta"}
 
 
+def test_progress_after_a_resume_shows_the_accuracy_of_the_whole_run(tmp_path: Path, fake_llm: FakeLLMThread) -> None:
+    # The first 10 samples all have wrong targets, the other 20 right ones: the first session
+    # scores 0%, the second session alone 100%, the run 20/30.
+    rows = [{"id": f"q{i}", "question": f"What is {i} + 1?", "answer": str(i + 1 + (i < 10))} for i in range(30)]
+    spec = write_spec(tmp_path, fake_llm.base_url, rows=rows)
+    out = tmp_path / "run"
+    first = run_proctor("run", spec, "--out", out, "--limit", "10")
+    assert first.returncode == 0 and json.loads((out / "eval_stats.json").read_text())["accuracy"]["value"] == 0
+    result = run_proctor("run", spec, "--out", out, "--progress", "plain", env={"PROCTOR_PROGRESS": "json"})
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((out / "eval_stats.json").read_text())
+    assert stats["resumed_samples"] == 10 and stats["accuracy"]["value"] == round(20 / 30, 4)
+    records = [json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines()
+               if line.startswith("PROCTOR_PROGRESS ")]
+    assert records[-1]["done"] == 30 and records[-1]["accuracy"] == stats["accuracy"]["value"]
+    plain = [line for line in result.stdout.splitlines() if line.startswith("progress: ")]
+    assert plain[-1].startswith("progress: 30/30 (100%), 0 errors, acc 66.7%,"), plain
+
+
 def test_time_limit_and_context_overflow(tmp_path: Path, fake_llm: FakeLLMThread) -> None:
     fake_llm.reconfigure(latency=5.0)
     spec = spec_with_retry(tmp_path, fake_llm.base_url, n=3, extra="time_limit: 0.3\n")

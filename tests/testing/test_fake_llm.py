@@ -508,3 +508,60 @@ def test_cli_rejects_a_bad_config_file_with_exit_code_2(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == 2 and "fail_rate" in result.stderr
+
+
+def _serve_fake(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = tmp_path / "port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "proctor.testing", "serve", "--port", "0", "--port-file",
+                             str(port_file), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    for _ in range(750):  # 15 s at most
+        if port_file.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    if not port_file.exists():
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(proc.communicate(timeout=5)[0])
+    return proc, f"http://127.0.0.1:{int(port_file.read_text())}/v1"
+
+
+def _stop_fake(proc: subprocess.Popen[bytes]) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=10)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+@pytest.mark.parametrize(("args", "accuracy", "banner"), [
+    ((), (0.0, 0.05), "so a scorer finds no answer and a run scores near 0%; --answers-from DATA.jsonl"),
+    (("--answers-from", "examples/arith/data.jsonl"), (1.0, 1.0), "replies: the known answers of 150 question(s)"),
+])
+def test_the_arith_example_against_the_cli_fake_scores_what_its_banner_says(
+        tmp_path: Path, args: tuple[str, ...], accuracy: tuple[float, float], banner: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc, base = _serve_fake(tmp_path, *[str(root / a) if a.endswith(".jsonl") else a for a in args])
+    try:
+        out = tmp_path / "run"
+        result = subprocess.run([sys.executable, "-m", "proctor", "run", str(root / "examples/arith/spec.yaml"),
+                                 "--model", f"subject={base}@fake", "--out", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    finally:
+        output = _stop_fake(proc)
+    assert banner in output
+    stats = json.loads((out / "eval_stats.json").read_text())
+    assert stats["counts"]["scored"] == 150 and accuracy[0] <= stats["accuracy"]["value"] <= accuracy[1]
+
+
+def test_answers_from_a_dataset_missing_its_fields_exits_2(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"q": "x", "a": "1"}\n')
+    result = subprocess.run([sys.executable, "-m", "proctor.testing", "serve", "--answers-from", str(data)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"--answers-from {data}, line 1: needs the fields 'question' and 'answer'" in result.stderr

@@ -22,7 +22,7 @@ def analyze(
     from proctor.profiling.analysis import analyze as run_analysis
     from proctor.profiling.analysis import write_plots
 
-    if not (run_dir / "events.jsonl").exists():
+    if not (run_dir / "events.jsonl").is_file():
         raise InputError(f"{run_dir} has no events.jsonl: is it a run directory made by `proctor run`?")
     result = run_analysis(run_dir)
     if as_json:

@@ -128,7 +128,13 @@ def submit(
     is_private = private or mode == "private"
     if private_role and not is_private:
         raise InputError("--private-role only makes sense with --private (or --mode private)")
+    if out is not None:  # checked before the job is queued, not when its results arrive
+        from proctor._files import ensure_directory
+
+        ensure_directory(out, what="download directory (--out)")
     models = _models(model, base_url, model_name, _key_overrides(api_key, api_key_env))
+    if spec is not None:
+        _check_roles(spec, [*models, *private_role])
     roles = private_role or (["subject"] if is_private else [])
     local: LocalModels | None = None
     if is_private:
@@ -192,9 +198,29 @@ def submit(
         paths = client.download_results(job["id"], dest)
         _copy_named(dest, output_file=output_file, server_log=server_log, traj_log=traj_log)
         note = f" — {status['note']}" if status.get("note") else ""
-        console.print(f"job {job['id']} {final}{note}; {len(paths)} file(s) in {dest}")
+        console.print(f"job {job['id']} {final}{note}; {len(paths)} file(s) downloaded")
+        # The report in the job's log leaves out the server's path; this copy is the run's here.
+        console.print(f"run directory: {dest.resolve()}", soft_wrap=True, markup=False)
         if final != "succeeded":
             raise typer.Exit(1)
+
+
+def _check_roles(spec: Path, roles: list[str]) -> None:
+    """A role the spec never uses (``--model judg=...``) is a typo: refused before anything is queued.
+
+    A spec that does not load here is left for the server to judge, which says why.
+    """
+    from proctor.errors import SpecError
+    from proctor.evals.spec import load_spec
+
+    try:
+        used = load_spec(spec).roles_used()
+    except SpecError:
+        return
+    unknown = [role for role in dict.fromkeys(roles) if role not in used]
+    if unknown:
+        raise InputError(f"the spec uses no role {', '.join(map(repr, unknown))}; its roles are: {', '.join(used)}",
+                         hint="check --model ROLE=..., --api-key-env ROLE=VAR and --private-role")
 
 
 def _tunnel_stopped(job_id: str) -> str:
@@ -396,10 +422,14 @@ def status(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None) -> 
         job = client.status(job_id)
     from rich.table import Table
 
+    from proctor.evals.progress import describe
+
     table = Table(show_header=False)
-    for key in ("id", "owner", "kind", "state", "queue_position", "exit_code", "note", "attempts", "progress"):
+    for key in ("id", "owner", "kind", "state", "queue_position", "exit_code", "note", "attempts"):
         if job.get(key) is not None:
             table.add_row(key, str(job[key]))
+    if isinstance(job.get("progress"), dict):
+        table.add_row("progress", describe(job["progress"]))
     if job.get("waiting_for"):
         table.add_row("waiting for", ", ".join(job["waiting_for"]))
     console.print(table)
@@ -418,12 +448,21 @@ def logs(
             final = _follow(client, job_id, log_file=None, last_event_id=offset or None)
             err_console.print(f"job {job_id} {final}")
             return
+        from proctor.client import event_progress
+
+        # The engine's PROCTOR_PROGRESS lines are for machines (status, submit's bar): left out.
+        # A line may straddle two pages, so the last partial line waits for the next page.
+        partial = ""
         while True:
             page = client.logs(job_id, offset=offset)
-            sys.stdout.write(page["data"])
+            lines = (partial + page["data"]).split("\n")
+            partial = lines.pop()
+            sys.stdout.writelines(line + "\n" for line in lines if event_progress(line) is None)
             if page["eof"] or page["next_offset"] == offset:
                 break
             offset = page["next_offset"]
+        if partial and event_progress(partial) is None:
+            sys.stdout.write(partial)
         sys.stdout.flush()
 
 

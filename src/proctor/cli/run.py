@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,10 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
     if session:
         wall += f" this session ({stats['resumed_samples']} samples were finished before)"
     table.add_row("wall time", wall)
-    table.add_row("run directory", str(run_dir))
+    # A server job's directory is the server's own: whoever reads its log (submit, logs) gets
+    # the results elsewhere, and submit prints where it downloaded them.
+    if not os.environ.get("PROCTOR_JOB_ID"):
+        table.add_row("run directory", str(run_dir))
     console.print(table)
 
 
@@ -95,10 +99,12 @@ def run(
     result = runner.run()
     if progress != "none" or result.exit_code:
         _summary(result.stats, run_dir, console=console)
+    # Never wrapped nor marked up: the command must survive a copy and paste as printed.
     if result.interrupted:
-        console.print(f"interrupted; resume with: {resume_command(run_dir)}")
+        console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
     elif result.exit_code == 1:
-        console.print(f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors")
+        console.print(f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
+                      soft_wrap=True, markup=False)
     raise typer.Exit(result.exit_code)
 
 

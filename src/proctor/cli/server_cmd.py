@@ -129,11 +129,12 @@ def token_list(data: DataOpt = None, database_url: DbOpt = None, config: ConfigO
 
 @contextlib.contextmanager
 def _job_store(data: Path | None, database_url: str | None, config: Path | None) -> Iterator[Any]:
+    from proctor._files import ensure_directory
     from proctor.server.settings import load_settings
     from proctor.server.store import JobStore
 
     settings = load_settings(config, data_dir=data, database_url=database_url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_directory(settings.data_dir, what="data directory (--data)")
     store = JobStore(settings.store_url)
     try:
         yield store

@@ -27,6 +27,22 @@ def _fmt_eta(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def describe(record: dict[str, Any]) -> str:
+    """A progress record (``Progress.snapshot``, or a job's progress on a server) as one line.
+
+    One rendering for the engine's plain lines and ``proctor status``, so both read the same.
+    """
+    done, total = record.get("done") or 0, record.get("total")
+    parts = [f"{done}/{total if total is not None else '?'}" + (f" ({done / total:.0%})" if total else "")]
+    parts.append(f"{record.get('errors') or 0} errors")
+    accuracy = record.get("accuracy")
+    parts.append(f"acc {'-' if accuracy is None else f'{accuracy:.1%}'}")
+    if record.get("rate") is not None:
+        parts.append(f"{record['rate']:.1f} samples/s")
+    parts.append(f"ETA {_fmt_eta(record.get('eta'))}")
+    return ", ".join(parts)
+
+
 class Progress:
     """Tracks done/total, errors, running accuracy and rate; renders them in the chosen mode."""
 
@@ -116,7 +132,4 @@ class Progress:
             now = time.monotonic()
             if final or now - self._last_plain >= self.plain_interval:
                 self._last_plain = now
-                pct = done / self.total if self.total else 1.0
-                acc = "-" if accuracy is None else f"{accuracy:.1%}"
-                print(f"progress: {done}/{self.total} ({pct:.0%}), {errors} errors, acc {acc}, "
-                      f"{snap['rate']:.1f} samples/s, ETA {_fmt_eta(snap['eta'])}", flush=True)
+                print(f"progress: {describe(snap)}", flush=True)

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proctor._files import ensure_directory
 from proctor._loop import run as run_loop
 from proctor.errors import (
     ContextOverflowError,
@@ -77,7 +79,7 @@ class RunDirectory:
         self.ledger_path = path / "ledger.sqlite"
 
     def prepare(self, spec: TaskSpec, dataset: LoadedDataset, *, force_new: bool) -> Ledger:
-        self.path.mkdir(parents=True, exist_ok=True)
+        ensure_directory(self.path, what="run directory (--out)")
         fingerprint = spec.fingerprint()
         ledger = Ledger(self.ledger_path)
         problems = self._incomparable(ledger, fingerprint, dataset)
@@ -176,6 +178,12 @@ class Runner:
             ledger.add_samples(new, start_index=len(known))
         work: deque[tuple[Sample, bool]] = deque()
         already = 0
+        # The running accuracy covers the whole run, as the report does, not only this session.
+        if any(state == "scored" for state, _ in known.values()):
+            for row in ledger.rows():
+                if row.state == "scored" and row.score is not None:
+                    self.counters.score_sum += row.score
+                    self.counters.scored += 1
         for sample in samples:
             state, error_class = known.get(sample.id, ("pending", None))
             if state == "scored":
@@ -425,8 +433,9 @@ class Runner:
 
 
 def resume_command(run_dir: Path) -> str:
+    """The command that resumes this run, quoted so it can be pasted into a shell as printed."""
     spec = run_dir / "spec.yaml"
-    return f"proctor run {spec} --out {run_dir}"
+    return f"proctor run {shlex.quote(str(spec))} --out {shlex.quote(str(run_dir))}"
 
 
 def _attach_run_log(path: Path) -> logging.Handler:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError, field_validator
+from pydantic_core import to_jsonable_python
 
 from proctor import _yaml
 from proctor.errors import SpecError
@@ -105,6 +107,20 @@ class TaskSpec(StrictModel):
             raise ValueError("a 'subject' role (the model under evaluation) is required")
         return value
 
+    def roles_used(self) -> list[str]:
+        """Every model role this spec names: its ``models`` and those its solver and scorer ask for.
+
+        A role may be named (``role: judge`` in a scorer, ``roles: [...]`` in a tool) without an
+        entry in ``models``, and then ``--model ROLE=URL@NAME`` supplies it; any other role name
+        on the command line is a typo, which must not pass silently.
+        """
+        used = set(self.models)
+        if self.scorer.type == "judge":
+            used.add(str(self.scorer.options.get("role", "judge")))
+        used.update(_named_roles(self.solver.options))
+        used.update(_named_roles(self.scorer.options))
+        return sorted(used)
+
     def fingerprint(self) -> dict[str, str]:
         """What must not change between a run and its resumption for results to be comparable.
 
@@ -117,6 +133,23 @@ class TaskSpec(StrictModel):
             "solver": _digest(self.solver.model_dump()),
             "generate": _digest(self.generate.model_dump()),
         }
+
+
+def _named_roles(options: Any) -> set[str]:
+    """Values of ``role`` / ``roles`` keys anywhere in a component's options (tools included)."""
+    found: set[str] = set()
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if key == "role" and isinstance(value, str):
+                found.add(value)
+            elif key == "roles" and isinstance(value, list):
+                found.update(v for v in value if isinstance(v, str))
+            else:
+                found |= _named_roles(value)
+    elif isinstance(options, list):
+        for value in options:
+            found |= _named_roles(value)
+    return found
 
 
 def _digest(value: Any) -> str:
@@ -155,6 +188,8 @@ def load_spec(path: Path) -> TaskSpec:
         raise SpecError(f"{path} is not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path} is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec file {path}: {exc.strerror or exc}") from None
     return parse_spec(data, source=str(path))
 
 
@@ -168,6 +203,9 @@ def apply_model_override(spec: TaskSpec, override: str) -> TaskSpec:
         url, name = target, ""
     if not url.startswith(("http://", "https://")):
         raise SpecError(f"--model {override!r}: the URL must start with http:// or https://")
+    used = spec.roles_used()
+    if role not in used:
+        raise SpecError(f"--model {override!r}: the spec uses no role {role!r}; its roles are: {', '.join(used)}")
     current = spec.models.get(role)
     if current is None and not name:
         raise SpecError(f"--model {override!r}: role {role!r} is not in the spec, so a model name is needed (URL@NAME)")
@@ -181,23 +219,37 @@ def apply_model_override(spec: TaskSpec, override: str) -> TaskSpec:
 def dump_spec(spec: TaskSpec, *, dataset_path: Path) -> str:
     """The spec as run, for the run directory: absolute dataset path, defaults left implicit.
 
-    A spec never holds secrets (keys are referenced by environment-variable name), but extra
-    headers or bodies might; keys that look secret are redacted all the same.
+    The file must load again unchanged, because the printed resume command and ``proctor
+    rescore`` read it back; so only secrets are redacted, never an ordinary setting that happens
+    to look like one (``max_tokens``). A spec's schema has no secret field (keys are referenced
+    by environment-variable name); secrets could only hide in the free-form mappings
+    (``extra_body``, ``launch.env``, solver and tool options), which ``is_secret_name`` guards, or
+    be typed as secrets (``SecretStr``).
     """
-    data = spec.model_dump(mode="json", exclude_unset=True)
+    data = spec.model_dump(mode="python", exclude_unset=True)
     data["dataset"]["path"] = str(dataset_path)
-    return yaml.safe_dump(_redact(data), sort_keys=False)
+    return yaml.safe_dump(to_jsonable_python(_redact(data)), sort_keys=False)
 
 
-_SECRET_WORDS = ("api_key", "apikey", "token", "secret", "password", "authorization")
+REDACTED = "***"
+
+_SECRET_LAST_WORDS = frozenset({"token", "secret", "password", "passwd", "authorization", "apikey", "credentials"})
+"""A key is secret when its LAST word is one of these (``HF_TOKEN``, ``client_secret``), or it
+ends in ``api_key``. Words, not substrings: ``max_tokens`` and ``api_key_env`` (the *name* of a
+variable) are ordinary settings."""
+
+
+def is_secret_name(key: str) -> bool:
+    """Whether a mapping key names a secret value (the one rule; see ``_SECRET_LAST_WORDS``)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", key.lower()) if w]
+    return bool(words) and (words[-1] in _SECRET_LAST_WORDS or words[-2:] == ["api", "key"])
 
 
 def _redact(value: Any) -> Any:
+    if isinstance(value, SecretStr | SecretBytes):
+        return REDACTED
     if isinstance(value, dict):
-        return {
-            k: "***" if any(w in k.lower() for w in _SECRET_WORDS) and not k.endswith("_env") else _redact(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
+        return {k: REDACTED if isinstance(k, str) and is_secret_name(k) else _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
         return [_redact(v) for v in value]
     return value

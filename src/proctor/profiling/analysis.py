@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proctor._files import ensure_directory
 from proctor.evals.reports import percentiles
 from proctor.profiling.events import read_events
 
@@ -83,27 +84,55 @@ def analyze(run_dir: Path) -> dict[str, Any]:
         "model_time_s": round(model_time, 3),
         "tool_time_s": round(tool_time, 3),
         "groups": [g.summary() for g in groups],
+        "peak_in_flight": {target: line.peak for target, line in concurrency_timeline(events).items()},
     }
 
 
-def concurrency_timeline(events: list[dict[str, Any]], buckets: int = 200) -> tuple[list[float], dict[str, list[int]]]:
-    """Calls in flight per target over time (sampled at ``buckets`` points)."""
-    spans = [(e["start"], e["start"] + e["duration"], str(e.get("endpoint") or e.get("tool")))
-             for e in events if e.get("start") is not None and e.get("duration") is not None]
-    if not spans:
-        return [], {}
-    t0 = min(s for s, _, _ in spans)
-    t1 = max(end for _, end, _ in spans)
-    step = (t1 - t0) / buckets or 1.0
-    times = [i * step for i in range(buckets)]
-    series: dict[str, list[int]] = defaultdict(lambda: [0] * buckets)
-    for start, end, target in spans:
-        first = int((start - t0) / step)
-        last = min(buckets - 1, int((end - t0) / step))
-        row = series[target]
-        for i in range(first, last + 1):
-            row[i] += 1
-    return times, dict(series)
+@dataclass(frozen=True)
+class InFlight:
+    """Calls in flight at one target as a step function: ``counts[i]`` from ``times[i]`` on."""
+
+    times: list[float]
+    """Seconds since the run's first call at which the count changes."""
+    counts: list[int]
+
+    @property
+    def peak(self) -> int:
+        return max(self.counts, default=0)
+
+
+def concurrency_timeline(events: Iterable[dict[str, Any]]) -> dict[str, InFlight]:
+    """Exactly how many calls each target had in flight, from every call's start and end.
+
+    A call is in flight over ``[start, start + duration)``: one that ends at the moment another
+    starts (a worker's next call) does not overlap it, and all changes at one moment are applied
+    together, so the count is never a transient or a fraction. Counting a call in every time
+    bucket it touches instead overstated a run at concurrency 32 as about 79.
+    """
+    changes: dict[str, dict[float, int]] = defaultdict(lambda: defaultdict(int))
+    first: float | None = None
+    for e in events:
+        if e.get("start") is None or e.get("duration") is None:
+            continue
+        start = float(e["start"])
+        end = start + float(e["duration"])
+        first = start if first is None else min(first, start)
+        steps = changes[str(e.get("endpoint") or e.get("tool"))]
+        steps[start] += 1
+        steps[end] -= 1
+    timelines: dict[str, InFlight] = {}
+    for target, steps in changes.items():
+        times: list[float] = []
+        counts: list[int] = []
+        level = 0
+        for moment in sorted(steps):
+            level += steps[moment]
+            if counts and counts[-1] == level:
+                continue
+            times.append(moment - (first or 0.0))
+            counts.append(level)
+        timelines[target] = InFlight(times, counts)
+    return timelines
 
 
 def write_plots(run_dir: Path, out_dir: Path) -> list[Path]:
@@ -112,10 +141,11 @@ def write_plots(run_dir: Path, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     events = read_events(run_dir / "events.jsonl")
     groups = group_events(events)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out_dir, what="plot directory")
     written: list[Path] = []
     if not groups:
         return written
@@ -131,11 +161,12 @@ def write_plots(run_dir: Path, out_dir: Path) -> list[Path]:
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     written.append(path)
-    times, series = concurrency_timeline(events)
-    if series:
+    timelines = concurrency_timeline(events)
+    if timelines:
         fig, ax = plt.subplots(figsize=(9, 4))
-        for target, row in list(series.items())[:8]:
-            ax.plot(times, row, label=target[:60])
+        for target, line in list(timelines.items())[:8]:
+            ax.step(line.times, line.counts, where="post", label=f"{target[:60]} (peak {line.peak})")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("time since first call (s)")
         ax.set_ylabel("calls in flight")
         ax.set_title("concurrency per target")

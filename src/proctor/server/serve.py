@@ -6,6 +6,7 @@ private-mode facade URL handed to jobs needs the port the server actually listen
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import sys
@@ -13,17 +14,29 @@ import sys
 import uvicorn
 from starlette.types import ASGIApp
 
+from proctor._files import ensure_directory
 from proctor._loop import tune_gc
+from proctor.errors import InputError
 from proctor.server.app import create_app, served_app
 from proctor.server.connections import connection_cap, guarded_protocol, raise_open_files_limit
 from proctor.server.settings import ServerSettings
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
+    """Listen on ``host:port``; a port in use or an address this machine lacks is bad input."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise InputError(f"port {port} on {host} is already in use",
+                             hint="stop what listens there, or choose another port with --port (0 picks a free one)"
+                             ) from None
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                         hint="check --host (an address of this machine) and --port") from None
     sock.listen(2048)
     sock.set_inheritable(False)
     return sock
@@ -35,7 +48,7 @@ def configure_logging(settings: ServerSettings) -> None:
     if logger.handlers:
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_directory(settings.data_dir, what="data directory (--data)")
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(settings.data_dir / "server.log")):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
@@ -85,7 +98,18 @@ def serve(settings: ServerSettings, *, on_ready: str | None = None) -> None:
             print(on_ready.format(port=settings.port, host=settings.host), flush=True)
 
         server.startup = startup  # type: ignore[method-assign]
-    logging.getLogger("proctor.server").info(
-        "proctor server on http://%s:%s (data %s, %s slot(s))", settings.host, settings.port, settings.data_dir, settings.slots
-    )
+    log = logging.getLogger("proctor.server")
+    original_shutdown = server.shutdown
+
+    async def shutdown(sockets: list[socket.socket] | None = None) -> None:
+        # Logged here, not after run(): uvicorn re-raises the SIGTERM it caught once shut down,
+        # and the default handler then ends the process before run() could return.
+        try:
+            await original_shutdown(sockets=sockets)
+        finally:
+            log.info("proctor server on http://%s:%s stopped", settings.host, settings.port)
+
+    server.shutdown = shutdown  # type: ignore[method-assign]
+    log.info("proctor server on http://%s:%s (data %s, %s slot(s))", settings.host, settings.port, settings.data_dir,
+             settings.slots)
     server.run(sockets=[sock])

@@ -28,7 +28,9 @@ with FakeLLMProcess(cfg) as llm: ...          # also usable as `async with`
 ```
 From a shell: ``python -m proctor.testing serve --port 0 --latency 0.05 --config cfg.json
 --port-file PATH`` (every ``FakeLLMConfig`` field can be set in the JSON file; ``--latency``,
-``--jitter``, ``--model``, ``--reply``, ``--seed`` override it; exits cleanly on SIGTERM/SIGINT).
+``--jitter``, ``--model``, ``--reply``, ``--seed`` override it; ``--answers-from DATA.jsonl`` adds
+each question of a dataset to ``answers`` with ``Answer: <target>``; it prints what it will reply,
+and exits cleanly on SIGTERM/SIGINT).
 
 Configuration (``FakeLLMConfig``, all fields changeable at runtime)
 -------------------------------------------------------------------
