@@ -19,6 +19,7 @@ step() { printf '\n==> %s\n' "$*"; }
 elapsed() { printf '    (%d s)\n' $((SECONDS - $1)); }
 
 ensure_venv || exit 2
+ensure_bwrap || exit 2  # the python tool's sandbox (and `proctor serve`'s)
 VPY=.venv/bin/python
 # pip, minus its noise: "already satisfied" lines and warnings about unused local index paths.
 pip_install() {
