@@ -173,9 +173,10 @@ class Sandbox:
                 args += ["--symlink", os.readlink(name), name]
             elif os.path.isdir(name):
                 args += ["--ro-bind", name, name]
+        args += ["--perms", "0755", "--dir", "/etc"]
         for name in _ETC_FILES:
             args += ["--ro-bind-try", name, name]
-        args += ["--dev", "/dev", "--tmpfs", "/tmp"]
+        args += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
         if self.mount_proc:
             args += ["--proc", "/proc"]
         readable = _outermost([*python_paths(), *self.readable])
