@@ -40,7 +40,8 @@ class SecureServer:
         return (self.data / "jobs" / job_id).resolve()
 
     def log(self, job_id: str) -> str:
-        return (self.job_dir(job_id) / "job.log").read_text(errors="replace")
+        path = self.job_dir(job_id) / "job.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
 
 def probe_job(mode: str, a: str = "0", b: str = "0", **extra: Any) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - e.g. pyo3's PanicException, which is no Exception
         # Usage errors from click (typer vendors its own copy, so match by shape, not class).
         if type(exc).__name__ == "Abort":
             print("interrupted", file=sys.stderr)
