@@ -6,6 +6,9 @@
                                          (``sleep MARKER``), then sleep
     probe.py alloc MEGABYTES             allocate that much memory, 64 MB at a time
     probe.py sleep SECONDS               sleep
+    probe.py limits HOLD                 print ``LIMITS {json}``: the rlimits the job runs under, and
+                                         how many of 300 ``sleep`` children it could start (held
+                                         HOLD seconds before they are killed)
 
 The findings are data for the test to judge; this script asserts nothing itself.
 """
@@ -76,6 +79,23 @@ def main() -> int:
             held.append(bytearray(64 * 1024 * 1024))
             print(f"allocated {(i + 1) * 64} MB", flush=True)
         print("ALLOCATED ALL", flush=True)
+    elif mode == "limits":
+        import resource
+        import subprocess
+
+        limits = {name: resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[1]
+                  for name in ("AS", "NPROC", "FSIZE", "NOFILE")}
+        started = []
+        for _ in range(300):
+            try:
+                started.append(subprocess.Popen(["sleep", "30"]))
+            except OSError:
+                break
+        print("LIMITS " + json.dumps({**limits, "children": len(started), "uid": os.getuid()}), flush=True)
+        time.sleep(float(sys.argv[2]))
+        for child in started:
+            child.kill()
+            child.wait()
     elif mode == "sleep":
         time.sleep(float(sys.argv[2]))
     return 0

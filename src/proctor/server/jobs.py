@@ -416,6 +416,8 @@ async def spawn(
     """
     if sandbox is not None:
         argv, env = sandbox.argv(argv, env), {}
+    if limits is not None:
+        argv = [*limits.argv(), *argv]
     with open(log_path, "ab", buffering=0) as log_file:  # noqa: ASYNC230 - only opens an fd for the child; no I/O here
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -425,7 +427,6 @@ async def spawn(
             stdout=log_file,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=limits.preexec() if limits is not None else None,
         )
 
 
