@@ -152,13 +152,13 @@ def python_paths() -> list[Path]:
     paths = {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
     paths.add(Path(os.path.realpath(sys.executable)).parent.parent)
     paths.add(Path(proctor.__file__).resolve().parent)
-    return _outermost(p for p in paths if p.exists())
+    return _outermost(p for p in paths if os.path.exists(p))
 
 
 def _outermost(paths: Iterable[Path]) -> list[Path]:
     """Drop paths inside another listed path (binding both would hide nothing but costs a mount)."""
     result: list[Path] = []
-    for path in sorted({p.resolve() if p.exists() else p for p in paths}, key=lambda p: len(p.parts)):
+    for path in sorted({p.resolve() if os.path.exists(p) else p for p in paths}, key=lambda p: len(p.parts)):
         if not any(path == kept or kept in path.parents for kept in result):
             result.append(path)
     return result
