@@ -242,7 +242,7 @@ def probe(*, mount_proc: bool = True, network: bool = False) -> str | None:
     """Why a sandbox cannot be made here (None when it can): runs ``true`` inside one, once per process."""
     box = Sandbox(cwd=Path("/"), network=network, mount_proc=mount_proc)
     try:
-        argv = box.argv([sys.executable, "-I", "-c", "pass"], {"PATH": "/usr/bin:/bin"})
+        argv = Limits(open_files=256).argv() + box.argv([sys.executable, "-I", "-c", "pass"], {"PATH": "/usr/bin:/bin"})
     except SandboxUnavailableError as exc:
         return exc.message
     try:
