@@ -6,6 +6,9 @@
                                          (``sleep MARKER``), then sleep
     probe.py alloc MEGABYTES             allocate that much memory, 64 MB at a time
     probe.py sleep SECONDS               sleep
+    probe.py steal JOB PORT              look for any job's key or facade token in /proc/*/environ and
+                                         call JOB's private model with each (and with none); print
+                                         ``STEAL {json}`` with the statuses
     probe.py limits HOLD                 print ``LIMITS {json}``: the rlimits the job runs under, and
                                          how many of 300 ``sleep`` children it could start (held
                                          HOLD seconds before they are killed)
@@ -96,6 +99,34 @@ def main() -> int:
         for child in started:
             child.kill()
             child.wait()
+    elif mode == "steal":
+        import urllib.error
+        import urllib.request
+
+        tokens = set()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    env = Path(f"/proc/{entry}/environ").read_bytes().decode(errors="replace")
+                except OSError:
+                    continue
+                for item in env.split("\0"):
+                    name, _, value = item.partition("=")
+                    if name == "OPENAI_API_KEY" or name.startswith("PROCTOR_API_KEY_"):
+                        tokens.add(value)
+        statuses = []
+        url = f"http://127.0.0.1:{sys.argv[3]}/internal/jobs/{sys.argv[2]}/v1/chat/completions"
+        body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "stolen prompt"}]}).encode()
+        for token in [*sorted(tokens), None]:
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=20) as r:
+                    statuses.append(r.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+            except OSError as exc:
+                statuses.append(type(exc).__name__)
+        print("STEAL " + json.dumps({"tokens_found": len(tokens), "statuses": statuses}), flush=True)
     elif mode == "sleep":
         time.sleep(float(sys.argv[2]))
     return 0

@@ -69,7 +69,7 @@ def start_secure_server(tmp_path: Path, index: int, monkeypatch: Any, **config: 
         "templates": {
             "probe": {
                 "argv": [sys.executable, PROBE, "{mode}", "{a}", "{b}"],
-                "params": {"mode": {"pattern": "^(look|fork|alloc|sleep|limits)$"}, "a": {"default": "0"},
+                "params": {"mode": {"pattern": "^(look|fork|alloc|sleep|limits|steal)$"}, "a": {"default": "0"},
                            "b": {"default": "0"}},
             }
         },
