@@ -47,3 +47,15 @@ def test_scrubbing_the_key_keeps_every_scored_sample(secure_server) -> None:
     leaks = [str(p) for p in srv.job_dir(job_id).rglob("*") if p.is_file() and KEY.encode() in p.read_bytes()]
     assert leaks == []
     wait_for(mallory, job_id, {"cancelled"})
+
+
+def test_large_files_are_scrubbed_in_place_a_chunk_at_a_time(tmp_path, monkeypatch) -> None:
+    """A job may leave files of many GB: they are scrubbed in chunks (never read whole), and a key
+    across a chunk boundary is still found."""
+    from proctor.server import jobs
+
+    monkeypatch.setattr(jobs, "_CHUNK", 16)
+    data = ("x" * 13 + KEY + "y" * 5 + KEY + "z" * 40 + KEY) * 3
+    (tmp_path / "big.txt").write_text(data)
+    assert jobs.scrub_secrets(tmp_path, [KEY]) == 1
+    assert (tmp_path / "big.txt").read_text() == data.replace(KEY, "*" * len(KEY))

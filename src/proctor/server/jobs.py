@@ -561,21 +561,43 @@ def scrub_secrets(root: Path, secrets: list[str]) -> int:
     companions = {Path(f"{db}{suffix}") for db in databases for suffix in _SQLITE_COMPANIONS}
     for db in databases:
         changed += _scrub_sqlite(db, needles)
+    raw = [n.encode() for n in needles]
     for path in files:
         if path in companions or path in databases:
             continue
         try:
-            data = path.read_bytes()
+            changed += _scrub_file(path, raw)
         except OSError:
             continue
-        new = data
-        for needle in needles:
-            raw = needle.encode()
-            if raw in new:
-                new = new.replace(raw, b"*" * len(raw))
-        if new is not data:
-            path.write_bytes(new)
-            changed += 1
+    return changed
+
+
+_CHUNK = 1 << 20
+
+
+def _scrub_file(path: Path, needles: list[bytes]) -> int:
+    """Replace ``needles`` in place, a chunk at a time: a job may leave files of many GB, and the
+    server must not read one whole into memory. Chunks overlap by the longest needle minus one,
+    so a needle across a boundary is found; same-length replacement keeps every offset."""
+    overlap = max(len(n) for n in needles) - 1
+    changed = 0
+    with open(path, "r+b") as fh:
+        start = 0
+        while True:
+            fh.seek(start)
+            chunk = fh.read(_CHUNK + overlap)
+            if not chunk:
+                break
+            new = chunk
+            for needle in needles:
+                new = new.replace(needle, b"*" * len(needle))
+            if new != chunk:
+                fh.seek(start)
+                fh.write(new)
+                changed = 1
+            if len(chunk) <= overlap or len(chunk) < _CHUNK + overlap:
+                break
+            start += _CHUNK
     return changed
 
 
