@@ -67,8 +67,11 @@ def test_job_limits_above_the_servers_ceilings_are_refused(secure_server) -> Non
     assert r.status_code == 400 and "limits.memory_mb" in r.json()["error"]
 
 
-def test_the_admin_may_allow_a_plugin(secure_server) -> None:
-    srv = secure_server(sandbox={"plugins": ["proctor.evals.scorers:numeric"]})
+def test_the_admin_may_allow_a_plugin_and_tool_network(secure_server) -> None:
+    srv = secure_server(sandbox={"plugins": ["proctor.evals.scorers:numeric"], "tool_network": True})
     mallory = srv.client("mallory")
     r = mallory.post("/v1/jobs", json=spec_job(spec_text("http://127.0.0.1:9/v1", scorer={"type": "proctor.evals.scorers:numeric"})))
+    assert r.status_code == 201, r.text
+    solver = {"type": "agent", "tools": [{"type": "python", "network": True}, "answer"]}
+    r = mallory.post("/v1/jobs", json=spec_job(spec_text("http://127.0.0.1:9/v1", solver=solver)))
     assert r.status_code == 201, r.text
