@@ -59,3 +59,24 @@ def test_large_files_are_scrubbed_in_place_a_chunk_at_a_time(tmp_path, monkeypat
     (tmp_path / "big.txt").write_text(data)
     assert jobs.scrub_secrets(tmp_path, [KEY]) == 1
     assert (tmp_path / "big.txt").read_text() == data.replace(KEY, "*" * len(KEY))
+
+
+def test_the_scrub_never_follows_a_jobs_symlinks(tmp_path) -> None:
+    """A job controls its out/: a symlink there (or a ledger whose WAL is one) must not make the
+    server, which may be root, write to a file outside the job."""
+    from proctor.server import jobs
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text(f"server file mentioning {KEY}")
+    out = tmp_path / "job" / "out"
+    out.mkdir(parents=True)
+    (out / "link.txt").symlink_to(outside)
+    conn = sqlite3.connect(out / "ledger.sqlite")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (v TEXT)")
+    conn.execute("INSERT INTO t VALUES (?)", (KEY,))
+    conn.commit()
+    conn.close()  # the last connection's close removes the WAL; the job puts a symlink there
+    (out / "ledger.sqlite-wal").symlink_to(outside)
+    jobs.scrub_secrets(tmp_path / "job", [KEY])
+    assert outside.read_text() == f"server file mentioning {KEY}"
