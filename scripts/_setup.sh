@@ -27,3 +27,11 @@ ensure_venv() {
     "$PYTHON" -m venv .venv
   fi
 }
+
+# ensure_bwrap: bubblewrap, the sandbox of every server job and every python-tool call.
+ensure_bwrap() {
+  if command -v bwrap >/dev/null 2>&1; then
+    return 0
+  fi
+  apt_install bubblewrap
+}

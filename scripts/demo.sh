@@ -19,6 +19,8 @@ step() { printf '\n==> %s\n' "$*"; }
 elapsed() { printf '    (%d s)\n' $((SECONDS - $1)); }
 
 ensure_venv || exit 2
+# The python tool's sandbox (and `proctor serve`'s); the demo itself runs without it.
+ensure_bwrap || echo "    (continuing: the demo needs no sandbox; proctor serve and the python tool do)"
 VPY=.venv/bin/python
 # pip, minus its noise: "already satisfied" lines and warnings about unused local index paths.
 pip_install() {

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/_setup.sh
 ensure_venv
+ensure_bwrap
 echo "==> installing proctor and its test dependencies into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 echo "==> type-checking src/proctor (mypy)"

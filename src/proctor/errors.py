@@ -34,6 +34,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+CRASH_EXIT_CODE = 3
+"""Exit code of a proctor command that crashed (an uncaught exception: a bug, or the job's memory
+ceiling). Kept apart from 1 ("finished, some samples errored"), which a server reports as success."""
+
 InfraErrorClass = Literal["connection", "timeout", "http_5xx", "rate_limited", "tool_crash", "tunnel"]
 """Why an infrastructure failure happened; stored in the ledger as the sample's error class."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import psutil
@@ -20,6 +21,20 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _marker() -> str:
+    """A unique ``sleep`` argument: the code's processes are found on this side by their command
+    line, since the pids the code sees are those of its own PID namespace."""
+    return f"{300 + random.random():.9f}"
+
+
+def _with_marker(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if marker in (proc.info["cmdline"] or []) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
 
 
 def test_prints_result_in_a_private_directory_that_is_removed() -> None:
@@ -43,38 +58,41 @@ def test_parent_secret_is_not_visible(monkeypatch) -> None:
 
 
 def test_runaway_loop_is_killed_at_the_wall_limit() -> None:
-    code = "import os\nprint(os.getpid(), flush=True)\nwhile True: pass"
+    marker = _marker()
+    code = f"import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\nprint('spinning', flush=True)\nwhile True: pass"
     res = arun(run_python(code, PythonOptions(timeout=1.5)))
-    assert res.timed_out and res.returncode is None
-    assert not _alive(int(res.stdout.split()[0]))
+    assert res.timed_out and res.returncode is None and "spinning" in res.stdout
+    assert _with_marker(marker) == []
 
 
 def test_children_and_escaped_grandchildren_are_all_killed() -> None:
-    # A sleeper in the same group, one that moved to its own session, and the parent spinning.
+    # A sleeper in the same group, one that moved to its own session, fork→setsid→fork and
+    # fork→setpgid→fork descendants, and the parent spinning.
+    marker = _marker()
     code = (
-        "import os, subprocess, time\n"
-        "a = subprocess.Popen(['sleep', '300'])\n"
-        "b = subprocess.Popen(['sleep', '301'], start_new_session=True)\n"
-        "print(a.pid, b.pid, flush=True)\n"
-        "for _ in range(20):\n"
+        "import os, subprocess\n"
+        f"a = subprocess.Popen(['sleep', '{marker}'])\n"
+        f"b = subprocess.Popen(['sleep', '{marker}'], start_new_session=True)\n"
+        "for i in range(20):\n"
         "    if os.fork() == 0:\n"
-        "        print(os.getpid(), flush=True)\n"
-        "        time.sleep(300)\n"
+        "        os.setsid() if i % 2 else os.setpgid(0, 0)\n"
+        "        if os.fork() == 0:\n"
+        f"            os.execvp('sleep', ['sleep', '{marker}'])\n"
         "        os._exit(0)\n"
+        "print('forked', flush=True)\n"
         "while True: pass\n"
     )
     res = arun(run_python(code, PythonOptions(timeout=2)))
-    assert res.timed_out
-    pids = [int(p) for p in res.stdout.split()]
-    assert len(pids) == 22  # two sleepers and twenty forked children reported themselves
-    assert [p for p in pids if _alive(p)] == []
+    assert res.timed_out and "forked" in res.stdout
+    assert _with_marker(marker) == []
 
 
 def test_background_child_of_a_finished_program_is_killed_without_waiting() -> None:
-    code = "import subprocess\np = subprocess.Popen(['sleep', '302'])\nprint(p.pid)"
+    marker = _marker()
+    code = f"import subprocess\np = subprocess.Popen(['sleep', '{marker}'])\nprint(p.pid)"
     res = arun(run_python(code, PythonOptions(timeout=30)))
     assert not res.timed_out and res.returncode == 0  # returned when the program ended
-    assert not _alive(int(res.stdout.strip()))
+    assert _with_marker(marker) == []
 
 
 def test_memory_and_file_size_limits() -> None:

@@ -3,6 +3,8 @@
     jobscript.py sleep SECONDS          print a line, sleep, print done
     jobscript.py lines N [DELAY]        print N numbered lines (with PROCTOR_PROGRESS lines)
     jobscript.py family PIDFILE         start a grandchild in the same group, write both pids, sleep
+                                        (PIDFILE relative to the job directory, e.g. out/pids: pids in
+                                        the job's own PID namespace)
     jobscript.py gate FILE              wait until FILE exists (bounded), then exit 0
     jobscript.py exit CODE              exit with CODE
     jobscript.py env                    say which model variables are set (never their values)

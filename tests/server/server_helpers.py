@@ -62,13 +62,17 @@ class Running:
 
 
 def start_server(data: Path, **overrides: Any) -> Running:
+    """A sandboxed server; its jobs may read ``data/../gates`` (where tests put their gate files)."""
     sock = bind_socket("127.0.0.1", overrides.pop("port", 0))  # a restarted server: the same port
+    gates = data.parent / "gates"
+    gates.mkdir(parents=True, exist_ok=True)
     values: dict[str, Any] = {
         "data_dir": data,
         "port": sock.getsockname()[1],
         "templates": script_templates(),
         "kill_grace": 2.0,
         "log_poll_interval": 0.05,
+        "sandbox": {"readable": [gates]},
     }
     values.update(overrides)
     settings = ServerSettings.model_validate(values)

@@ -37,7 +37,7 @@ def test_owner_other_admin(make_server) -> None:
 def test_server_status_anonymizes_others(make_server, tmp_path) -> None:
     srv = make_server()
     alice, bob = srv.client("alice"), srv.client("bob")
-    gate = tmp_path / "gate"
+    gate = tmp_path / "gates" / "gate"
     mine = alice.post("/v1/jobs", json=script_job("gate", str(gate))).json()["job"]["id"]
     theirs = bob.post("/v1/jobs", json=script_job("gate", str(gate))).json()["job"]["id"]
     assert len(mine) == 26 and len(theirs) == 26  # 128 random bits

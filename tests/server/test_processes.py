@@ -1,4 +1,8 @@
-"""Cancel and timeout kill the job's whole process group; no process of the job remains."""
+"""Cancel and timeout kill the job's whole sandbox; no process of the job remains.
+
+The job writes its pids from inside its PID namespace, so the test reads the job's processes on
+this side: the outer ``bwrap`` the server recorded, and every descendant of it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,21 @@ from pathlib import Path
 import psutil
 from server_helpers import script_job, wait_state
 
+from proctor.server.store import JobStore
 
-def _read_pids(pidfile: Path, client, job_id: str) -> tuple[int, int]:
+
+def _read_pids(srv, client, job_id: str) -> tuple[int, list[psutil.Process]]:
+    """The job's outer pid and all its processes, once its script wrote out/pids."""
+    pidfile = srv.settings.jobs_dir / job_id / "out" / "pids"
     for _ in range(3000):
         if pidfile.exists() and pidfile.read_text().count(" ") == 1:
-            leader, child = (int(x) for x in pidfile.read_text().split())
-            return leader, child
+            store = JobStore(srv.settings.store_url)
+            try:
+                pid = store.get(job_id).pid
+            finally:
+                store.close()
+            assert pid is not None
+            return pid, [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         assert client.get(f"/v1/jobs/{job_id}").json()["state"] in ("queued", "running")
         time.sleep(0.01)
     raise AssertionError("the job never wrote its pids")
@@ -41,13 +54,13 @@ def _group_alive(pgid: int) -> list[int]:
 def test_cancel_kills_the_group(make_server, tmp_path: Path) -> None:
     srv = make_server()
     alice = srv.client("alice")
-    pidfile = tmp_path / "pids"
-    job_id = alice.post("/v1/jobs", json=script_job("family", str(pidfile))).json()["job"]["id"]
-    leader, child = _read_pids(pidfile, alice, job_id)
-    assert os.getpgid(child) == leader  # the job runs in its own process group
+    job_id = alice.post("/v1/jobs", json=script_job("family", "out/pids")).json()["job"]["id"]
+    leader, procs = _read_pids(srv, alice, job_id)
+    assert len(procs) >= 3  # bwrap, the namespace's init, the script (and its child)
+    assert os.getpgid(leader) == leader  # the job runs in its own process group
     r = alice.post(f"/v1/jobs/{job_id}/cancel")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
-    assert _gone(leader) and _gone(child)
+    assert all(_gone(p.pid) for p in procs)
     assert _group_alive(leader) == []
     assert alice.get(f"/v1/jobs/{job_id}").json()["note"] == "cancelled by its owner"
 
@@ -55,22 +68,21 @@ def test_cancel_kills_the_group(make_server, tmp_path: Path) -> None:
 def test_timeout_kills_the_group(make_server, tmp_path: Path) -> None:
     srv = make_server(job_timeout=1.5, kill_grace=0.5)
     alice = srv.client("alice")
-    pidfile = tmp_path / "pids"
-    job_id = alice.post("/v1/jobs", json=script_job("family", str(pidfile))).json()["job"]["id"]
-    leader, child = _read_pids(pidfile, alice, job_id)
+    job_id = alice.post("/v1/jobs", json=script_job("family", "out/pids")).json()["job"]["id"]
+    leader, procs = _read_pids(srv, alice, job_id)
     job = wait_state(alice, job_id, {"timed_out", "failed", "succeeded", "cancelled"})
     assert job["state"] == "timed_out" and "timed out" in job["note"]
-    assert _gone(leader) and _gone(child) and _group_alive(leader) == []
+    assert all(_gone(p.pid) for p in procs) and _group_alive(leader) == []
 
 
 def test_cancel_queued_job(make_server, tmp_path: Path) -> None:
     srv = make_server()
     alice = srv.client("alice")
-    gate = tmp_path / "gate"
-    first = alice.post("/v1/jobs", json=script_job("gate", str(gate))).json()["job"]["id"]
-    second = alice.post("/v1/jobs", json=script_job("gate", str(gate))).json()["job"]["id"]
+    first = alice.post("/v1/jobs", json=script_job("gate", "out/gate")).json()["job"]["id"]
+    second = alice.post("/v1/jobs", json=script_job("gate", "out/gate")).json()["job"]["id"]
     assert alice.post(f"/v1/jobs/{second}/cancel").json()["state"] == "cancelled"
-    gate.touch()
+    wait_state(alice, first, {"running"})
+    (srv.settings.jobs_dir / first / "out" / "gate").touch()  # the job sees only its own directory
     wait_state(alice, first, {"succeeded"})
     assert alice.get(f"/v1/jobs/{second}").json()["state"] == "cancelled"
     assert alice.get(f"/v1/jobs/{second}").json()["started_at"] is None

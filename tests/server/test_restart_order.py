@@ -8,7 +8,7 @@ from server_helpers import script_job, start_server, wait_state
 
 
 def test_running_job_requeued_first(tmp_path: Path) -> None:
-    data, gate = tmp_path / "data", tmp_path / "gate"
+    data, gate = tmp_path / "data", tmp_path / "gates" / "gate"
     srv = start_server(data)
     try:
         alice = srv.client("alice")

@@ -11,7 +11,7 @@ from server_helpers import script_job, wait_state
 def test_two_slots_then_fifo(make_server, tmp_path: Path) -> None:
     srv = make_server(slots=2)
     alice = srv.client("alice")
-    gates = [tmp_path / f"gate{i}" for i in range(4)]
+    gates = [tmp_path / "gates" / f"gate{i}" for i in range(4)]
     ids = []
     for gate in gates:
         r = alice.post("/v1/jobs", json=script_job("gate", str(gate)))
@@ -37,7 +37,7 @@ def test_two_slots_then_fifo(make_server, tmp_path: Path) -> None:
 def test_queue_full_is_503_with_retry_after(make_server, tmp_path: Path) -> None:
     srv = make_server(slots=1, queue_max=1, retry_after_default=42)
     alice = srv.client("alice")
-    gate = tmp_path / "gate"
+    gate = tmp_path / "gates" / "gate"
     first = alice.post("/v1/jobs", json=script_job("gate", str(gate))).json()["job"]["id"]
     wait_state(alice, first, {"running"})
     assert alice.post("/v1/jobs", json=script_job("gate", str(gate))).status_code == 201

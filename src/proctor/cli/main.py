@@ -1,7 +1,9 @@
 """The ``proctor`` typer app and its one error reporter.
 
 Every ``ProctorError`` is printed as ``Error: message`` (plus a hint) with its exit code and no
-traceback; Ctrl-C exits 130. Anything else is a bug and keeps its traceback. Command modules
+traceback; Ctrl-C exits 130. Anything else is a crash: its traceback is printed (its last line
+names the error) and the exit code is ``CRASH_EXIT_CODE`` (3), never 1, which means "finished,
+some samples errored". Command modules
 are imported lazily inside their commands, so ``proctor --help`` and ``proctor run`` do not pay
 for the server's imports.
 """
@@ -14,7 +16,7 @@ import sys
 import typer
 
 from proctor import __version__
-from proctor.errors import ProctorError
+from proctor.errors import CRASH_EXIT_CODE, ProctorError
 
 app = typer.Typer(
     name="proctor",
@@ -78,7 +80,7 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:
+    except BaseException as exc:  # noqa: BLE001 - e.g. pyo3's PanicException, which is no Exception
         # Usage errors from click (typer vendors its own copy, so match by shape, not class).
         if type(exc).__name__ == "Abort":
             print("interrupted", file=sys.stderr)
@@ -88,7 +90,11 @@ def main() -> None:
             if isinstance(exit_code, int):
                 exc.show()
                 sys.exit(exit_code)
-        raise
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        sys.exit(CRASH_EXIT_CODE)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -60,6 +60,14 @@ def serve_command(
         typer.Option("--tunnel-max-inflight", help="Private mode: model calls forwarded at once per job (default 256)."),
     ] = None,
     config: ConfigOpt = None,
+    no_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--no-sandbox",
+            help="Run jobs without the bubblewrap sandbox: ONLY on a trusted single-user machine "
+            "(any job could then take over the server).",
+        ),
+    ] = False,
     ready_line: Annotated[
         str | None, typer.Option("--ready-line", hidden=True, help="Print this once listening ({port}).")
     ] = None,
@@ -84,7 +92,27 @@ def serve_command(
         tunnel_request_deadline=tunnel_deadline,
         tunnel_max_inflight=tunnel_max_inflight,
     )
+    if no_sandbox:
+        settings = settings.model_copy(update={"sandbox": settings.sandbox.model_copy(update={"enabled": False})})
+    check_sandbox(settings.sandbox.enabled)
     serve(settings, on_ready=ready_line)
+
+
+def check_sandbox(enabled: bool) -> None:
+    """Refuse to serve without a working sandbox (naming the package), or warn loudly when it is off."""
+    from proctor import sandbox
+
+    if enabled:
+        sandbox.require()
+        return
+    banner = "!" * 78
+    typer.echo(
+        f"{banner}\nWARNING: --no-sandbox: jobs run as this server's user with its view of the machine.\n"
+        "Any job (and any model-written python-tool code) can read other jobs, the job store and\n"
+        "this server's environment, and take the server over. Use this only on a trusted\n"
+        f"single-user machine.\n{banner}",
+        err=True,
+    )
 
 
 def token_create(

@@ -5,9 +5,12 @@ environment-variable name only), uploaded files next to it, ``out/`` (the engine
 ledger, samples, stats, events, run.log) and ``job.log`` (the process's stdout and stderr, appended
 across restarts so SSE offsets stay valid).
 
-The child runs in its own session (``start_new_session=True``), so its pid is its process group
-id and cancel/timeout can kill the whole tree. Its stdout goes straight to ``job.log`` rather than
-through a pipe: the log survives a crash of the server, and a dead server cannot block the job.
+Every job runs in a bubblewrap sandbox (``proctor.sandbox``): its own PID namespace, an
+unprivileged uid, a clean environment, rlimits, and a view holding the read-only Python
+installation, its own directory read-only and only ``out/`` writable. The outer ``bwrap`` process
+is the job's pid (its own session); killing it ends every process inside, however it forked.
+Its stdout goes straight to ``job.log`` rather than through a pipe: the log survives a crash of the
+server, and a dead server cannot block the job.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,6 +34,8 @@ import yaml
 
 from proctor import _yaml
 from proctor.errors import InputError
+from proctor.sandbox import Limits, Sandbox
+from proctor.server import policy
 from proctor.server.schemas import ModelEndpoint, SubmitRequest
 from proctor.server.settings import BASE_URL_PATTERN, MODEL_PATTERN, CommandTemplate, ServerSettings, TemplateParam
 
@@ -101,6 +107,7 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
         "limit": req.limit,
         "concurrency": req.concurrency,
         "retry_errors": req.retry_errors,
+        "limits": _check_limits(req, settings),
     }
     if req.kind == "command":
         template = _template(req, settings)
@@ -117,6 +124,8 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
     if not req.spec:
         raise InputError("a proctor job needs 'spec' (the task spec's YAML text)")
     spec = _rewrite_spec(req, settings, private_roles, set(secrets.env))
+    if settings.sandbox.enabled:
+        policy.check_spec(spec, settings.sandbox)
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "out").mkdir(exist_ok=True)
     for name, upload in req.files.items():
@@ -131,6 +140,55 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
         target.write_bytes(raw)
     (job_dir / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     return Prepared(request, sorted(secrets.env), secrets, private_roles)
+
+
+def _check_limits(req: SubmitRequest, settings: ServerSettings) -> dict[str, int]:
+    """The job's own lower ceilings (stored with the job); a value above the server's is a 400."""
+    given = req.limits.model_dump(exclude_none=True) if req.limits is not None else {}
+    for key, value in given.items():
+        ceiling = getattr(settings.sandbox, key)
+        if value > ceiling:
+            raise InputError(f"limits.{key}: at most {ceiling} on this server")
+    return dict(given)
+
+
+def job_limits(request: dict[str, Any], settings: ServerSettings) -> Limits:
+    """The server's ceilings, lowered by what the job asked for at submission."""
+    box = settings.sandbox
+    asked = request.get("limits") or {}
+    return Limits(
+        memory_mb=min(box.memory_mb, asked.get("memory_mb", box.memory_mb)),
+        processes=min(box.processes, asked.get("processes", box.processes)),
+        file_size_mb=min(box.file_size_mb, asked.get("file_size_mb", box.file_size_mb)),
+        open_files=min(box.open_files, asked.get("open_files", box.open_files)),
+    )
+
+
+def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings, *, uid: int) -> Sandbox:
+    """The job's view: its directory read-only, ``out/`` writable, plus what the admin published
+    (registered datasets, absolute paths in its command template, ``sandbox.readable``)."""
+    job_dir = job_dir.resolve()
+    readable = [job_dir, *settings.sandbox.readable, *(p.resolve() for p in settings.datasets.values())]
+    template = settings.templates.get(request.get("template") or "") if request["kind"] == "command" else None
+    if template is not None:
+        readable += [Path(part) for part in template.argv if part.startswith("/") and os.path.exists(part)]
+    return Sandbox(
+        cwd=job_dir, readable=tuple(readable), writable=(job_dir / "out",), network=True, uid=uid, die_with_parent=False
+    )
+
+
+def give_out_dir(job_dir: Path, uid: int) -> None:
+    """Make ``out/`` (and everything in it) the job's uid's, so a job running as that uid can write.
+
+    Only meaningful for a server running as root; symlinks are changed themselves, never followed.
+    """
+    out = job_dir / "out"
+    out.mkdir(exist_ok=True)
+    os.lchown(out, uid, uid)
+    for root, dirs, files in os.walk(out, followlinks=False):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                os.lchown(os.path.join(root, name), uid, uid)
 
 
 def _template(req: SubmitRequest, settings: ServerSettings) -> CommandTemplate:
@@ -305,7 +363,9 @@ def _at_least(value: Any, floor: float) -> float:
 def build_argv(request: dict[str, Any], job_id: str, job_dir: Path, settings: ServerSettings) -> list[str]:
     """The job's argv; secrets never appear here (``ps`` shows argv to every local user)."""
     if request["kind"] == "proctor":
-        argv = [sys.executable, "-m", "proctor", "run", "spec.yaml", "--out", "out"]
+        # -I (isolated): the job directory is not on sys.path, so an uploaded proctor/ or yaml.py
+        # is never imported, and no PYTHON* variable changes what runs.
+        argv = [sys.executable, "-I", "-m", "proctor", "run", "spec.yaml", "--out", "out"]
         if request.get("limit"):
             argv += ["--limit", str(request["limit"])]
         if request.get("concurrency"):
@@ -348,6 +408,11 @@ def build_env(
         PROCTOR_JOB_ID=job_id,
         PROCTOR_OUT_DIR=str(job_dir / "out"),
     )
+    if settings.sandbox.enabled:
+        # The sandbox has its own /tmp; the server's HOME and TMPDIR are not in its view.
+        env.update(HOME="/tmp", TMPDIR="/tmp", PROCTOR_SANDBOX="1")
+        env.pop("PYTHONPATH", None)
+        env.pop("USER", None)
     env.update(secrets.env)
     if request["kind"] == "command":
         template = settings.templates.get(request["template"])
@@ -366,8 +431,23 @@ def build_env(
     return env
 
 
-async def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path) -> asyncio.subprocess.Process:
-    """Start the job in its own session, stdout and stderr appended to ``log_path``."""
+async def spawn(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    log_path: Path,
+    sandbox: Sandbox | None = None,
+    limits: Limits | None = None,
+) -> asyncio.subprocess.Process:
+    """Start the job in its own session (in ``sandbox`` when given), output appended to ``log_path``.
+
+    With a sandbox, ``env`` is the whole environment inside it (bwrap itself gets none).
+    """
+    if sandbox is not None:
+        argv, env = sandbox.argv(argv, env), {}
+    if limits is not None:
+        argv = [*limits.argv(), *argv]
     with open(log_path, "ab", buffering=0) as log_file:  # noqa: ASYNC230 - only opens an fd for the child; no I/O here
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -393,19 +473,24 @@ def group_members(pgid: int) -> list[psutil.Process]:
 
 
 async def kill_tree(pid: int, *, grace: float, proc: asyncio.subprocess.Process | None = None) -> None:
-    """SIGTERM the job's process group (and descendants that left it), SIGKILL what is left.
+    """SIGTERM the job's processes, SIGKILL what is left after ``grace``.
 
-    Descendants are collected first, because a process that called setsid() is no longer in the
-    group and would otherwise survive the job.
+    A sandboxed job (``pid`` is its outer ``bwrap``): every process of the job is in its PID
+    namespace, hence a descendant of ``pid``. They get SIGTERM (the engine flushes and exits);
+    then SIGKILL of the namespace's init (a descendant too) ends whatever is left, however it
+    forked, and SIGKILL of ``bwrap`` itself. Without a sandbox (``--no-sandbox``): the process group, plus
+    descendants collected first (one that called setsid() has left the group).
     """
     try:
         leader = psutil.Process(pid)
+        sandboxed = leader.name() == "bwrap"
         strays = leader.children(recursive=True)
     except psutil.Error:
-        strays = []
-    strays = [p for p in strays if _pgid(p.pid) != pid]
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
+        sandboxed, strays = False, []
+    if not sandboxed:
+        strays = [p for p in strays if _pgid(p.pid) != pid]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
     for p in strays:
         with contextlib.suppress(psutil.Error):
             p.terminate()
@@ -492,24 +577,115 @@ def scrub_secrets(root: Path, secrets: list[str]) -> int:
     """Overwrite any occurrence of a secret in the job's files with asterisks of the same length.
 
     Defence in depth: the engine never writes keys, but a command template or a tool might echo
-    its environment. Same-length replacement keeps SQLite pages and offsets intact.
+    its environment. SQLite files are never edited as bytes: a WAL frame whose bytes change fails
+    its checksum, and SQLite then drops it and every later frame (scored samples lost). They are
+    checkpointed and scrubbed through SQLite instead (``_scrub_sqlite``). Called once the job's
+    processes are gone, so no connection of the job is open.
     """
-    needles = [s.encode() for s in secrets if len(s) >= 4]
+    needles = [s for s in secrets if len(s) >= 4]
     if not needles:
         return 0
     changed = 0
-    for path in root.rglob("*"):
-        if not path.is_file() or path.is_symlink():
+    files = [p for p in root.rglob("*") if not p.is_symlink() and p.is_file()]
+    databases = [p for p in files if _is_sqlite(p)]
+    companions = {Path(f"{db}{suffix}") for db in databases for suffix in _SQLITE_COMPANIONS}
+    for db in databases:
+        changed += _scrub_sqlite(db, needles)
+    raw = [n.encode() for n in needles]
+    for path in files:
+        if path in companions or path in databases:
             continue
         try:
-            data = path.read_bytes()
+            changed += _scrub_file(path, raw)
         except OSError:
             continue
-        new = data
-        for needle in needles:
-            if needle in new:
-                new = new.replace(needle, b"*" * len(needle))
-        if new is not data:
-            path.write_bytes(new)
-            changed += 1
     return changed
+
+
+_CHUNK = 1 << 20
+
+
+def _scrub_file(path: Path, needles: list[bytes]) -> int:
+    """Replace ``needles`` in place, a chunk at a time: a job may leave files of many GB, and the
+    server must not read one whole into memory. Chunks overlap by the longest needle minus one,
+    so a needle across a boundary is found; same-length replacement keeps every offset."""
+    overlap = max(len(n) for n in needles) - 1
+    changed = 0
+    with open(path, "r+b") as fh:
+        start = 0
+        while True:
+            fh.seek(start)
+            chunk = fh.read(_CHUNK + overlap)
+            if not chunk:
+                break
+            new = chunk
+            for needle in needles:
+                new = new.replace(needle, b"*" * len(needle))
+            if new != chunk:
+                fh.seek(start)
+                fh.write(new)
+                changed = 1
+            if len(chunk) <= overlap or len(chunk) < _CHUNK + overlap:
+                break
+            start += _CHUNK
+    return changed
+
+
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _quote(name: str) -> str:
+    """An SQL identifier (the database is the job's: its names are not trusted)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _scrub_sqlite(db: Path, needles: list[str]) -> int:
+    """Checkpoint the WAL into the database, replace secrets in text values, and make sure no old
+    copy survives in free pages (``secure_delete``, else ``VACUUM``). Returns 1 if anything changed.
+
+    A database whose companion files are symlinks is left alone: SQLite would follow them.
+    """
+    if any(Path(f"{db}{suffix}").is_symlink() for suffix in _SQLITE_COMPANIONS):
+        log.warning("not scrubbing %s: a companion file is a symlink", db)
+        return 0
+    changed = 0
+    try:
+        conn = sqlite3.connect(str(db), isolation_level=None, timeout=10)
+    except sqlite3.Error as exc:
+        log.warning("could not open %s to scrub it: %s", db, exc)
+        return 0
+    try:
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        conn.execute("BEGIN IMMEDIATE")
+        for table in tables:
+            columns = [r[1] for r in conn.execute(f"PRAGMA table_info({_quote(table)})")]
+            for col in map(_quote, columns):
+                for needle in needles:
+                    cur = conn.execute(
+                        f"UPDATE {_quote(table)} SET {col} = replace({col}, ?, ?) "
+                        f"WHERE typeof({col}) = 'text' AND instr({col}, ?) > 0",
+                        (needle, "*" * len(needle), needle),
+                    )
+                    changed += cur.rowcount
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw = db.read_bytes()
+        if any(n.encode() in raw for n in needles):
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            changed += 1
+    except sqlite3.Error as exc:
+        log.warning("could not scrub %s: %s", db, exc)
+    finally:
+        conn.close()
+    return 1 if changed else 0

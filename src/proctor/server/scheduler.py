@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from proctor.errors import ConflictError, InputError, PermissionDeniedError, ProctorError, QueueFullError
+from proctor import sandbox as sandbox_mod
+from proctor.errors import (
+    CRASH_EXIT_CODE,
+    ConflictError,
+    InputError,
+    PermissionDeniedError,
+    ProctorError,
+    QueueFullError,
+)
 from proctor.server import jobs as jobmod
 from proctor.server.auth import Principal, check_access
 from proctor.server.jobs import JobSecrets, key_env_name
@@ -50,6 +58,8 @@ class Running:
     secrets: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the process is spawned (or failed to): a cancel waits for it, never misses it."""
+    slot: int = 0
+    """Which slot it holds: as root, the job runs as uid ``sandbox.uid + slot``."""
 
 
 def new_job_id() -> str:
@@ -61,19 +71,39 @@ def new_job_id() -> str:
     return base64.b32encode(secrets_mod.token_bytes(16)).decode("ascii").rstrip("=").lower()
 
 
-def outcome(kind: str, code: int) -> tuple[str, str | None]:
-    """Map the engine's exit code to a final state and a note for the user."""
+def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, str | None]:
+    """Map the engine's exit code to a final state and a note for the user.
+
+    ``last_line``: the job log's last line, which for a crash is the error itself. A sandboxed
+    job's exit code comes from bwrap, which reports death by signal N as 128 + N.
+    """
     if code == 0:
         return "succeeded", None
     if code == 1 and kind == "proctor":
         return "succeeded", "the run finished but some samples errored (see eval_stats.json; resume with --retry-errors)"
     if code == 2:
         return "failed", "bad input (see the job log)"
+    if code == CRASH_EXIT_CODE and kind == "proctor":
+        return "failed", f"the engine crashed: {last_line or 'see the job log'}"
     if code in (130, -2):
         return "failed", "interrupted"
     if code < 0:
         return "failed", f"killed by signal {-code}"
-    return "failed", f"exited with code {code}"
+    if 128 < code < 160:
+        return "failed", f"killed by signal {code - 128} (a sandbox ceiling, e.g. memory?)"
+    return "failed", f"exited with code {code}" + (f": {last_line}" if last_line else "")
+
+
+def last_log_line(path: Path, *, tail: int = 8192) -> str | None:
+    """The last non-empty line of a job log (its end only is read), cut to 300 characters."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, 2) - tail))
+            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return None
+    lines = [ln for ln in lines if ln and not ln.startswith("PROCTOR_PROGRESS ")]
+    return lines[-1][:300] if lines else None
 
 
 class JobManager:
@@ -98,6 +128,8 @@ class JobManager:
     # lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.settings.sandbox.enabled:
+            await asyncio.to_thread(sandbox_mod.require)  # never run a job unsandboxed by accident
         await self.recover()
         self._loop_task = asyncio.create_task(self._schedule())
         self.wake.set()
@@ -381,7 +413,8 @@ class JobManager:
             exit_code=None,
         ):
             return
-        run = Running(job.id)
+        used = {r.slot for r in self.running.values()}
+        run = Running(job.id, slot=min(set(range(len(self.running) + 1)) - used))
         self.running[job.id] = run
         job_dir = self.job_dir(job.id)
         secrets = self.secrets.get(job.id, JobSecrets())
@@ -398,7 +431,14 @@ class JobManager:
             argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
             env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)
             log_path = job_dir / "job.log"
-            run.proc = await jobmod.spawn(argv, cwd=job_dir, env=env, log_path=log_path)
+            box, limits = None, None
+            if self.settings.sandbox.enabled:
+                uid = self.settings.sandbox.uid + run.slot
+                if sandbox_mod.running_as_root():
+                    await asyncio.to_thread(jobmod.give_out_dir, job_dir, uid)
+                box = jobmod.job_sandbox(job.request, job_dir, self.settings, uid=uid)
+                limits = jobmod.job_limits(job.request, self.settings)
+            run.proc = await jobmod.spawn(argv, cwd=job_dir, env=env, log_path=log_path, sandbox=box, limits=limits)
         except (OSError, ProctorError) as exc:
             await self._finish(job, run, "failed", None, f"could not start: {exc}")
             run.started.set()
@@ -456,7 +496,7 @@ class JobManager:
         # Even a job that ended by itself may have left children in its group.
         if jobmod.group_members(run.proc.pid):
             await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
-        state, end_note = outcome(job.kind, code if code is not None else -9)
+        state, end_note = outcome(job.kind, code if code is not None else -9, last_log_line(self.job_dir(job.id) / "job.log"))
         await self._finish(job, run, state, code, end_note)
 
     async def _finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:

@@ -36,6 +36,15 @@ class UploadedFile(_Strict):
     encoding: Literal["utf-8", "base64"] = "utf-8"
 
 
+class JobLimits(_Strict):
+    """Lower ceilings for this job's sandbox; each must be at most the server's (``sandbox.*``)."""
+
+    memory_mb: int | None = Field(default=None, ge=64)
+    processes: int | None = Field(default=None, ge=8)
+    file_size_mb: int | None = Field(default=None, ge=1)
+    open_files: int | None = Field(default=None, ge=64)
+
+
 class SubmitRequest(_Strict):
     """A job submission: a task spec (kind ``proctor``) or a command template (kind ``command``)."""
 
@@ -58,6 +67,8 @@ class SubmitRequest(_Strict):
     concurrency: int | None = Field(default=None, ge=1, le=100_000)
     retry_errors: bool = False
     timeout: float | None = Field(default=None, gt=0, le=7 * 86400)
+    limits: JobLimits | None = None
+    """Lower the server's sandbox ceilings for this job (never raise them)."""
 
     @field_validator("models")
     @classmethod

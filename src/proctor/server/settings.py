@@ -67,6 +67,43 @@ class CommandTemplate(_Strict):
     description: str | None = None
 
 
+class SandboxSettings(_Strict):
+    """The server's ceilings for every job and every python-tool call, and what plugins it trusts.
+
+    A submission may lower a ceiling (its ``limits``, a python tool's options), never raise it.
+    """
+
+    enabled: bool = True
+    """``False`` only with ``proctor serve --no-sandbox`` (a trusted single-user machine)."""
+    uid: int = Field(default=62000, ge=1, le=2**31 - 2)
+    """When the server runs as root, a job in slot *i* runs as uid ``uid + i`` (so one job's
+    processes never count against another's RLIMIT_NPROC). Otherwise jobs keep the server's uid,
+    inside a user namespace."""
+    memory_mb: int = Field(default=8192, ge=64)
+    """Address-space rlimit of every process of a job (RLIMIT_AS)."""
+    processes: int = Field(default=512, ge=8)
+    """RLIMIT_NPROC: processes and threads of the job's uid."""
+    file_size_mb: int = Field(default=8192, ge=1)
+    """RLIMIT_FSIZE: the largest file a job may write."""
+    open_files: int = Field(default=4096, ge=64)
+    """RLIMIT_NOFILE per process."""
+    readable: list[Path] = Field(default_factory=list)
+    """Extra paths every job may read (read-only), e.g. a models or tools directory."""
+    plugins: list[str] = Field(default_factory=list)
+    """Plugin code a spec may name: dotted solver/scorer types and custom tool ``path`` values,
+    exactly as written in a spec. The code must be installed where jobs can read it."""
+    base_dirs: list[str] = Field(default_factory=list)
+    """``solver.base_dir`` values a spec may give (otherwise the key is refused)."""
+    tool_interpreters: list[str] = Field(default_factory=list)
+    """Interpreters a python tool may name with ``interpreter`` (otherwise refused)."""
+    tool_network: bool = False
+    """Let a spec give the python tool ``network: true``."""
+    tool_timeout: float = Field(default=300.0, gt=0)
+    """Ceiling of a python tool's ``timeout`` (seconds)."""
+    tool_memory_mb: int = Field(default=4096, ge=16)
+    """Ceiling of a python tool's ``memory_mb`` (a spec's ``null``, unlimited, is refused)."""
+
+
 class ServerSettings(_Strict):
     """Everything ``create_app`` needs; ``proctor serve`` builds it from flags and the config file."""
 
@@ -133,6 +170,8 @@ class ServerSettings(_Strict):
     before the job gets a 503/504 for it. Private roles' ``request_timeout`` is raised to match."""
     tunnel_max_inflight: int = Field(default=256, ge=1, le=100_000)
     """Private mode: model calls forwarded at once per job; more wait (backpressure, not failure)."""
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    """Where every job runs (bubblewrap) and its ceilings: see docs/server.md, Security model."""
 
     @field_validator("rate_limit")
     @classmethod

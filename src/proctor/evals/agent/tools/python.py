@@ -1,20 +1,24 @@
-"""The ``python`` tool: run model-written code in a subprocess sandbox.
+"""The ``python`` tool: run model-written code in a bubblewrap sandbox.
 
-Model-written code is untrusted: it may loop forever, eat memory, fill the disk, fork, or read the
-secrets of the process that runs the evaluation. Each call therefore gets
+Model-written code is untrusted (the *model* is the attacker): it may loop forever, eat memory,
+fill the disk, fork, read the secrets of the process that runs the evaluation, or look around the
+machine. Each call therefore runs in its own sandbox (``proctor.sandbox``, bubblewrap):
 
-- a fresh private temporary directory as its working directory and ``HOME`` (removed afterwards);
-- an environment built from a small allowlist (``PATH``, ``LANG``...), never inherited, so API
-  keys in the engine's environment are invisible to the code;
-- rlimits set in the child before ``exec``: CPU seconds, address space, file size, open files
-  and, optionally, the number of processes;
-- its own session (process group): at the wall-time limit, and after every run, the whole group
-  is killed with SIGKILL, together with any descendants found by walking the process tree (which
-  also catches children that moved to a new session while the parent was still alive).
+- its own PID namespace: it cannot see or signal the engine, and killing the sandbox at the
+  wall-time limit (or after every run) ends every process it started, however it forked;
+- a filesystem holding only the read-only system and Python installation and a fresh private
+  temporary directory (its working directory and ``HOME``, removed afterwards): not the job's
+  directory, not the engine's ``/proc``;
+- no network (a network namespace with no interface) unless the spec sets ``network: true``,
+  which a server refuses unless its admin allows it;
+- an environment built from a small allowlist (``PATH``, ``LANG``...), never inherited;
+- an unprivileged uid (``nobody`` when the engine runs as root) and rlimits set before ``exec``:
+  CPU seconds, address space, file size, open files and, optionally, the number of processes.
 
-This is a resource sandbox, not a security boundary against a determined attacker (no network or
-filesystem isolation: use a container runner for that); it stops the accidents that take down an
-evaluation host.
+Inside a server job (already sandboxed; ``PROCTOR_SANDBOX=1``) a tool call without a working
+sandbox is an error, never an unsandboxed run. On a machine without bubblewrap (a laptop), the
+code runs as before: resource limits, its own session killed as a group, ``unshare --net``, with
+a warning logged once.
 """
 
 from __future__ import annotations
@@ -23,19 +27,19 @@ import asyncio
 import functools
 import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 from pydantic import Field
 
+from proctor import sandbox
 from proctor.errors import ToolError
 from proctor.evals.agent.tools.base import Tool, ToolCallContext
 from proctor.models.config import StrictModel
@@ -66,15 +70,17 @@ class PythonOptions(StrictModel):
     open_files: int = Field(default=256, ge=16)
     max_processes: int | None = Field(default=None, ge=1)
     """RLIMIT_NPROC. Off by default because Linux counts it per *user*, not per sandbox (and
-    ignores it for root); the process-group kill is what contains fork storms."""
+    ignores it for root); the sandbox's PID namespace is what ends fork storms, and a server
+    job's own ceiling applies to its tool calls too."""
     output_chars: int = Field(default=8000, ge=100)
     """Stdout and stderr are each cut to this many characters (head and tail kept)."""
     interpreter: str | None = None
     """Python executable for the code; default: the one running proctor."""
     network: bool = False
     """Let the code reach the network. Off by default: the code runs in a network namespace of
-    its own (Linux ``unshare --net``), with no interface up, not even loopback. Where namespaces
-    are not available, a warning is logged once and the code shares the host's network."""
+    its own, with no interface up, not even loopback. A server refuses ``true`` unless its admin
+    allows it (``sandbox.tool_network``). Without bubblewrap, ``unshare --net`` is tried; where
+    no namespace is available, a warning is logged once and the code shares the host's network."""
 
 
 _NETNS_COMMANDS = (
@@ -111,24 +117,55 @@ class SandboxResult:
     truncated: bool
 
 
-def _limits(opts: PythonOptions) -> Callable[[], None]:
-    cpu = opts.cpu_seconds or int(opts.timeout) + 1
-    mem = opts.memory_mb * 1024 * 1024 if opts.memory_mb else None
-    fsize = opts.file_size_mb * 1024 * 1024
-    nproc = opts.max_processes
-    nofile = opts.open_files
+def _limits(opts: PythonOptions) -> sandbox.Limits:
+    return sandbox.Limits(
+        memory_mb=opts.memory_mb,
+        processes=opts.max_processes,
+        file_size_mb=opts.file_size_mb,
+        open_files=opts.open_files,
+        cpu_seconds=opts.cpu_seconds or int(opts.timeout) + 1,
+    )
 
-    def apply() -> None:  # runs in the child between fork and exec: keep it trivial
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-        if mem is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if nproc is not None:
-            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
-    return apply
+@functools.cache
+def _sandbox_problem(network: bool) -> str | None:
+    """Why the tool's bubblewrap sandbox cannot run here (None: it can). Probed once per process.
+
+    The code gets no ``/proc``: inside a job's sandbox the kernel refuses a second one, and
+    without it each call starts about 6 ms sooner.
+    """
+    if sandbox.bwrap() is None:
+        return f"bubblewrap (package {sandbox.PACKAGE}) is not installed"
+    return sandbox.probe(mount_proc=False, network=network)
+
+
+def _wrap(argv: list[str], workdir: str, opts: PythonOptions) -> tuple[list[str], dict[str, str]]:
+    """The command and environment to start: inside a sandbox when one works here."""
+    env = _environment(workdir)
+    problem = _sandbox_problem(opts.network)
+    if problem is None:
+        if sandbox.running_as_root():
+            # The code runs as nobody; bwrap (root without capabilities) must still enter it.
+            os.chown(workdir, 65534, 65534)
+            os.chmod(workdir, 0o711)
+        readable = (Path(opts.interpreter).resolve().parent.parent,) if opts.interpreter else ()
+        box = sandbox.Sandbox(
+            cwd=Path(workdir),
+            writable=(Path(workdir),),
+            readable=readable,
+            network=opts.network,
+            mount_proc=False,
+        )
+        return box.argv(argv, env), {}
+    if sandbox.inside_sandbox():
+        raise ToolError(f"the python sandbox does not work in this job: {problem}")
+    _warn_unsandboxed(problem)
+    return [*(() if opts.network else network_isolation_prefix()), *argv], env
+
+
+@functools.cache
+def _warn_unsandboxed(problem: str) -> None:
+    log.warning("python tool: no sandbox (%s); code runs with resource limits only", problem)
 
 
 def _environment(home: str) -> dict[str, str]:
@@ -221,20 +258,24 @@ async def run_python(code: str, opts: PythonOptions) -> SandboxResult:
         with open(script, "w", encoding="utf-8") as fh:  # noqa: ASYNC230 - one small write to a fresh local temp dir
             fh.write(code)
         loop = asyncio.get_running_loop()
+        # -I (isolated): no PYTHON* variables, no user site, script dir not trusted.
+        argv, env = _wrap([opts.interpreter or sys.executable, "-I", "main.py"], workdir, opts)
+        limits, preexec = _limits(opts), None
+        if shutil.which("prlimit"):
+            argv = [*limits.argv(), *argv]
+        else:  # e.g. macOS: no util-linux
+            preexec = limits.preexec()
         try:
             transport, protocol = await loop.subprocess_exec(
                 lambda: _ExitAwareProtocol(loop),
-                *(() if opts.network else network_isolation_prefix()),
-                opts.interpreter or sys.executable,
-                "-I",  # isolated: no PYTHON* variables, no user site, script dir not trusted
-                "main.py",
+                *argv,
                 cwd=workdir,
-                env=_environment(workdir),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_limits(opts),
+                preexec_fn=preexec,
                 close_fds=True,
             )
         except OSError as exc:
@@ -307,7 +348,7 @@ class PythonTool(Tool):
 
     def __init__(self, options: PythonOptions | None = None) -> None:
         self.options = options or PythonOptions()
-        if not self.options.network:
+        if _sandbox_problem(self.options.network) is not None and not self.options.network:
             network_isolation_prefix()  # probe now, not on the first call inside the event loop
         self.name = self.options.name
         self.description = self.options.description
