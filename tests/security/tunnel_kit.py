@@ -15,17 +15,28 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 from aiohttp import web
+from tunnel.tunnelkit import HubServer
 
 from proctor.tunnel import protocol
 from proctor.tunnel.protocol import Envelope, Kind
+
+
+@contextmanager
+def running_hub(**options: Any) -> Iterator[HubServer]:
+    """A real hub in uvicorn (``tests/tunnel``'s ``HubServer``), stopped by its own handle."""
+    server = HubServer(**options).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def ws_url(server_url: str, job_id: str) -> str:
@@ -43,16 +54,18 @@ async def raw_agent(server_url: str, job_id: str, token: str, secret: str) -> As
         yield ws
 
 
-async def next_request(ws: aiohttp.ClientWebSocketResponse, timeout: float = 60.0) -> Envelope:
-    """The next ``REQUEST`` envelope the hub sends (pings and the welcome are skipped)."""
+async def next_requests(ws: aiohttp.ClientWebSocketResponse, count: int = 1, timeout: float = 60.0) -> list[Envelope]:
+    """The next ``count`` ``REQUEST`` envelopes the hub sends (other kinds are skipped; the hub may
+    coalesce several requests into one message)."""
+    found: list[Envelope] = []
     async with asyncio.timeout(timeout):
-        while True:
+        while len(found) < count:
             msg = await ws.receive()
             if msg.type != aiohttp.WSMsgType.BINARY:
                 raise AssertionError(f"the tunnel closed before a request arrived: {msg.type} {ws.close_code}")
-            for env in protocol.decode(msg.data):
-                if env.kind == Kind.REQUEST:
-                    return env
+            found.extend(env for env in protocol.decode(msg.data) if env.kind == Kind.REQUEST)
+    assert len(found) == count, f"{len(found)} requests arrived at once, expected {count}"
+    return found
 
 
 async def closed_with(ws: aiohttp.ClientWebSocketResponse, timeout: float = 20.0) -> int | None:
