@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -33,7 +34,7 @@ import aiohttp
 from proctor._loop import run as run_loop
 from proctor.errors import AuthenticationError, InputError, PermissionDeniedError
 from proctor.tunnel import protocol
-from proctor.tunnel.protocol import CHUNK, Envelope, FrameWriter, Kind
+from proctor.tunnel.protocol import CHUNK, FORWARDED_REQUEST_HEADERS, Envelope, FrameWriter, Kind, forwarded_method
 
 __all__ = ["AgentStats", "TunnelAgent", "run_agent", "run_agent_sync", "tunnel_ws_url"]
 
@@ -52,6 +53,8 @@ class AgentStats:
     """Calls answered by the model (any status, including the model's own errors)."""
     failed: int = 0
     """Calls the model could not be reached for (answered 502 to the job)."""
+    refused: int = 0
+    """Calls the server sent that are not on the allow-list (answered 403; the model not called)."""
     connects: int = 0
     reconnects: int = 0
     in_flight: int = 0
@@ -321,8 +324,17 @@ class TunnelAgent:
     async def _forward(self, writer: FrameWriter, rid: int, meta: dict[str, Any], body: bytes) -> None:
         """One call: local model -> relayed answer, chunk by chunk when it streams."""
         assert self._model is not None
-        base, auth = self._routes.get(meta.get("r") or "", self._default_route)
-        url = base + meta.get("p", "/")
+        refusal = refused_call(meta)
+        if refusal is not None:
+            # The server asked for something a job never needs: the local model (and its key)
+            # is not called. One line, without the query (it may carry anything).
+            self.stats.refused += 1
+            self._log(f"tunnel for job {self.job_id}: refused a call from the server: {refusal}")
+            writer.put(_error_answer(rid, 403, refusal, "tunnel_refused", "not_allowed"))
+            return
+        role = meta.get("r")
+        base, auth = self._routes.get(role if isinstance(role, str) else "", self._default_route)
+        url = base + meta["p"]
         if meta.get("q"):
             url += "?" + meta["q"]
         headers: dict[str, str] = dict(meta.get("h") or {})
@@ -332,7 +344,7 @@ class TunnelAgent:
         stats.in_flight += 1
         head_sent = False
         try:
-            async with self._model.request(meta.get("m", "POST"), url, data=body or None, headers=headers) as resp:
+            async with self._model.request(meta["m"], url, data=body or None, headers=headers) as resp:
                 out = {
                     k: v
                     for k, v in resp.headers.items()
@@ -363,14 +375,48 @@ class TunnelAgent:
             if head_sent:
                 writer.put(protocol.encode(Kind.DATA, rid, {"error": reason}, fin=True))
             else:
-                payload = json.dumps(
-                    {"error": {"message": reason, "type": "tunnel_upstream_error", "code": "upstream_unreachable"}}
-                ).encode()
-                writer.put(
-                    protocol.encode(Kind.RESPONSE, rid, {"s": 502, "h": {"content-type": "application/json"}}, payload)
-                )
+                writer.put(_error_answer(rid, 502, reason, "tunnel_upstream_error", "upstream_unreachable"))
         finally:
             stats.in_flight -= 1
+
+
+def _error_answer(rid: int, status: int, message: str, kind: str, code: str) -> bytes:
+    """The agent's own answer to a call, in OpenAI's error shape so the job reads it as any error."""
+    payload = json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
+    return protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": {"content-type": "application/json"}}, payload)
+
+
+_SAFE_QUERY = re.compile(r"[!$&'()*+,;=:@/?%A-Za-z0-9._~-]{0,2048}")
+_SAFE_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,1024}")
+
+
+def refused_call(meta: dict[str, Any]) -> str | None:
+    """Why the agent will not forward a call the server sent, or None to forward it.
+
+    The server is not trusted with the local model: only the facade's allow-list travels
+    (``protocol.forwarded_method``: ``POST chat/completions``, ``POST completions``, ``GET
+    models[/<name>]``), with a plain query string and only the forwarded request headers.
+    """
+    method, path = meta.get("m"), meta.get("p")
+    if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
+        return "a call without a method and path"
+    shown = f"{method[:10]} {path[:100]}"
+    if forwarded_method(path[1:]) != method:
+        return f"{shown} is not one of the calls a job may make"
+    query = meta.get("q")
+    if query is not None and not (isinstance(query, str) and _SAFE_QUERY.fullmatch(query)):
+        return f"{shown} with a query that is not a plain query string"
+    headers = meta.get("h")
+    if headers is not None and not (
+        isinstance(headers, dict)
+        and all(
+            isinstance(k, str) and k.lower() in FORWARDED_REQUEST_HEADERS
+            and isinstance(v, str) and _SAFE_HEADER_VALUE.fullmatch(v)
+            for k, v in headers.items()
+        )
+    ):
+        return f"{shown} with request headers other than {', '.join(FORWARDED_REQUEST_HEADERS)}"
+    return None
 
 
 def _route(model_url: str, api_key: str | None) -> tuple[str, str | None]:
