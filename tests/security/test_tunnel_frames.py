@@ -8,15 +8,19 @@ a tunnel secret) can send anything after it. Both are tried here, as the attack 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from pathlib import Path
 
 import aiohttp
+import pytest
 from helpers import create_token, start_server, stop_process, write_spec
-from security.tunnel_kit import closed_with, next_requests, raw_agent, ws_url
+from security.tunnel_kit import closed_with, next_requests, raw_agent, running_hub, ws_url
+from tunnel.tunnelkit import HubServer
 
 from proctor.client import Client
 from proctor.tunnel import protocol
+from proctor.tunnel.channel_client import channel_url
 from proctor.tunnel.protocol import Kind
 
 
@@ -111,3 +115,33 @@ def test_malformed_answers_drop_the_agent_in_one_log_line(tmp_path: Path) -> Non
     assert "Traceback" not in text, text[-3000:]
     assert codes == [protocol.CLOSE_MALFORMED] * len(BAD_ANSWERS), codes
     assert text.count("malformed message") == len(BAD_ANSWERS), text[-3000:]
+
+
+BAD_JOB_MESSAGES = [
+    _raw(Kind.REQUEST, b'["POST", "/chat/completions"]', b"{}"),
+    _raw(Kind.REQUEST, b"{not json", b"{}"),
+    _raw(Kind.DATA, b"3", b"x", rid=1, flags=0),
+    _raw(Kind.CANCEL, b'{"a": 1}', rid=1)[:-4],  # truncated
+]
+
+
+async def _attack_channel(server: HubServer, internal: str) -> list[int | None]:
+    """A job process (or anything holding the job's internal token) sending malformed messages."""
+    codes = []
+    async with aiohttp.ClientSession() as http:
+        for message in BAD_JOB_MESSAGES:
+            headers = {"Authorization": f"Bearer {internal}"}
+            async with http.ws_connect(channel_url(server.facade("job-m")), headers=headers) as ws:
+                await ws.send_bytes(message)
+                codes.append(await closed_with(ws))
+    return codes
+
+
+def test_malformed_job_channel_messages_close_it_in_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    with running_hub() as server:
+        _, internal = server.hub.register_job("job-m", owner="alice")
+        with caplog.at_level(logging.INFO):
+            codes = asyncio.run(_attack_channel(server, internal))
+    assert codes == [protocol.CLOSE_MALFORMED] * len(BAD_JOB_MESSAGES), codes
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert sum("malformed message" in r.getMessage() for r in caplog.records) == len(BAD_JOB_MESSAGES)

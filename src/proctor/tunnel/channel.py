@@ -98,24 +98,28 @@ class JobChannel:
         job = self.job
         job.channels.append(self)
         writer_task = asyncio.create_task(self.writer.run())
+        close_code = 1000
         try:
-            await self._read()
+            if not await self._read():
+                close_code = protocol.CLOSE_MALFORMED
         finally:
             self.close_calls()
             if self in job.channels:
                 job.channels.remove(self)
             self.writer.close()
             writer_task.cancel()
-            await self.hub.close_websocket(self.ws, 1000, "")
+            await self.hub.close_websocket(self.ws, close_code, "")
 
-    async def _read(self) -> None:
+    async def _read(self) -> bool:
+        """Take the job's messages until it leaves (True) or sends a malformed one (False)."""
         async for data in protocol.binary_messages(self.ws.receive):
             try:
                 for env in protocol.decode(data):
                     self._on_envelope(env)
-            except ValueError:
-                log.warning("job channel of %s: malformed message; closing it", self.job.job_id)
-                return
+            except ValueError as exc:
+                log.warning("job channel of %s: malformed message (%s); closing it", self.job.job_id, exc)
+                return False
+        return True
 
     def _on_envelope(self, env: Envelope) -> None:
         kind = env.kind
