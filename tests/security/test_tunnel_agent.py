@@ -74,11 +74,11 @@ async def _serve_hostile_hub(tmp_path: Path) -> tuple[HostileHub, RecordingModel
 def test_the_agent_forwards_only_the_allow_list(tmp_path: Path) -> None:
     hub, model, code, output = run(_serve_hostile_hub(tmp_path), timeout=90)
     # The local model saw the allowed calls only, each with the local key.
-    seen = [(r["method"], r["path"], r["query"]) for r in model.seen]
+    seen = sorted((r["method"], r["path"], r["query"]) for r in model.seen)  # the agent works concurrently
     assert seen == [
-        ("POST", "/v1/chat/completions", ""),
-        ("GET", "/v1/models/meta-llama/Llama-3.1-8B-Instruct", ""),
         ("GET", "/v1/models", "limit=5"),
+        ("GET", "/v1/models/meta-llama/Llama-3.1-8B-Instruct", ""),
+        ("POST", "/v1/chat/completions", ""),
     ], seen
     assert all(r["authorization"] == f"Bearer {MODEL_KEY}" for r in model.seen)
     assert code == 0, output
