@@ -42,7 +42,7 @@ async def _channel_call(server: HubServer, job: str, internal: str, body: bytes)
         channel = TunnelChannel(channel_url(server.facade(job)), {"Authorization": f"Bearer {internal}"}, http)
         try:
             answer = await channel.request("POST", "/chat/completions", body, None, timeout=20)
-            return answer.status, answer.body
+            return answer.status, await answer.read()
         finally:
             await channel.aclose()
 
@@ -168,3 +168,33 @@ def test_held_requests_share_one_budget_per_job_on_the_channel() -> None:
                 await wait_until(lambda: server.hub.stats("job-chan")["held_bytes"] == 0, what="bytes given back")
 
         run(body())
+
+
+@pytest.mark.parametrize("via", sorted(CALLERS))
+def test_a_stream_longer_than_the_caps_passes_when_it_is_relayed(via: str) -> None:
+    """The caps bound what is held, not what flows: relayed stream chunks are given back."""
+    with running_hub(max_body=1 * MIB, max_job_bytes=1 * MIB) as server:
+        secret, internal = server.hub.register_job("job-flow", owner="alice")
+
+        async def body() -> None:
+            async with raw_agent(server.url, "job-flow", "tok-alice", secret) as ws:
+                payload = json.dumps(chat("hi", stream=True)).encode()
+                call = asyncio.create_task(CALLERS[via](server, "job-flow", internal, payload))
+                (request,) = await next_requests(ws)
+                head = {"s": 200, "h": {"content-type": "text/event-stream"}, "stream": True}
+                await ws.send_bytes(protocol.encode(Kind.RESPONSE, request.rid, head, b"", fin=False))
+                for _ in range(12):  # 3 MiB in all, three times both caps
+                    await ws.send_bytes(protocol.encode(Kind.DATA, request.rid, None, b"d" * (256 * KIB), fin=False))
+                    # Relayed: only the small request body is still held.
+                    await wait_until(lambda: server.hub.stats("job-flow")["held_bytes"] < KIB, what="a relayed chunk")
+                await ws.send_bytes(protocol.encode(Kind.DATA, request.rid, None, b"", fin=True))
+                status, answer = await call
+                assert (status, len(answer)) == (200, 3 * MIB)
+
+        run(body())
+
+
+def test_the_job_budget_is_never_below_one_body() -> None:
+    from proctor.tunnel.hub import TunnelHub
+
+    assert TunnelHub(max_body=10 * MIB, max_job_bytes=1 * MIB).max_job_bytes == 10 * MIB
