@@ -36,6 +36,7 @@ HOSTILE_CALLS = [
     {"m": "POST", "p": "/chat/completions", "h": {"Authorization": "Bearer stolen"}},
     {"m": "POST", "p": "/chat/completions", "h": {"content-type": "text/plain\r\nX-Evil: 1"}},
     {"m": "POST", "p": "/chat/completions", "h": ["content-type"]},
+    {"m": "GET", "p": "/models/x\n\x1b[2Jfake log line"},  # must not reach the log as it is
 ]
 
 ALLOWED_CALLS = [
@@ -90,7 +91,7 @@ def test_the_agent_forwards_only_the_allow_list(tmp_path: Path) -> None:
     for rid in range(len(HOSTILE_CALLS) + 1, len(hub.answers) + 1):
         assert hub.answers[rid][0]["s"] == 200
     assert output.count("refused a call from the server") == len(HOSTILE_CALLS), output
-    assert "Traceback" not in output and MODEL_KEY not in output
+    assert "Traceback" not in output and MODEL_KEY not in output and "\x1b" not in output
     assert MODEL_KEY not in json.dumps(hub.handshake_headers) and protocol.SECRET_HEADER in {
         k.lower() for k in hub.handshake_headers
     }

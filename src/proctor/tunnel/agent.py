@@ -388,6 +388,7 @@ def _error_answer(rid: int, status: int, message: str, kind: str, code: str) -> 
 
 _SAFE_QUERY = re.compile(r"[!$&'()*+,;=:@/?%A-Za-z0-9._~-]{0,2048}")
 _SAFE_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,1024}")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
 
 
 def refused_call(meta: dict[str, Any]) -> str | None:
@@ -399,8 +400,9 @@ def refused_call(meta: dict[str, Any]) -> str | None:
     """
     method, path = meta.get("m"), meta.get("p")
     if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
-        return "a call without a method and path"
-    shown = f"{method[:10]} {path[:100]}"
+        return "a call without a method and an absolute path"
+    # As the log shows it: the server chose these characters, so no terminal escapes or newlines.
+    shown = _UNPRINTABLE.sub("?", f"{method[:10]} {path[:100]}")
     if forwarded_method(path[1:]) != method:
         return f"{shown} is not one of the calls a job may make"
     query = meta.get("q")
