@@ -198,3 +198,24 @@ def test_the_job_budget_is_never_below_one_body() -> None:
     from proctor.tunnel.hub import TunnelHub
 
     assert TunnelHub(max_body=10 * MIB, max_job_bytes=1 * MIB).max_job_bytes == 10 * MIB
+
+
+def test_a_caller_that_leaves_mid_body_holds_nothing() -> None:
+    with running_hub(max_body=1 * MIB, max_job_bytes=2 * MIB) as server:
+        _, internal = server.hub.register_job("job-gone", owner="alice")
+
+        async def body() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            head = (
+                f"POST /internal/jobs/job-gone/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {internal}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {900 * KIB}\r\n\r\n"
+            )
+            writer.write(head.encode() + b"x" * (300 * KIB))
+            await writer.drain()
+            await wait_until(lambda: server.hub.stats("job-gone")["held_bytes"] > 0, what="a body arriving")
+            writer.close()  # gone with two thirds of the body unsent
+            await wait_until(lambda: server.hub.stats("job-gone")["held_bytes"] == 0, what="bytes given back")
+            del reader
+
+        run(body())

@@ -339,19 +339,23 @@ async def _read_body(receive: Receive, cap: int, budget: Budget) -> bytes | str:
     """
     parts = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            budget.give(size)
-            return "the caller left before its request body ended"
-        piece = message.get("body", b"")
-        if size + len(piece) > cap or not budget.take(len(piece)):
-            budget.give(size)
-            return too_large(cap, "request") if size + len(piece) > cap else over_budget(budget)
-        size += len(piece)
-        parts.append(piece)
-        if not message.get("more_body"):
-            return parts[0] if len(parts) == 1 else b"".join(parts)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                budget.give(size)
+                return "the caller left before its request body ended"
+            piece = message.get("body", b"")
+            if size + len(piece) > cap or not budget.take(len(piece)):
+                budget.give(size)
+                return too_large(cap, "request") if size + len(piece) > cap else over_budget(budget)
+            size += len(piece)
+            parts.append(piece)
+            if not message.get("more_body"):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+    except BaseException:  # cancelled mid-body (the server is stopping): nothing stays held
+        budget.give(size)
+        raise
 
 
 async def _collect(inbox: Inbox, first: bytes) -> bytes | None:
