@@ -15,6 +15,8 @@ from security.tunnel_kit import HostileHub, RecordingModel, error_code
 from tunnel.tunnelkit import run
 
 from proctor.tunnel import protocol
+from proctor.tunnel.agent import AgentStats, TunnelAgent
+from proctor.tunnel.protocol import Kind
 
 MODEL_KEY = "sk-local-model-key-0123456789"
 
@@ -95,3 +97,41 @@ def test_the_agent_forwards_only_the_allow_list(tmp_path: Path) -> None:
     assert MODEL_KEY not in json.dumps(hub.handshake_headers) and protocol.SECRET_HEADER in {
         k.lower() for k in hub.handshake_headers
     }
+
+
+def test_the_agent_caps_request_bodies_the_server_never_finishes() -> None:
+    """A server that sends request bodies past the agent's caps, or never ends them, cannot make
+    the submitter's machine hold them: 413 once past a cap, and the model is not called."""
+    chat_meta = {"m": "POST", "p": "/chat/completions", "h": {"content-type": "application/json"}}
+    piece = b" " * (512 * 1024)
+
+    def request(rid: int, *data: bytes, fin: bool = False) -> list[bytes]:
+        frames = [protocol.encode(Kind.REQUEST, rid, chat_meta, piece, fin=False)]
+        frames += [protocol.encode(Kind.DATA, rid, None, d, fin=fin and i == len(data) - 1) for i, d in enumerate(data)]
+        return frames
+
+    frames = (
+        request(1, piece, piece)  # 1.5 MiB against a 1 MiB cap: refused as it arrives
+        + request(2, b" " * (388 * 1024))  # 900 KiB held, not ended yet
+        + request(3, b" " * (388 * 1024))  # 900 KiB held: 1.8 MiB
+        + request(4)  # 512 KiB more would pass the 2 MiB of bodies arriving at once
+        + [protocol.encode(Kind.CANCEL, 3), protocol.encode(Kind.DATA, 2, None, b"{}", fin=True)]
+    )
+
+    async def body() -> tuple[HostileHub, RecordingModel, AgentStats]:
+        model = await RecordingModel().start()
+        hub = await HostileHub("job-y", [], frames, answers=3).start()
+        agent = TunnelAgent(hub.url, "job-y", "tok", "secret", model.url, log=lambda _line: None,
+                            max_request_body=1024 * 1024, max_partial_bytes=2 * 1024 * 1024)
+        try:
+            stats = await agent.run()  # ends when the hub ends the job
+        finally:
+            await hub.stop()
+            await model.stop()
+        return hub, model, stats
+
+    hub, model, stats = run(body(), timeout=60)
+    statuses = {rid: meta["s"] for rid, (meta, _) in hub.answers.items()}
+    assert statuses == {1: 413, 4: 413, 2: 200}, statuses
+    assert error_code(hub.answers[1][1]) == error_code(hub.answers[4][1]) == "body_too_large"
+    assert [r["path"] for r in model.seen] == ["/v1/chat/completions"] and stats.refused == 2

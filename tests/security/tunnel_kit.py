@@ -123,12 +123,17 @@ class RecordingModel:
 
 
 class HostileHub:
-    """Plays the proctor server to a real agent: welcomes it, sends ``calls`` (meta dicts), records
-    the answers, then ends the job (close 4010) so the agent exits by itself."""
+    """Plays the proctor server to a real agent: welcomes it, sends ``calls`` (meta dicts) and then
+    the raw ``frames``, records the answers, and once ``answers`` of them arrived (default: one
+    per call) ends the job (close 4010) so the agent exits by itself."""
 
-    def __init__(self, job_id: str, calls: list[dict[str, Any]]) -> None:
+    def __init__(
+        self, job_id: str, calls: list[dict[str, Any]], frames: list[bytes] = (), answers: int | None = None
+    ) -> None:
         self.job_id = job_id
         self.calls = calls
+        self.frames = list(frames)
+        self.expected = len(calls) if answers is None else answers
         self.answers: dict[int, tuple[dict[str, Any], bytes]] = {}
         self.done = asyncio.Event()
         self.handshake_headers: dict[str, str] = {}
@@ -144,13 +149,15 @@ class HostileHub:
             await ws.send_bytes(protocol.encode(Kind.WELCOME, 0, welcome))
             for rid, meta in enumerate(self.calls, start=1):
                 await ws.send_bytes(protocol.encode(Kind.REQUEST, rid, meta, b"{}"))
+            for frame in self.frames:
+                await ws.send_bytes(frame)
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     break
                 for env in protocol.decode(msg.data):
                     if env.kind == Kind.RESPONSE and env.fin:
                         self.answers[env.rid] = (env.meta or {}, env.body)
-                if len(self.answers) == len(self.calls):
+                if len(self.answers) >= self.expected:
                     break
             self.done.set()
             await ws.close(code=protocol.CLOSE_JOB_FINISHED, message=b"job finished")

@@ -34,7 +34,15 @@ import aiohttp
 from proctor._loop import run as run_loop
 from proctor.errors import AuthenticationError, InputError, PermissionDeniedError
 from proctor.tunnel import protocol
-from proctor.tunnel.protocol import CHUNK, FORWARDED_REQUEST_HEADERS, Envelope, FrameWriter, Kind, forwarded_method
+from proctor.tunnel.protocol import (
+    CHUNK,
+    FORWARDED_REQUEST_HEADERS,
+    Budget,
+    Envelope,
+    FrameWriter,
+    Kind,
+    forwarded_method,
+)
 
 __all__ = ["AgentStats", "TunnelAgent", "run_agent", "run_agent_sync", "tunnel_ws_url"]
 
@@ -98,6 +106,10 @@ class TunnelAgent:
             before giving up, since a restarting server refuses until it has restored the job.
         report_every: seconds between "served N calls" log lines while calls are flowing.
         model_connections: connection cap of the pooled session to the local model.
+        max_request_body: cap on one request body the server sends (default 64 MiB, the hub's
+            default ``max_body``); checked as its pieces arrive, whatever the server says.
+        max_partial_bytes: cap on the request bodies still arriving on one connection together
+            (default 256 MiB). A request past either is answered 413 and not forwarded.
     """
 
     def __init__(
@@ -116,6 +128,8 @@ class TunnelAgent:
         refused_patience: float = 120.0,
         report_every: float = 30.0,
         model_connections: int = 512,
+        max_request_body: int = 64 * 1024 * 1024,
+        max_partial_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.ws_url = tunnel_ws_url(server_url, job_id)
         self.job_id = job_id
@@ -129,6 +143,8 @@ class TunnelAgent:
         self.refused_patience = refused_patience
         self.report_every = report_every
         self.model_connections = model_connections
+        self.max_request_body = max_request_body
+        self.max_partial_bytes = max_partial_bytes
         self.stats = AgentStats()
         self._model: aiohttp.ClientSession | None = None
         self._sockets: set[aiohttp.ClientWebSocketResponse] = set()
@@ -266,7 +282,8 @@ class TunnelAgent:
         writer = FrameWriter(ws.send_bytes)
         writer_task = asyncio.create_task(writer.run())
         tasks: dict[int, asyncio.Task[None]] = {}
-        partial: dict[int, tuple[dict[str, Any], list[bytes]]] = {}
+        partial: dict[int, tuple[dict[str, Any], list[bytes], int]] = {}
+        held = Budget(self.max_partial_bytes)
 
         def start(rid: int, meta: dict[str, Any], body: bytes) -> None:
             task = asyncio.create_task(self._forward(writer, rid, meta, body))
@@ -280,7 +297,7 @@ class TunnelAgent:
                         break
                     continue
                 for env in protocol.decode(message.data):
-                    self._on_envelope(env, writer, start, tasks, partial)
+                    self._on_envelope(env, writer, start, tasks, partial, held)
         except ValueError:
             self._log(f"tunnel for job {self.job_id}: malformed message from the server; reconnecting")
         finally:
@@ -297,29 +314,55 @@ class TunnelAgent:
         writer: FrameWriter,
         start: Callable[[int, dict[str, Any], bytes], None],
         tasks: dict[int, asyncio.Task[None]],
-        partial: dict[int, tuple[dict[str, Any], list[bytes]]],
+        partial: dict[int, tuple[dict[str, Any], list[bytes], int]],
+        held: Budget,
     ) -> None:
         kind = env.kind
         if kind == Kind.REQUEST:
+            dropped = partial.pop(env.rid, None)  # a request id used again: what arrived is void
+            if dropped is not None:
+                held.give(dropped[2])
             if env.fin:
                 start(env.rid, env.meta or {}, env.body)
-            else:
-                partial[env.rid] = (env.meta or {}, [env.body])
+            elif self._take(writer, held, env.rid, 0, len(env.body)):
+                partial[env.rid] = (env.meta or {}, [env.body], len(env.body))
         elif kind == Kind.DATA:
-            entry = partial.get(env.rid)
-            if entry is not None:
-                entry[1].append(env.body)
-                if env.fin:
-                    del partial[env.rid]
-                    start(env.rid, entry[0], b"".join(entry[1]))
+            entry = partial.pop(env.rid, None)
+            if entry is None:
+                return
+            meta, pieces, size = entry
+            if not self._take(writer, held, env.rid, size, len(env.body)):
+                return
+            pieces.append(env.body)
+            size += len(env.body)
+            if env.fin:
+                held.give(size)
+                start(env.rid, meta, b"".join(pieces))
+            else:
+                partial[env.rid] = (meta, pieces, size)
         elif kind == Kind.PING:
             writer.put(protocol.encode(Kind.PONG, 0, env.meta))
         elif kind == Kind.CANCEL:
-            partial.pop(env.rid, None)
+            dropped = partial.pop(env.rid, None)
+            if dropped is not None:
+                held.give(dropped[2])
             task = tasks.pop(env.rid, None)
             if task is not None:
                 task.cancel()
         # WELCOME and unknown kinds need no action.
+
+    def _take(self, writer: FrameWriter, held: Budget, rid: int, so_far: int, size: int) -> bool:
+        """Hold ``size`` more bytes of request ``rid`` (``so_far`` held): the server is not trusted
+        to keep its own caps. Past them the request is answered 413 and nothing of it is kept."""
+        if so_far + size <= self.max_request_body and held.take(size):
+            return True
+        held.give(so_far)
+        self.stats.refused += 1
+        cap = "its cap" if so_far + size > self.max_request_body else "its cap for bodies arriving at once"
+        reason = f"request body over the tunnel client's {cap}"
+        self._log(f"tunnel for job {self.job_id}: refused a call from the server: {reason}")
+        writer.put(_error_answer(rid, 413, reason, "tunnel_refused", "body_too_large"))
+        return False
 
     async def _forward(self, writer: FrameWriter, rid: int, meta: dict[str, Any], body: bytes) -> None:
         """One call: local model -> relayed answer, chunk by chunk when it streams."""

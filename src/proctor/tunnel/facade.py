@@ -32,7 +32,8 @@ from proctor.tunnel import protocol
 from proctor.tunnel.protocol import FACADE_PATHS, FORWARDED_REQUEST_HEADERS, Inbox, Kind, forwarded_method
 
 if TYPE_CHECKING:
-    from proctor.tunnel.hub import Budget, Call, Slots, TunnelHub, _Job
+    from proctor.tunnel.hub import Call, Slots, TunnelHub, _Job
+    from proctor.tunnel.protocol import Budget
 
 __all__ = [
     "DEADLINE_HEADER",

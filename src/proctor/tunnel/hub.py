@@ -43,7 +43,7 @@ from proctor.errors import AuthenticationError, NotFoundError, PermissionDeniedE
 from proctor.tunnel import protocol
 from proctor.tunnel.channel import JobChannel, channel_endpoint
 from proctor.tunnel.facade import over_budget, too_large
-from proctor.tunnel.protocol import Envelope, FrameWriter, Inbox, Kind
+from proctor.tunnel.protocol import Budget, Envelope, FrameWriter, Inbox, Kind
 
 __all__ = ["Budget", "Call", "CallEvents", "TunnelHub", "TunnelStateCallback"]
 
@@ -124,32 +124,6 @@ class Slots:
                 waiter.set_result(None)
                 return
         self._free += 1
-
-
-class Budget:
-    """Bytes of bodies a job's tunnel holds in memory across all its calls, and their cap.
-
-    Why per job and not only per call: the per-call cap (``max_body``) alone lets one job's agent
-    (or its process) hold many calls' bodies at once, each just under the cap. What counts: a
-    request body from its first byte until its call ends (it is kept for replay), and an answer's
-    bytes from arrival until they are relayed (a streamed chunk) or the call ends.
-    """
-
-    __slots__ = ("held", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.held = 0
-        self.limit = limit
-
-    def take(self, size: int) -> bool:
-        """Hold ``size`` more bytes if the budget allows it."""
-        if self.held + size > self.limit:
-            return False
-        self.held += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.held -= size
 
 
 class CallEvents(Protocol):

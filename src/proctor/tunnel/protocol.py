@@ -48,6 +48,7 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 __all__ = [
+    "Budget",
     "CHUNK",
     "FACADE_PATHS",
     "FORWARDED_REQUEST_HEADERS",
@@ -309,6 +310,32 @@ class FrameWriter:
             if self._queued <= self.HIGH_WATER // 2:
                 self._drained.set()
             await self._send(message)
+
+
+class Budget:
+    """Bytes of bodies held in memory across many calls, and their cap.
+
+    Why across calls and not only per call: a per-call cap alone lets a peer hold many calls'
+    bodies at once, each just under the cap. The hub keeps one per job (request bodies from their
+    first byte until the call ends, since they are kept for replay, and answers until relayed or
+    the call ends); the agent one per connection (request bodies still arriving).
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.held = 0
+        self.limit = limit
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` more bytes if the budget allows it."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class Inbox:
