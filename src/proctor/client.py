@@ -13,11 +13,13 @@ import base64
 import builtins
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import yaml
@@ -254,31 +256,104 @@ class Client:
         return list(self._request("GET", f"/v1/jobs/{job_id}/artifacts").json())
 
     def download(self, job_id: str, path: str, dest: Path) -> Path:
-        """Stream one artifact to ``dest`` (a file path)."""
-        return self._stream_to(f"/v1/jobs/{job_id}/artifacts/{path}", dest)
+        """Stream one artifact to ``dest``, a file path the caller chose."""
+        return self._stream_to(_artifact_url(job_id, path), dest)
 
     def download_tar(self, job_id: str, dest: Path) -> Path:
         return self._stream_to(f"/v1/jobs/{job_id}/results.tar.gz", dest)
 
-    def _stream_to(self, url: str, dest: Path) -> Path:
-        ensure_directory(dest.parent, what="download directory")
+    def _stream_to(self, url: str, dest: Path, *, inside: Path | None = None) -> Path:
+        """Stream ``url`` to ``dest``; with ``inside``, never to a place outside that directory."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            if inside is None:
+                ensure_directory(dest.parent, what="download directory")
+            else:
+                _make_folders_inside(inside, dest)
+                flags |= os.O_NOFOLLOW  # a symlink in place of the file itself is refused too
+        except OSError as exc:
+            raise InputError(f"cannot write {dest}: {exc.strerror or exc}") from None
         with self._http.stream("GET", url) as response:
             if response.status_code >= 400:
                 response.read()
                 _raise_for(response)
-            with open(dest, "wb") as fh:
+            try:
+                fd = os.open(dest, flags, 0o644)
+            except OSError as exc:
+                raise InputError(f"cannot write {dest}: {exc.strerror or exc}") from None
+            with open(fd, "wb") as fh:
                 for chunk in response.iter_bytes():
                     fh.write(chunk)
         return dest
 
+    def download_artifact(self, job_id: str, path: str, out: Path) -> Path:
+        """One artifact into ``out`` at its own relative path (``out/eval_stats.json`` stays so)."""
+        return self._stream_to(_artifact_url(job_id, path), artifact_target(out, path), inside=out)
+
     def download_results(self, job_id: str, out: Path) -> builtins.list[Path]:
-        """Every artifact of the job into ``out`` (``out/eval_stats.json``, ``job.log``, ...)."""
-        paths = []
-        for item in self.artifacts(job_id):
-            rel = item["path"]
-            target = out / (rel.removeprefix("out/") if rel.startswith("out/") else rel)
-            paths.append(self.download(job_id, rel, target))
-        return paths
+        """Every artifact of the job into ``out``, each at its own relative path.
+
+        The server's listing is checked as a whole first: one path that would land outside
+        ``out`` (``..``, absolute, a drive letter, a backslash) means the server is broken or
+        hostile, so nothing is written and the error names the path.
+        """
+        listed = [item.get("path") if isinstance(item, dict) else item for item in self.artifacts(job_id)]
+        try:
+            targets = {str(rel): artifact_target(out, rel) for rel in listed}  # strings once checked
+        except PermissionDeniedError as exc:
+            message = f"the server's artifact list: {exc.message}; nothing was downloaded"
+            raise PermissionDeniedError(message, hint=exc.hint) from None
+        return [self._stream_to(_artifact_url(job_id, rel), target, inside=out) for rel, target in targets.items()]
+
+
+def _artifact_url(job_id: str, path: str) -> str:
+    """The download URL of one artifact; ``?`` or ``#`` in its name must not end the path."""
+    return f"/v1/jobs/{job_id}/artifacts/{quote(path, safe='/')}"
+
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def artifact_target(out: Path, relative: object) -> Path:
+    """Where artifact ``relative`` goes under ``out``; ``PermissionDeniedError`` if it would leave it.
+
+    Why so strict: the path comes from the server, and a client must not let any server write
+    outside the directory it was given. Only plain relative POSIX paths pass: no absolute paths,
+    drive letters, backslashes, control characters, or empty, ``.`` or ``..`` segments.
+    """
+    if not isinstance(relative, str):
+        raise PermissionDeniedError(f"refusing artifact path {relative!r}: not a string")
+    parts = relative.split("/")
+    if (
+        not relative
+        or relative.startswith("/")
+        or _WINDOWS_DRIVE.match(relative)
+        or "\\" in relative
+        or any(ord(ch) < 32 or ord(ch) == 127 for ch in relative)
+        or any(part in ("", ".", "..") for part in parts)
+    ):
+        raise PermissionDeniedError(
+            f"refusing artifact path {relative!r}: it would land outside {out}",
+            hint="only plain relative paths are downloaded; is this the proctor server you meant?",
+        )
+    return out.joinpath(*parts)
+
+
+def _make_folders_inside(out: Path, dest: Path) -> None:
+    """Create ``dest``'s folders under ``out`` one by one, refusing any that is a symbolic link.
+
+    Checked before each folder is used, not after ``mkdir(parents=True)``, which would already
+    have created folders wherever a planted link pointed.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    folder = out
+    for part in dest.relative_to(out).parts[:-1]:
+        folder = folder / part
+        if folder.is_symlink():
+            raise PermissionDeniedError(f"refusing to write {dest}: {folder} is a symbolic link")
+        folder.mkdir(exist_ok=True)
+    if not dest.parent.resolve().is_relative_to(out.resolve()):
+        raise PermissionDeniedError(f"refusing to write {dest}: its folder leads outside {out}")
 
 
 def _parse_sse(lines: Iterator[str]) -> Iterator[LogEvent]:

@@ -57,9 +57,10 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
             assert submitted.returncode == 0, submitted.stdout + submitted.stderr
             job_id = submitted.stdout.split()[1]
             # The report names where the results are here, never the server's job directory.
-            assert f"run directory: {dest.resolve()}" in submitted.stdout.splitlines()
+            assert f"run directory: {(dest / 'out').resolve()}" in submitted.stdout.splitlines()
             assert str(data.resolve()) not in submitted.stdout
-            assert (dest / "eval_stats.json").is_file()
+            assert (dest / "out" / "eval_stats.json").is_file()
+            assert (dest / "out" / "ledger.sqlite").is_file()
 
             status = _proctor("status", job_id, env=env, cwd=tmp_path)
             assert status.returncode == 0, status.stderr

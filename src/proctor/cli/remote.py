@@ -199,8 +199,10 @@ def submit(
         _copy_named(dest, output_file=output_file, server_log=server_log, traj_log=traj_log)
         note = f" — {status['note']}" if status.get("note") else ""
         console.print(f"job {job['id']} {final}{note}; {len(paths)} file(s) downloaded")
-        # The report in the job's log leaves out the server's path; this copy is the run's here.
-        console.print(f"run directory: {dest.resolve()}", soft_wrap=True, markup=False)
+        # The report in the job's log leaves out the server's path; this copy is the run's here
+        # (a proctor job's run directory is its `out/`, which `analyze` and `rescore` take).
+        run_dir = dest / "out" if (dest / "out" / "ledger.sqlite").is_file() else dest
+        console.print(f"run directory: {run_dir.resolve()}", soft_wrap=True, markup=False)
         if final != "succeeded":
             raise typer.Exit(1)
 
@@ -389,10 +391,12 @@ def _state_of(data: str) -> str:
 
 
 def _copy_named(dest: Path, *, output_file: Path | None, server_log: Path | None, traj_log: Path | None) -> None:
+    """Copy the Toolathlon-named files out of the downloaded results (run files live in ``out/``)."""
     for target, name in ((output_file, "eval_stats.json"), (server_log, "job.log"), (traj_log, "traj_log_all.jsonl")):
-        if target is not None and (dest / name).is_file():
+        found = next((path for path in (dest / "out" / name, dest / name) if path.is_file()), None)
+        if target is not None and found is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(dest / name, target)
+            shutil.copyfile(found, target)
 
 
 def check(server: ServerOpt = None, token: TokenOpt = None) -> None:
@@ -477,7 +481,9 @@ def results(
     job_id: JobArg,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Directory (default ./proctor-JOB).")] = None,
     tar: Annotated[bool, typer.Option("--tar", help="Download one JOB.tar.gz instead of the files.")] = False,
-    file: Annotated[str | None, typer.Option("--file", help="Only this artifact, e.g. out/eval_stats.json.")] = None,
+    file: Annotated[
+        str | None, typer.Option("--file", help="Only this artifact, e.g. out/eval_stats.json (kept at DIR/out/...).")
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -488,7 +494,7 @@ def results(
             path = client.download_tar(job_id, dest / f"{job_id}.tar.gz")
             console.print(f"{path}")
         elif file:
-            console.print(str(client.download(job_id, file, dest / Path(file).name)))
+            console.print(str(client.download_artifact(job_id, file, dest)))
         else:
             paths = client.download_results(job_id, dest)
             console.print(f"{len(paths)} file(s) in {dest}")

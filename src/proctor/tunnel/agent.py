@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -33,7 +34,15 @@ import aiohttp
 from proctor._loop import run as run_loop
 from proctor.errors import AuthenticationError, InputError, PermissionDeniedError
 from proctor.tunnel import protocol
-from proctor.tunnel.protocol import CHUNK, Envelope, FrameWriter, Kind
+from proctor.tunnel.protocol import (
+    CHUNK,
+    FORWARDED_REQUEST_HEADERS,
+    Budget,
+    Envelope,
+    FrameWriter,
+    Kind,
+    forwarded_method,
+)
 
 __all__ = ["AgentStats", "TunnelAgent", "run_agent", "run_agent_sync", "tunnel_ws_url"]
 
@@ -52,6 +61,8 @@ class AgentStats:
     """Calls answered by the model (any status, including the model's own errors)."""
     failed: int = 0
     """Calls the model could not be reached for (answered 502 to the job)."""
+    refused: int = 0
+    """Calls the server sent that are not on the allow-list (answered 403; the model not called)."""
     connects: int = 0
     reconnects: int = 0
     in_flight: int = 0
@@ -95,6 +106,10 @@ class TunnelAgent:
             before giving up, since a restarting server refuses until it has restored the job.
         report_every: seconds between "served N calls" log lines while calls are flowing.
         model_connections: connection cap of the pooled session to the local model.
+        max_request_body: cap on one request body the server sends (default 64 MiB, the hub's
+            default ``max_body``); checked as its pieces arrive, whatever the server says.
+        max_partial_bytes: cap on the request bodies still arriving on one connection together
+            (default 256 MiB). A request past either is answered 413 and not forwarded.
     """
 
     def __init__(
@@ -113,6 +128,8 @@ class TunnelAgent:
         refused_patience: float = 120.0,
         report_every: float = 30.0,
         model_connections: int = 512,
+        max_request_body: int = 64 * 1024 * 1024,
+        max_partial_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.ws_url = tunnel_ws_url(server_url, job_id)
         self.job_id = job_id
@@ -126,6 +143,8 @@ class TunnelAgent:
         self.refused_patience = refused_patience
         self.report_every = report_every
         self.model_connections = model_connections
+        self.max_request_body = max_request_body
+        self.max_partial_bytes = max_partial_bytes
         self.stats = AgentStats()
         self._model: aiohttp.ClientSession | None = None
         self._sockets: set[aiohttp.ClientWebSocketResponse] = set()
@@ -263,7 +282,8 @@ class TunnelAgent:
         writer = FrameWriter(ws.send_bytes)
         writer_task = asyncio.create_task(writer.run())
         tasks: dict[int, asyncio.Task[None]] = {}
-        partial: dict[int, tuple[dict[str, Any], list[bytes]]] = {}
+        partial: dict[int, tuple[dict[str, Any], list[bytes], int]] = {}
+        held = Budget(self.max_partial_bytes)
 
         def start(rid: int, meta: dict[str, Any], body: bytes) -> None:
             task = asyncio.create_task(self._forward(writer, rid, meta, body))
@@ -277,7 +297,7 @@ class TunnelAgent:
                         break
                     continue
                 for env in protocol.decode(message.data):
-                    self._on_envelope(env, writer, start, tasks, partial)
+                    self._on_envelope(env, writer, start, tasks, partial, held)
         except ValueError:
             self._log(f"tunnel for job {self.job_id}: malformed message from the server; reconnecting")
         finally:
@@ -294,35 +314,70 @@ class TunnelAgent:
         writer: FrameWriter,
         start: Callable[[int, dict[str, Any], bytes], None],
         tasks: dict[int, asyncio.Task[None]],
-        partial: dict[int, tuple[dict[str, Any], list[bytes]]],
+        partial: dict[int, tuple[dict[str, Any], list[bytes], int]],
+        held: Budget,
     ) -> None:
         kind = env.kind
         if kind == Kind.REQUEST:
+            dropped = partial.pop(env.rid, None)  # a request id used again: what arrived is void
+            if dropped is not None:
+                held.give(dropped[2])
             if env.fin:
                 start(env.rid, env.meta or {}, env.body)
-            else:
-                partial[env.rid] = (env.meta or {}, [env.body])
+            elif self._take(writer, held, env.rid, 0, len(env.body)):
+                partial[env.rid] = (env.meta or {}, [env.body], len(env.body))
         elif kind == Kind.DATA:
-            entry = partial.get(env.rid)
-            if entry is not None:
-                entry[1].append(env.body)
-                if env.fin:
-                    del partial[env.rid]
-                    start(env.rid, entry[0], b"".join(entry[1]))
+            entry = partial.pop(env.rid, None)
+            if entry is None:
+                return
+            meta, pieces, size = entry
+            if not self._take(writer, held, env.rid, size, len(env.body)):
+                return
+            pieces.append(env.body)
+            size += len(env.body)
+            if env.fin:
+                held.give(size)
+                start(env.rid, meta, b"".join(pieces))
+            else:
+                partial[env.rid] = (meta, pieces, size)
         elif kind == Kind.PING:
             writer.put(protocol.encode(Kind.PONG, 0, env.meta))
         elif kind == Kind.CANCEL:
-            partial.pop(env.rid, None)
+            dropped = partial.pop(env.rid, None)
+            if dropped is not None:
+                held.give(dropped[2])
             task = tasks.pop(env.rid, None)
             if task is not None:
                 task.cancel()
         # WELCOME and unknown kinds need no action.
 
+    def _take(self, writer: FrameWriter, held: Budget, rid: int, so_far: int, size: int) -> bool:
+        """Hold ``size`` more bytes of request ``rid`` (``so_far`` held): the server is not trusted
+        to keep its own caps. Past them the request is answered 413 and nothing of it is kept."""
+        if so_far + size <= self.max_request_body and held.take(size):
+            return True
+        held.give(so_far)
+        self.stats.refused += 1
+        cap = "its cap" if so_far + size > self.max_request_body else "its cap for bodies arriving at once"
+        reason = f"request body over the tunnel client's {cap}"
+        self._log(f"tunnel for job {self.job_id}: refused a call from the server: {reason}")
+        writer.put(_error_answer(rid, 413, reason, "tunnel_refused", "body_too_large"))
+        return False
+
     async def _forward(self, writer: FrameWriter, rid: int, meta: dict[str, Any], body: bytes) -> None:
         """One call: local model -> relayed answer, chunk by chunk when it streams."""
         assert self._model is not None
-        base, auth = self._routes.get(meta.get("r") or "", self._default_route)
-        url = base + meta.get("p", "/")
+        refusal = refused_call(meta)
+        if refusal is not None:
+            # The server asked for something a job never needs: the local model (and its key)
+            # is not called. One line, without the query (it may carry anything).
+            self.stats.refused += 1
+            self._log(f"tunnel for job {self.job_id}: refused a call from the server: {refusal}")
+            writer.put(_error_answer(rid, 403, refusal, "tunnel_refused", "not_allowed"))
+            return
+        role = meta.get("r")
+        base, auth = self._routes.get(role if isinstance(role, str) else "", self._default_route)
+        url = base + meta["p"]
         if meta.get("q"):
             url += "?" + meta["q"]
         headers: dict[str, str] = dict(meta.get("h") or {})
@@ -332,7 +387,7 @@ class TunnelAgent:
         stats.in_flight += 1
         head_sent = False
         try:
-            async with self._model.request(meta.get("m", "POST"), url, data=body or None, headers=headers) as resp:
+            async with self._model.request(meta["m"], url, data=body or None, headers=headers) as resp:
                 out = {
                     k: v
                     for k, v in resp.headers.items()
@@ -363,14 +418,50 @@ class TunnelAgent:
             if head_sent:
                 writer.put(protocol.encode(Kind.DATA, rid, {"error": reason}, fin=True))
             else:
-                payload = json.dumps(
-                    {"error": {"message": reason, "type": "tunnel_upstream_error", "code": "upstream_unreachable"}}
-                ).encode()
-                writer.put(
-                    protocol.encode(Kind.RESPONSE, rid, {"s": 502, "h": {"content-type": "application/json"}}, payload)
-                )
+                writer.put(_error_answer(rid, 502, reason, "tunnel_upstream_error", "upstream_unreachable"))
         finally:
             stats.in_flight -= 1
+
+
+def _error_answer(rid: int, status: int, message: str, kind: str, code: str) -> bytes:
+    """The agent's own answer to a call, in OpenAI's error shape so the job reads it as any error."""
+    payload = json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
+    return protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": {"content-type": "application/json"}}, payload)
+
+
+_SAFE_QUERY = re.compile(r"[!$&'()*+,;=:@/?%A-Za-z0-9._~-]{0,2048}")
+_SAFE_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,1024}")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def refused_call(meta: dict[str, Any]) -> str | None:
+    """Why the agent will not forward a call the server sent, or None to forward it.
+
+    The server is not trusted with the local model: only the facade's allow-list travels
+    (``protocol.forwarded_method``: ``POST chat/completions``, ``POST completions``, ``GET
+    models[/<name>]``), with a plain query string and only the forwarded request headers.
+    """
+    method, path = meta.get("m"), meta.get("p")
+    if not isinstance(method, str) or not isinstance(path, str) or not path.startswith("/"):
+        return "a call without a method and an absolute path"
+    # As the log shows it: the server chose these characters, so no terminal escapes or newlines.
+    shown = _UNPRINTABLE.sub("?", f"{method[:10]} {path[:100]}")
+    if forwarded_method(path[1:]) != method:
+        return f"{shown} is not one of the calls a job may make"
+    query = meta.get("q")
+    if query is not None and not (isinstance(query, str) and _SAFE_QUERY.fullmatch(query)):
+        return f"{shown} with a query that is not a plain query string"
+    headers = meta.get("h")
+    if headers is not None and not (
+        isinstance(headers, dict)
+        and all(
+            isinstance(k, str) and k.lower() in FORWARDED_REQUEST_HEADERS
+            and isinstance(v, str) and _SAFE_HEADER_VALUE.fullmatch(v)
+            for k, v in headers.items()
+        )
+    ):
+        return f"{shown} with request headers other than {', '.join(FORWARDED_REQUEST_HEADERS)}"
+    return None
 
 
 def _route(model_url: str, api_key: str | None) -> tuple[str, str | None]:

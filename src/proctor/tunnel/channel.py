@@ -32,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 from proctor.tunnel import protocol
-from proctor.tunnel.facade import FORWARDED_REQUEST_HEADERS, forwarded_method, is_loopback, json_error
+from proctor.tunnel.facade import (
+    FORWARDED_REQUEST_HEADERS,
+    forwarded_method,
+    is_loopback,
+    json_error,
+    over_budget,
+    too_large,
+)
 from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
 
 if TYPE_CHECKING:
@@ -80,7 +87,8 @@ class JobChannel:
         self.calls: dict[int, _ChannelCall] = {}
         """By the job's request id."""
         self.partial: dict[int, tuple[dict[str, Any], list[bytes], int]] = {}
-        """Requests whose body is still arriving: meta, pieces, size so far."""
+        """Requests whose body is still arriving: meta, pieces, size so far (held against the
+        job's budget from the first piece)."""
         self.backlog: deque[_ChannelCall] = deque()
         """Calls waiting for one of the job's ``max_inflight`` slots, in arrival order."""
         self._pump: asyncio.Task[None] | None = None
@@ -90,75 +98,95 @@ class JobChannel:
         job = self.job
         job.channels.append(self)
         writer_task = asyncio.create_task(self.writer.run())
+        close_code = 1000
         try:
-            await self._read()
+            if not await self._read():
+                close_code = protocol.CLOSE_MALFORMED
         finally:
             self.close_calls()
             if self in job.channels:
                 job.channels.remove(self)
             self.writer.close()
             writer_task.cancel()
-            await self.hub.close_websocket(self.ws, 1000, "")
+            await self.hub.close_websocket(self.ws, close_code, "")
 
-    async def _read(self) -> None:
+    async def _read(self) -> bool:
+        """Take the job's messages until it leaves (True) or sends a malformed one (False)."""
         async for data in protocol.binary_messages(self.ws.receive):
             try:
                 for env in protocol.decode(data):
                     self._on_envelope(env)
-            except ValueError:
-                log.warning("job channel of %s: malformed message; closing it", self.job.job_id)
-                return
+            except ValueError as exc:
+                log.warning("job channel of %s: malformed message (%s); closing it", self.job.job_id, exc)
+                return False
+        return True
 
     def _on_envelope(self, env: Envelope) -> None:
         kind = env.kind
         if kind == Kind.REQUEST:
-            if len(env.body) > self.hub.max_body:
-                self._refuse_too_large(env.rid)
-            elif env.fin:
-                self._start(env.rid, env.meta or {}, env.body)
-            else:
-                self.partial[env.rid] = (env.meta or {}, [env.body], len(env.body))
+            self._drop_partial(env.rid)  # a request id used again: what arrived under it is void
+            if self._take(env.rid, 0, len(env.body)):
+                if env.fin:
+                    self._start(env.rid, env.meta or {}, env.body, len(env.body))
+                else:
+                    self.partial[env.rid] = (env.meta or {}, [env.body], len(env.body))
         elif kind == Kind.DATA:
             entry = self.partial.get(env.rid)
             if entry is None:
                 return
             meta, pieces, size = entry
-            size += len(env.body)
-            if size > self.hub.max_body:
+            if not self._take(env.rid, size, len(env.body)):
                 del self.partial[env.rid]
-                self._refuse_too_large(env.rid)
                 return
+            size += len(env.body)
             pieces.append(env.body)
             if env.fin:
                 del self.partial[env.rid]
-                self._start(env.rid, meta, b"".join(pieces))
+                self._start(env.rid, meta, b"".join(pieces), size)
             else:
                 self.partial[env.rid] = (meta, pieces, size)
         elif kind == Kind.CANCEL:
-            self.partial.pop(env.rid, None)
+            self._drop_partial(env.rid)
             call = self.calls.get(env.rid)
             if call is not None:
                 call.end()
 
-    def _refuse_too_large(self, rid: int) -> None:
-        msg = f"request body over the tunnel cap of {self.hub.max_body} bytes"
-        self.send_error(rid, 413, msg, "body_too_large")
+    def _take(self, rid: int, held: int, size: int) -> bool:
+        """Hold ``size`` more bytes of request ``rid`` (``held`` so far), checked as they arrive;
+        past the cap or the job's budget the request is answered 413 and nothing of it is held."""
+        hub = self.hub
+        budget = self.job.budget
+        if held + size <= hub.max_body and budget.take(size):
+            return True
+        budget.give(held)
+        message = too_large(hub.max_body, "request") if held + size > hub.max_body else over_budget(budget)
+        self.send_error(rid, 413, message, "body_too_large")
+        return False
+
+    def _drop_partial(self, rid: int) -> None:
+        entry = self.partial.pop(rid, None)
+        if entry is not None:
+            self.job.budget.give(entry[2])
 
     def send_error(self, rid: int, status: int, message: str, code: str, retry_after: bool = False) -> None:
         headers = {**_JSON_HEADERS, "retry-after": "5"} if retry_after else _JSON_HEADERS
         self.hub.channel_answers[status] += 1
         self.writer.put(protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": headers}, json_error(status, message, code)))
 
-    def _start(self, rid: int, meta: dict[str, Any], body: bytes) -> None:
-        """Validate one complete request and hand it to the hub (or the backlog)."""
+    def _start(self, rid: int, meta: dict[str, Any], body: bytes, held: int) -> None:
+        """Validate one complete request (``held`` bytes of the job's budget) and hand it to the
+        hub (or the backlog)."""
         hub = self.hub
         job = self.job
         method = meta.get("m", "POST")
         path = str(meta.get("p", "")).lstrip("/")
         if forwarded_method(path) != method:
-            self.send_error(rid, 404, f"{method} /{path} is not forwarded to the private model", "not_found")
+            job.budget.give(held)
+            message = f"{str(method)[:20]} /{path[:200]} is not forwarded to the private model"
+            self.send_error(rid, 404, message, "not_found")
             return
         if rid in self.calls:
+            job.budget.give(held)
             self.send_error(rid, 400, f"request id {rid} is already in use on this channel", "bad_request")
             return
         timeout = hub.request_deadline
@@ -181,7 +209,8 @@ class JobChannel:
         deadline = loop.time() + timeout
         hub_rid = hub.next_rid()
         call = _ChannelCall(self, rid, timeout)
-        call.call = hub.new_call(hub_rid, protocol.encode_body(Kind.REQUEST, hub_rid, out, body), deadline, events=call)
+        frames = protocol.encode_body(Kind.REQUEST, hub_rid, out, body)
+        call.call = hub.new_call(job, hub_rid, frames, deadline, call, held)
         call.timer = loop.call_at(deadline, call.put_nowait, ("expire",))
         self.calls[rid] = call
         slots = job.semaphore()
@@ -215,7 +244,8 @@ class JobChannel:
             self._pump.cancel()
         for call in list(self.calls.values()):
             call.end()
-        self.partial.clear()
+        for rid in list(self.partial):
+            self._drop_partial(rid)
         self.backlog.clear()
 
 
@@ -234,7 +264,6 @@ class _ChannelCall:
         "holds_slot",
         "parts",
         "rid",
-        "size",
         "streaming",
         "timeout",
         "timer",
@@ -252,7 +281,6 @@ class _ChannelCall:
         self.parts: list[bytes] | None = None
         """A non-streamed answer that arrives in pieces, kept until its last piece."""
         self.head: dict[str, Any] = {}
-        self.size = 0
 
     def put_nowait(self, event: tuple[Any, ...]) -> None:
         if self.ended:
@@ -273,28 +301,24 @@ class _ChannelCall:
                 self.call.replayable = False
                 self.streaming = True
                 put(protocol.encode(Kind.RESPONSE, rid, meta, body, fin=False))
+                self.channel.hub.release(self.call, len(body))
             else:
                 self.parts = [body]
-                self.size = len(body)
                 self.head = meta
         elif tag == "data":
             body, fin = event[1], event[2]
             if self.streaming:
                 if body or fin:
                     put(protocol.encode(Kind.DATA, rid, None, body, fin=fin))
+                    self.channel.hub.release(self.call, len(body))
                 if fin:
                     self.end()
                 return
             if self.parts is None:
                 return  # stray data of an answer that was reset
+            # The hub caps the answer as its pieces arrive (a 502 "fail" event past the cap).
             self.parts.append(body)
-            self.size += len(body)
-            hub = self.channel.hub
-            if self.size > hub.max_body:
-                msg = f"response body over the tunnel cap of {hub.max_body} bytes"
-                self.channel.send_error(rid, 502, msg, "body_too_large")
-                self.end()
-            elif fin:
+            if fin:
                 self.channel.hub.channel_answers[self.head.get("s", 0)] += 1
                 whole = b"".join(self.parts)
                 for frame in protocol.encode_body(Kind.RESPONSE, rid, self.head, whole):
@@ -306,7 +330,7 @@ class _ChannelCall:
             if self.streaming:
                 put(protocol.encode(Kind.DATA, rid, {"error": event[2]}, fin=True))
             else:
-                self.channel.send_error(rid, event[1], event[2], "tunnel_failed")
+                self.channel.send_error(rid, event[1], event[2], event[3])
             self.end()
         elif tag == "expire":
             self._expire()

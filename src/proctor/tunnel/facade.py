@@ -29,10 +29,11 @@ from fastapi import APIRouter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proctor.tunnel import protocol
-from proctor.tunnel.protocol import Inbox, Kind
+from proctor.tunnel.protocol import FACADE_PATHS, FORWARDED_REQUEST_HEADERS, Inbox, Kind, forwarded_method
 
 if TYPE_CHECKING:
     from proctor.tunnel.hub import Call, Slots, TunnelHub, _Job
+    from proctor.tunnel.protocol import Budget
 
 __all__ = [
     "DEADLINE_HEADER",
@@ -54,32 +55,8 @@ ROLE_HEADER = "x-proctor-role"
 """Which private role a call is for (the engine sends it); the agent picks that role's model."""
 ROLE_HEADER_B = ROLE_HEADER.encode()
 
-FACADE_PATHS = {"chat/completions": "POST", "completions": "POST", "models": "GET"}
-"""What the facade forwards (plus ``GET models/<name>``); everything else is 404."""
-
-FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "x-request-id", "x-proctor-sample-id")
-"""Request headers passed to the private model. Never ``authorization``: the internal token stays
-on the server, and the agent adds the model's own key on the submitter's machine."""
-
 FORWARDED_REQUEST_HEADERS_B = tuple((name, name.encode()) for name in FORWARDED_REQUEST_HEADERS)
 DEADLINE_HEADER_B = DEADLINE_HEADER.encode()
-
-
-def forwarded_method(path: str) -> str | None:
-    """The one method with which ``path`` (relative to ``/v1``) is forwarded, or None.
-
-    ``.`` and ``..`` segments (also percent-encoded) are refused: a job must not reach other
-    URLs of the submitter's model server (``/v1/models/../../metrics``) through the agent.
-    """
-    method = FACADE_PATHS.get(path)
-    if method is not None:
-        return method
-    if not path.startswith("models/"):
-        return None
-    lowered = path.lower().replace("%2e", ".")
-    if any(part in (".", "..") for part in lowered.split("/")):
-        return None
-    return "GET"
 
 
 def facade_url(host: str, port: int, job_id: str) -> str:
@@ -196,11 +173,11 @@ class FacadeApp:
                 None,
             )
         length = headers.get(b"content-length")
-        too_long = length is not None and length.isdigit() and int(length) > hub.max_body
-        body = None if too_long else await _read_body(receive, hub.max_body)
-        if body is None:
-            msg = f"request body over the tunnel cap of {hub.max_body} bytes"
-            return 413, _JSON, json_error(413, msg, "body_too_large"), None
+        if length is not None and length.isdigit() and int(length) > hub.max_body:
+            return 413, _JSON, json_error(413, too_large(hub.max_body, "request"), "body_too_large"), None
+        body = await _read_body(receive, hub.max_body, job.budget)
+        if isinstance(body, str):
+            return 413, _JSON, json_error(413, body, "body_too_large"), None
 
         loop = asyncio.get_running_loop()
         timeout = hub.request_deadline
@@ -225,7 +202,7 @@ class FacadeApp:
         if role in job.roles:
             meta["r"] = role
         inbox = Inbox()
-        call = hub.new_call(rid, protocol.encode_body(Kind.REQUEST, rid, meta, body), deadline, events=inbox)
+        call = hub.new_call(job, rid, protocol.encode_body(Kind.REQUEST, rid, meta, body), deadline, inbox, len(body))
 
         slots = job.semaphore()
         acquired = False
@@ -244,7 +221,7 @@ class FacadeApp:
                 if tag == "expire":
                     raise TimeoutError
                 if tag == "fail":
-                    return event[1], _JSON, json_error(event[1], event[2], "tunnel_failed"), None
+                    return event[1], _JSON, json_error(event[1], event[2], event[3]), None
                 if tag != "head":
                     continue  # a reset before any answer, or stray data of a reset answer
                 head: dict[str, Any] = event[1]
@@ -257,15 +234,13 @@ class FacadeApp:
                     call.replayable = False
                     handed_off = True
                     return status, out, b"", _Stream(job, call, inbox, slots, event[2])
+                # The hub caps the answer as its pieces arrive (a 502 "fail" event past the cap).
                 full = await _collect(inbox, event[2])
                 if full is None:
                     continue  # the agent went away mid-body; the call was replayed
-                if len(full) > hub.max_body:
-                    msg = f"response body over the tunnel cap of {hub.max_body} bytes"
-                    return 502, _JSON, json_error(502, msg, "body_too_large"), None
                 return status, out, full, None
         except _CallFailed as exc:
-            return exc.status, _JSON, json_error(exc.status, str(exc), "tunnel_failed"), None
+            return exc.status, _JSON, json_error(exc.status, str(exc), exc.code), None
         except TimeoutError:
             status = 504 if call.dispatched and job.agents else 503
             code = "waiting_for_tunnel" if status == 503 else "tunnel_timeout"
@@ -308,8 +283,10 @@ class FacadeApp:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         call = stream.call
         inbox = stream.inbox
+        release = self.hub.release
         if stream.first:
             await send({"type": "http.response.body", "body": stream.first, "more_body": True})
+            release(call, len(stream.first))
         async with asyncio.timeout_at(call.deadline):
             while True:
                 event = await inbox.get()
@@ -320,9 +297,11 @@ class FacadeApp:
                         return
                     if event[1]:
                         await send({"type": "http.response.body", "body": event[1], "more_body": True})
+                        # Relayed: no longer held here (a job that reads slowly holds the rest).
+                        release(call, len(event[1]))
                 elif tag == "fail":
                     # Headers are sent: the only honest signal left is a truncated stream.
-                    raise _CallFailed(event[1], event[2])
+                    raise _CallFailed(event[1], event[2], event[3])
 
 
 class _Stream:
@@ -343,25 +322,41 @@ class _Stream:
             self.slots.release()
 
 
-async def _read_body(receive: Receive, cap: int) -> bytes | None:
-    """The request body, or None once it exceeds ``cap`` (read no further)."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body"):
-        return body if len(body) <= cap else None
-    parts = [body]
-    size = len(body)
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None  # the caller left
-        piece = message.get("body", b"")
-        size += len(piece)
-        if size > cap:
-            return None
-        parts.append(piece)
-        if not message.get("more_body"):
-            return b"".join(parts)
+def too_large(cap: int, what: str) -> str:
+    """Why a request or response body was refused for its size (the 413/502 message)."""
+    return f"{what} body over the tunnel cap of {cap} bytes"
+
+
+def over_budget(budget: Budget) -> str:
+    """Why a request was refused because the job's calls already hold too many bytes."""
+    return f"the job's calls hold more than the tunnel's budget of {budget.limit} bytes of bodies"
+
+
+async def _read_body(receive: Receive, cap: int, budget: Budget) -> bytes | str:
+    """The request body, taken from the job's ``budget`` piece by piece as it arrives.
+
+    Past ``cap`` or the budget, reading stops and the reason comes back as a string (nothing is
+    held then); a caller that leaves mid-body is treated like one over the cap.
+    """
+    parts = []
+    size = 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                budget.give(size)
+                return "the caller left before its request body ended"
+            piece = message.get("body", b"")
+            if size + len(piece) > cap or not budget.take(len(piece)):
+                budget.give(size)
+                return too_large(cap, "request") if size + len(piece) > cap else over_budget(budget)
+            size += len(piece)
+            parts.append(piece)
+            if not message.get("more_body"):
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+    except BaseException:  # cancelled mid-body (the server is stopping): nothing stays held
+        budget.give(size)
+        raise
 
 
 async def _collect(inbox: Inbox, first: bytes) -> bytes | None:
@@ -377,7 +372,7 @@ async def _collect(inbox: Inbox, first: bytes) -> bytes | None:
         elif tag == "reset":
             return None
         elif tag == "fail":
-            raise _CallFailed(event[1], event[2])
+            raise _CallFailed(event[1], event[2], event[3])
         elif tag == "expire":
             raise TimeoutError
 
@@ -385,6 +380,7 @@ async def _collect(inbox: Inbox, first: bytes) -> bytes | None:
 class _CallFailed(Exception):
     """Ends a call whose answer can no longer arrive."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code

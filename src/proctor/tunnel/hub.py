@@ -26,6 +26,7 @@ import hmac
 import inspect
 import itertools
 import logging
+import re
 import secrets
 import threading
 import time
@@ -41,9 +42,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from proctor.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ProctorError
 from proctor.tunnel import protocol
 from proctor.tunnel.channel import JobChannel, channel_endpoint
-from proctor.tunnel.protocol import Envelope, FrameWriter, Inbox, Kind
+from proctor.tunnel.facade import over_budget, too_large
+from proctor.tunnel.protocol import Budget, Envelope, FrameWriter, Inbox, Kind
 
-__all__ = ["Call", "CallEvents", "TunnelHub", "TunnelStateCallback"]
+__all__ = ["Budget", "Call", "CallEvents", "TunnelHub", "TunnelStateCallback"]
 
 log = logging.getLogger("proctor.tunnel")
 
@@ -136,12 +138,17 @@ class Call:
 
     The facade consumes ``events``: ``("head", meta, body, fin)``, ``("data", body, fin)``,
     ``("reset",)`` (the agent answering it went away; drop what was received, it is replayed)
-    and ``("fail", status, message)``.
+    and ``("fail", status, message, code)``.
     """
 
     rid: int
     frames: list[bytes]
     deadline: float
+    budget: Budget
+    held: int = 0
+    """Bytes of this call held against ``budget``: its request body plus ``answer``."""
+    answer: int = 0
+    """Bytes of the answer received and not yet relayed (capped at the hub's ``max_body``)."""
     events: Inbox | CallEvents = field(default_factory=Inbox)
     """An ``Inbox`` a facade request awaits, or a job channel's call, which acts on each event."""
     agent: _Agent | None = None
@@ -174,6 +181,7 @@ class _Job:
     secret_digest: bytes
     token_digest: bytes
     max_inflight: int
+    budget: Budget
     agents: list[_Agent] = field(default_factory=list)
     channels: list[JobChannel] = field(default_factory=list)
     """The job process's open channels (``channel.py``); usually one."""
@@ -203,7 +211,11 @@ class TunnelHub:
         request_deadline: default seconds a call may wait in total (queueing, no agent, the model)
             before the facade answers 503/504; a caller may ask for less with the
             ``X-Proctor-Deadline`` header.
-        max_body: cap on a request or response body, in bytes (default 64 MiB).
+        max_body: cap on a request or response body, in bytes (default 64 MiB), enforced as the
+            bytes arrive.
+        max_job_bytes: cap on the bytes of bodies one job's calls hold at once (requests and
+            answers not yet relayed; default 256 MiB). A request past it is refused with 413,
+            an answer with 502.
         max_inflight: calls forwarded at once per job; further calls wait (backpressure).
         heartbeat: seconds between pings; an agent silent for three of them is dropped.
         auth_timeout: seconds an agent that authenticates by first message has to send it.
@@ -217,6 +229,7 @@ class TunnelHub:
         grace: float = 30.0,
         request_deadline: float = 900.0,
         max_body: int = 64 * 1024 * 1024,
+        max_job_bytes: int = 256 * 1024 * 1024,
         max_inflight: int = 256,
         heartbeat: float = 15.0,
         auth_timeout: float = 10.0,
@@ -225,6 +238,7 @@ class TunnelHub:
         self.grace = grace
         self.request_deadline = request_deadline
         self.max_body = max_body
+        self.max_job_bytes = max(max_job_bytes, max_body)
         self.max_inflight = max_inflight
         self.heartbeat = heartbeat
         self.auth_timeout = auth_timeout
@@ -317,9 +331,10 @@ class TunnelHub:
                 secret_digest=secret_digest,
                 token_digest=digest(internal_token),
                 max_inflight=max_inflight or self.max_inflight,
+                budget=old.budget if old is not None else Budget(self.max_job_bytes),
             )
             if old is not None:
-                # Keep connected agents and waiting calls of a re-registered job.
+                # Keep connected agents, waiting calls and the bytes they hold of a re-registered job.
                 job.agents, job.calls, job.waiting, job.slots = old.agents, old.calls, old.waiting, old.slots
                 job.channels = old.channels
                 job.reported_down, job.grace_timer = old.reported_down, old.grace_timer
@@ -372,7 +387,8 @@ class TunnelHub:
         return len(job.agents) if job else 0
 
     def stats(self, job_id: str) -> dict[str, Any]:
-        """Connected agents, calls in progress and waiting, and calls served per agent."""
+        """Connected agents, calls in progress and waiting, calls served per agent, and the bytes
+        of bodies its calls hold against the job's budget."""
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFoundError(f"job {job_id} has no tunnel")
@@ -389,6 +405,7 @@ class TunnelHub:
                 "received_envelopes": sum(a.received_envelopes for a in job.agents),
             },
             "waiting_for_tunnel": job.reported_down,
+            "held_bytes": job.budget.held,
         }
 
     # ------------------------------------------------------------------ facade-facing API
@@ -402,10 +419,19 @@ class TunnelHub:
             return None
         return job
 
-    def new_call(self, rid: int, frames: list[bytes], deadline: float, events: CallEvents | None = None) -> Call:
-        if events is None:
-            return Call(rid=rid, frames=frames, deadline=deadline)
-        return Call(rid=rid, frames=frames, deadline=deadline, events=events)
+    def new_call(
+        self, job: _Job, rid: int, frames: list[bytes], deadline: float, events: CallEvents, held: int
+    ) -> Call:
+        """A call whose request body (``held`` bytes, already taken from the job's budget) is
+        given back to the budget when the call ends."""
+        return Call(rid=rid, frames=frames, deadline=deadline, budget=job.budget, held=held, events=events)
+
+    def release(self, call: Call, size: int) -> None:
+        """``size`` bytes of ``call``'s answer were relayed: they no longer count against its caps."""
+        size = min(size, call.answer)
+        call.answer -= size
+        call.held -= size
+        call.budget.give(size)
 
     @staticmethod
     def next_rid() -> int:
@@ -423,6 +449,8 @@ class TunnelHub:
         if call.done:
             return
         call.done = True
+        call.budget.give(call.held)
+        call.held = call.answer = 0
         job.calls.pop(call.rid, None)
         agent = call.agent
         if agent is not None:
@@ -542,10 +570,13 @@ class TunnelHub:
             if call.done:
                 continue
             if call.replayable:
+                self.release(call, call.answer)  # what arrived of the answer is void
                 call.events.put_nowait(("reset",))
                 self._dispatch(job, call)
             else:
-                call.events.put_nowait(("fail", 502, "the tunnel client disconnected in the middle of a stream"))
+                call.events.put_nowait(
+                    ("fail", 502, "the tunnel client disconnected in the middle of a stream", "tunnel_failed")
+                )
         if not job.agents:
             self._arm_grace(job)
         log.info(
@@ -561,7 +592,7 @@ class TunnelHub:
             job.grace_timer.cancel()
             job.grace_timer = None
         for call in list(job.calls.values()):
-            call.events.put_nowait(("fail", 503, "the job has finished"))
+            call.events.put_nowait(("fail", 503, "the job has finished", "tunnel_failed"))
         job.waiting.clear()
         sockets = [agent.ws for agent in job.agents] + [channel.ws for channel in job.channels]
         for ws in sockets:
@@ -622,14 +653,25 @@ class TunnelHub:
                 async with asyncio.timeout(self.auth_timeout):
                     message = await ws.receive_bytes()
                 hello = next(protocol.decode(message))
-                if hello.kind != Kind.HELLO or not isinstance(hello.meta, dict):
+                if hello.kind != Kind.HELLO or hello.meta is None:
                     raise AuthenticationError("the first tunnel message must be HELLO with token and secret")
-                job = await self._authenticate(ws, job_id, hello.meta.get("token"), hello.meta.get("secret"))
+                token, secret = hello.meta.get("token"), hello.meta.get("secret")
+                if not isinstance(token, str | None) or not isinstance(secret, str | None):
+                    raise ValueError("HELLO's token and secret must be strings")
+                job = await self._authenticate(ws, job_id, token, secret)
             except ProctorError as exc:
+                log.info("tunnel HELLO refused for %s: %s", ws.url.path, exc.message)
                 code = protocol.CLOSE_UNAUTHENTICATED if exc.http_status == 401 else protocol.CLOSE_FORBIDDEN
                 await self.close_websocket(ws, code, exc.message[:120])
                 return
-            except (TimeoutError, ValueError, StopIteration, KeyError, WebSocketDisconnect, RuntimeError):
+            except (ValueError, StopIteration) as exc:
+                # A malformed first message (not the protocol, wrong JSON types): refused in one
+                # line, never a traceback, whoever sends it.
+                reason = str(exc) or "empty message"
+                log.warning("tunnel HELLO refused for %s: malformed (%s)", ws.url.path, reason[:200])
+                await self.close_websocket(ws, protocol.CLOSE_MALFORMED, "malformed HELLO")
+                return
+            except (TimeoutError, KeyError, WebSocketDisconnect, RuntimeError):
                 await self.close_websocket(ws, protocol.CLOSE_UNAUTHENTICATED, "authentication expected first")
                 return
         await self._serve(ws, job)
@@ -656,15 +698,18 @@ class TunnelHub:
         )
         heartbeat_task = asyncio.create_task(self._heartbeat(agent))
         self._attach(job, agent)
+        close_code = 1000
         try:
-            await self._read(agent)
+            if not await self._read(agent):
+                close_code = protocol.CLOSE_MALFORMED
         finally:
             heartbeat_task.cancel()
             self._detach(agent)
             writer_task.cancel()
-            await self.close_websocket(ws, 1000, "")
+            await self.close_websocket(ws, close_code, "")
 
-    async def _read(self, agent: _Agent) -> None:
+    async def _read(self, agent: _Agent) -> bool:
+        """Take the agent's messages until it leaves (True) or sends a malformed one (False)."""
         async for data in protocol.binary_messages(agent.ws.receive):
             agent.last_seen = time.monotonic()
             agent.received_messages += 1
@@ -672,9 +717,10 @@ class TunnelHub:
                 for env in protocol.decode(data):
                     agent.received_envelopes += 1
                     self._on_envelope(agent, env)
-            except ValueError:
-                log.warning("tunnel of job %s: malformed message; dropping the client", agent.job.job_id)
-                return
+            except ValueError as exc:
+                log.warning("tunnel of job %s: malformed message (%s); dropping the client", agent.job.job_id, exc)
+                return False
+        return True
 
     def _on_envelope(self, agent: _Agent, env: Envelope) -> None:
         kind = env.kind
@@ -684,19 +730,42 @@ class TunnelHub:
         if kind == Kind.RESPONSE or kind == Kind.DATA:
             call = agent.calls.get(env.rid)
             if call is None:
-                return
+                return  # e.g. pieces still in flight of an answer refused below: dropped as they come
+            if kind == Kind.RESPONSE:
+                meta = response_meta(env.meta)  # before anything is held: a bad head drops the agent
+            size = len(env.body)
+            if size:
+                # Capped as the bytes arrive, not when the last piece does: an answer that never
+                # ends must not grow the server without bound.
+                over_cap = call.answer + size > self.max_body
+                if over_cap or not call.budget.take(size):
+                    self._refuse_answer(agent, call, over_cap)
+                    return
+                call.answer += size
+                call.held += size
             if env.fin:
                 del agent.calls[env.rid]
                 agent.served += 1
             if kind == Kind.RESPONSE:
-                call.events.put_nowait(("head", env.meta or {}, env.body, env.fin))
+                call.events.put_nowait(("head", meta, env.body, env.fin))
             elif env.meta and "error" in env.meta:  # the model broke off mid-stream
-                call.events.put_nowait(("fail", 502, str(env.meta["error"])))
+                call.events.put_nowait(("fail", 502, str(env.meta["error"])[:500], "tunnel_failed"))
             else:
                 call.events.put_nowait(("data", env.body, env.fin))
         elif kind == Kind.PONG or kind == Kind.PING:
             pass  # last_seen is already updated
         # Unknown kinds are ignored so that newer agents can talk to older hubs.
+
+    def _refuse_answer(self, agent: _Agent, call: Call, over_cap: bool) -> None:
+        """An answer past ``max_body`` or the job's budget: the job's call gets 502 at once, the
+        agent is told to stop, and whatever more it sends of that answer is dropped on arrival."""
+        agent.calls.pop(call.rid, None)
+        call.agent = None
+        agent.writer.put(protocol.encode(Kind.CANCEL, call.rid))
+        self.release(call, call.answer)
+        message = too_large(self.max_body, "response") if over_cap else over_budget(call.budget)
+        log.warning("tunnel of job %s: answer refused: %s", agent.job.job_id, message)
+        call.events.put_nowait(("fail", 502, message, "body_too_large"))
 
     async def _heartbeat(self, agent: _Agent) -> None:
         while True:
@@ -709,6 +778,32 @@ class TunnelHub:
                 await self.close_websocket(agent.ws, 1001, "heartbeat timeout")
                 return
             agent.writer.put(protocol.encode(Kind.PING, 0, {"t": time.time()}))
+
+
+def response_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """An agent's ``RESPONSE`` meta, checked: it becomes an HTTP status line and headers.
+
+    Raises ``ValueError`` (the agent is dropped) unless ``s`` is an HTTP status, ``h`` maps
+    header names to values that HTTP can carry, and ``stream`` is a boolean.
+    """
+    if meta is None:
+        raise ValueError("RESPONSE without meta")
+    status = meta.get("s", 502)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise ValueError("RESPONSE status is not an HTTP status")
+    headers = meta.get("h") or {}
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and _HEADER_NAME.fullmatch(k) and _HEADER_VALUE.fullmatch(v)
+        for k, v in headers.items()
+    ):
+        raise ValueError("RESPONSE headers are not HTTP headers")
+    if not isinstance(meta.get("stream", False), bool):
+        raise ValueError("RESPONSE stream flag is not a boolean")
+    return meta
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,8192}")
 
 
 def _bearer(header: str | None) -> str | None:

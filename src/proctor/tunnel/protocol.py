@@ -39,16 +39,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from enum import IntEnum
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 __all__ = [
+    "Budget",
     "CHUNK",
+    "FACADE_PATHS",
+    "FORWARDED_REQUEST_HEADERS",
     "CLOSE_FORBIDDEN",
     "CLOSE_JOB_FINISHED",
+    "CLOSE_MALFORMED",
     "CLOSE_UNAUTHENTICATED",
     "FIN",
     "binary_messages",
@@ -61,6 +67,7 @@ __all__ = [
     "decode",
     "encode",
     "encode_body",
+    "forwarded_method",
 ]
 
 HEADER = struct.Struct("!BBIII")
@@ -88,6 +95,42 @@ CLOSE_FORBIDDEN = 4403
 """Close code: the token, job id and tunnel secret do not open this tunnel."""
 CLOSE_JOB_FINISHED = 4010
 """Close code: the job ended; the agent's work is done and it exits without reconnecting."""
+CLOSE_MALFORMED = 4400
+"""Close code: the peer sent a message that is not valid tunnel protocol (a broken or hostile
+peer); the hub says so in one log line and drops the connection."""
+
+
+FACADE_PATHS = {"chat/completions": "POST", "completions": "POST", "models": "GET"}
+"""What travels over the tunnel (plus ``GET models/<name>``): the facade and the job channel
+answer anything else 404, and the agent refuses anything else the server sends it."""
+
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "x-request-id", "x-proctor-sample-id")
+"""Request headers passed to the private model. Never ``authorization``: the internal token stays
+on the server, and the agent adds the model's own key on the submitter's machine."""
+
+_UNSAFE_IN_PATH = re.compile(r"[\\?#\x00-\x20\x7f]")
+
+
+def forwarded_method(path: str) -> str | None:
+    """The one method with which ``path`` (relative to ``/v1``) is forwarded, or None.
+
+    Both ends use it: the hub for what a job may send, the agent for what a server may make it
+    fetch from the local model with the local key. For ``models/<name>``, a name whose decoded
+    form holds ``.`` or ``..`` segments, empty segments, a backslash, ``?``, ``#``, spaces or
+    control characters is refused: nobody may reach other URLs of the submitter's model server
+    (``/v1/models/../../metrics``, ``/v1/models/%2e%2e/secret``) through the agent.
+    """
+    method = FACADE_PATHS.get(path)
+    if method is not None:
+        return method
+    if not path.startswith("models/"):
+        return None
+    decoded = unquote(path)
+    if _UNSAFE_IN_PATH.search(path) or _UNSAFE_IN_PATH.search(decoded):
+        return None
+    if any(part in ("", ".", "..") for part in decoded.split("/")):
+        return None
+    return "GET"
 
 
 class Kind(IntEnum):
@@ -155,8 +198,8 @@ async def binary_messages(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -
 def decode(message: bytes) -> Iterator[Envelope]:
     """The envelopes of one WebSocket message, in order.
 
-    Raises ``ValueError`` on a truncated or malformed message: the peer is broken or hostile and
-    the caller drops the connection.
+    Raises ``ValueError`` on a truncated or malformed message (also a ``meta`` that is not a JSON
+    object): the peer is broken or hostile and the caller drops the connection.
     """
     offset = 0
     end = len(message)
@@ -169,10 +212,25 @@ def decode(message: bytes) -> Iterator[Envelope]:
         stop = offset + meta_len + body_len
         if stop > end:
             raise ValueError("truncated tunnel envelope")
-        meta = _decode_json(message[offset : offset + meta_len].decode()) if meta_len else None
+        meta = _decode_meta(message[offset : offset + meta_len]) if meta_len else None
         offset += meta_len
         yield Envelope(kind, flags, rid, meta, message[offset:stop])
         offset = stop
+
+
+def _decode_meta(raw: bytes) -> dict[str, Any] | None:
+    """An envelope's meta: a JSON object or null; anything else is a malformed message.
+
+    Every reader of ``meta`` may then call ``.get`` on it; the values' types are still the
+    reader's to check, since they come from a peer that may be hostile.
+    """
+    try:
+        meta = _decode_json(raw.decode())
+    except RecursionError:  # absurdly nested JSON: not ours
+        raise ValueError("tunnel envelope meta nested too deeply") from None
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError("tunnel envelope meta is not a JSON object")
+    return meta
 
 
 class FrameWriter:
@@ -252,6 +310,32 @@ class FrameWriter:
             if self._queued <= self.HIGH_WATER // 2:
                 self._drained.set()
             await self._send(message)
+
+
+class Budget:
+    """Bytes of bodies held in memory across many calls, and their cap.
+
+    Why across calls and not only per call: a per-call cap alone lets a peer hold many calls'
+    bodies at once, each just under the cap. The hub keeps one per job (request bodies from their
+    first byte until the call ends, since they are kept for replay, and answers until relayed or
+    the call ends); the agent one per connection (request bodies still arriving).
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.held = 0
+        self.limit = limit
+
+    def take(self, size: int) -> bool:
+        """Hold ``size`` more bytes if the budget allows it."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class Inbox:
