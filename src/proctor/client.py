@@ -345,7 +345,7 @@ def _make_folders_inside(out: Path, dest: Path) -> None:
     Checked before each folder is used, not after ``mkdir(parents=True)``, which would already
     have created folders wherever a planted link pointed.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_directory(out, what="download directory")
     folder = out
     for part in dest.relative_to(out).parts[:-1]:
         folder = folder / part

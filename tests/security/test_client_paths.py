@@ -107,7 +107,9 @@ def test_submit_refuses_a_hostile_listing_and_keeps_paths(tmp_path: Path) -> Non
         done = run_proctor("submit", spec, "--server", server.url, "--out", out, env=env)
     assert done.returncode != 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "refusing artifact path" in done.stderr, done.stderr
-    assert not (tmp_path / "escaped.txt").exists() and not out.exists()
+    # submit makes --out before it queues anything (a file in the way is refused up front); the
+    # hostile listing must leave it empty.
+    assert not (tmp_path / "escaped.txt").exists() and not any(out.rglob("*"))
 
     stats = b'{"accuracy": 0.5}'
     listing = {"spec.yaml": b"as uploaded", "out/spec.yaml": b"as run", "out/eval_stats.json": stats, "job.log": b"log"}
