@@ -252,3 +252,14 @@ def test_an_open_pool_admits_one_trial_at_a_time_and_any_answer_closes_it() -> N
     pool.release(second)
     pool.on_rate_limited(second)  # a 429 is an answer: the server is up
     assert second.healthy and pool.try_acquire() is second
+
+
+def test_only_a_trial_closes_an_open_breaker() -> None:
+    pool = make_pool(2, threshold=1)
+    r = pool.replicas[0]
+    pool.on_failure(r, "HTTP 500", object())
+    assert not r.healthy
+    pool.on_success(r, 3600.0)  # a call sent an hour ago, before the breaker opened
+    assert not r.healthy
+    pool.on_success(r, 0.0)  # a call sent since it opened: only a trial can have been
+    assert r.healthy

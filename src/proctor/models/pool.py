@@ -212,6 +212,7 @@ class Replica:
         "window_epoch",
         "half_open",
         "trial",
+        "opened_at",
     )
 
     def __init__(self, base_url: str, *, max_connections: int, health_path: str) -> None:
@@ -253,6 +254,8 @@ class Replica:
         """An open replica whose probe answered: its next call is a trial."""
         self.trial = False
         """A trial call is in flight (an open replica admits one at a time)."""
+        self.opened_at = 0.0
+        """``time.monotonic()`` when the breaker last opened: calls sent since then are trials."""
 
     def __repr__(self) -> str:
         state = "healthy" if self.healthy else "half-open" if self.half_open or self.trial else "open"
@@ -492,7 +495,9 @@ class ReplicaPool:
         r.last_success = now
         r.window_ok[self._tally(r, now)] += 1
         r.rate_share -= _RATE_SHARE_EWMA * r.rate_share
-        if not r.healthy:  # a trial call answered
+        if not r.healthy and now - duration >= r.opened_at:
+            # A trial answered. A call sent before the breaker opened does not count: a replica
+            # failing most calls still answers some, and each would close it again at once.
             self._close(r)
         r.latency = duration if r.latency == 0.0 else r.latency + _EWMA * (duration - r.latency)
         self._latency = duration if self._latency == 0.0 else self._latency + _EWMA * (duration - self._latency)
@@ -582,6 +587,7 @@ class ReplicaPool:
     def _open(self, r: Replica, why: str) -> None:
         r.healthy = False
         r.half_open = False
+        r.opened_at = time.monotonic()
         self._n_open += 1
         log.warning("replica %s of role '%s' taken out (circuit open): %s", r.base_url, self.role, why)
         self._start_recovery(r)
