@@ -143,7 +143,9 @@ def test_second_sigint_exits_at_once_with_a_consistent_ledger(tmp_path: Path) ->
 
 def test_open_files_stay_bounded_at_concurrency_1000(tmp_path: Path) -> None:
     concurrency = 1000
-    with FakeLLMProcess(FakeLLMConfig(reply="arith", latency=0.5)) as llm:
+    # 1 s per answer: enough for a loaded machine to open all 1,000 calls of the first wave
+    # before the first answers come back and their workers commit them.
+    with FakeLLMProcess(FakeLLMConfig(reply="arith", latency=1.0)) as llm:
         spec = write_spec(tmp_path, llm.base_url, n=3000, concurrency=concurrency)
         proc = start(spec, tmp_path / "run")
         peak = 0
