@@ -14,13 +14,15 @@ Each replica carries:
   time, so a rate-limited endpoint settles just under its limit instead of answering 429 to a
   fixed share of requests;
 - a **circuit breaker** that opens on a *sustained failure rate*: at least ``failure_threshold``
-  calls within the last ``failure_window`` seconds, of which at least ``failure_ratio`` failed
-  (connection, 5xx, timeout). A streak would not do: among 64
-  concurrent calls a few random failures in a row are ordinary, and taking the only replica out
-  for them stops every call that would have succeeded. An open replica is probed every
-  ``cooldown``; a successful probe admits one *trial call* (half-open), whose success closes it.
-  When every replica of a pool is open, the next call is a trial at once: a pool serves again as
-  soon as one replica answers, not after a fixed sleep.
+  failed calls (connection, 5xx, timeout) within the last ``failure_window`` seconds, making up
+  at least ``failure_ratio`` of the replica's calls there, counting the calls still in flight as
+  not failed. A streak would not do: among 64 concurrent calls a few random failures in a row are
+  ordinary (and failures come back before successes), and taking the only replica out for them
+  stops every call that would have succeeded. An open replica is probed after 50 ms, then at
+  doubling intervals up to ``cooldown``; a probe that answers admits one *trial call*
+  (half-open), whose answer closes the breaker. So a pool whose every replica is open serves
+  again within about one probe interval of a replica coming back, not after a fixed sleep, and
+  its calls wait for that (up to their deadline) instead of spending their attempts.
 
 The hot path (``try_acquire`` / ``release`` / ``on_success``) is plain attribute arithmetic on
 slotted objects: no tasks, no locks (one event loop), no allocation besides what the caller needs.
@@ -84,6 +86,8 @@ that is not at its limit (a flaky gateway, a shared backend's hiccups) stay well
 cutting the limit for them would only shrink throughput without making them any rarer."""
 _BUCKETS = 10
 """The breaker's window is kept as this many time buckets of (successes, failures)."""
+_FIRST_PROBE = 0.05
+"""Seconds from opening a breaker to its first probe; the interval then doubles up to ``cooldown``."""
 _MIN_QUIET = 1.0
 _MAX_QUIET = 60.0
 _QUIET_RTTS = 10.0
@@ -349,16 +353,13 @@ class ReplicaPool:
         return best if best is not None else fallback
 
     def _trial(self, avoid: Replica | None) -> Replica | None:
-        """An open replica that may take one trial call now, marked as having it; else None.
+        """A half-open replica (its probe answered) for one trial call, marked as having it; else None.
 
-        A replica qualifies when its probe answered (half-open), or when no replica is healthy:
-        then waiting for a probe would only delay every call, and the trial is the probe. A call
-        retried after a failed trial tries another open replica first.
+        A call retried after a failed trial tries another half-open replica first.
         """
-        everyone_open = self._n_open == len(self.replicas)
         chosen: Replica | None = None
         for r in self.replicas:
-            if not r.healthy and not r.trial and (r.half_open or everyone_open):
+            if r.half_open and not r.trial:
                 chosen = r
                 if r is not avoid:
                     break
@@ -442,11 +443,7 @@ class ReplicaPool:
             pass
 
     def _has_free_slot(self) -> bool:
-        everyone_open = self._n_open == len(self.replicas)
-        return any(
-            (r.healthy and r.in_flight < r.cap) or (not r.healthy and not r.trial and (r.half_open or everyone_open))
-            for r in self.replicas
-        )
+        return any((r.healthy and r.in_flight < r.cap) or (r.half_open and not r.trial) for r in self.replicas)
 
     def _wake_one(self) -> None:
         waiters = self._waiters
@@ -582,8 +579,12 @@ class ReplicaPool:
         if not r.healthy:
             return  # a failed trial: the replica stays open until a later probe or trial
         failed = sum(r.window_failed)
-        total = failed + sum(r.window_ok)
-        if total >= self.health.failure_threshold and failed >= self.health.failure_ratio * total:
+        if failed < self.health.failure_threshold:
+            return
+        # Calls in flight have not failed (yet): failures return faster than successes, so a
+        # burst of early failures among 64 concurrent calls is not a rate of failures.
+        total = failed + sum(r.window_ok) + r.in_flight
+        if failed >= self.health.failure_ratio * total:
             self._open(
                 r,
                 f"{failed} of its last {total} calls failed within {self.health.failure_window:g}s, last: {message}",
@@ -621,14 +622,20 @@ class ReplicaPool:
         self._spawn(self._recover(r))
 
     async def _recover(self, r: Replica) -> None:
-        """After each cooldown, probe; a probe that answers makes the replica half-open.
+        """Probe after 50 ms, then at doubling intervals up to ``cooldown``; an answer makes it half-open.
+
+        Short first intervals are what let a pool whose every replica is open serve again soon
+        after one comes back (its calls wait meanwhile); the doubling keeps a replica that stays
+        down, or answers probes but fails its calls, from costing more than a few trials.
 
         Half-open admits one trial call (see :meth:`_trial`): a probe of ``/models`` proves the
         server answers, not that its completions work, so only a real call closes the breaker.
         """
+        delay = min(_FIRST_PROBE, self.health.cooldown)
         try:
             while not r.healthy and not self._closed:
-                await asyncio.sleep(self.health.cooldown)
+                await asyncio.sleep(delay)
+                delay = min(self.health.cooldown, delay * 2)
                 if r.healthy:
                     break
                 ok, error = await self.probe(r)
