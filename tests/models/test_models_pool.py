@@ -267,3 +267,15 @@ def test_only_a_trial_closes_an_open_breaker() -> None:
     assert not r.healthy
     pool.on_success(r, 0.0)  # a call sent since it opened: only a trial can have been
     assert r.healthy
+
+
+def test_calls_in_flight_count_as_not_failed() -> None:
+    pool = make_pool(2, threshold=3)
+    busy, idle = pool.replicas
+    busy.in_flight = 60  # 64 sent at once, the four failures came back first
+    for _ in range(4):
+        pool.on_failure(busy, "HTTP 500", object())
+    assert busy.healthy
+    for _ in range(3):  # nothing else in flight or answered: three failed calls are all it did
+        pool.on_failure(idle, "HTTP 500", object())
+    assert not idle.healthy
