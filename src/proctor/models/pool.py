@@ -10,9 +10,10 @@ Each replica carries:
 
 - a **concurrency limit** (``max_connections``): a call waits for a free slot rather than opening
   yet another socket, which is what keeps open file descriptors bounded at high concurrency;
-- an **adaptive limit** (AIMD): 429s shrink it multiplicatively, successes grow it back one at a
-  time, so a rate-limited endpoint settles just under its limit instead of answering 429 to a
-  fixed share of requests;
+- an **adaptive limit** (AIMD): 429s shrink it multiplicatively while they are a high share of
+  recent attempts (scattered ones are only retried), successes grow it back one at a time, so a
+  rate-limited endpoint settles just under its limit instead of answering 429 to a fixed share
+  of requests;
 - a **circuit breaker** that opens on a *sustained failure rate*: at least ``failure_threshold``
   failed calls (connection, 5xx, timeout) within the last ``failure_window`` seconds, making up
   at least ``failure_ratio`` of the replica's calls there, counting the calls still in flight as
