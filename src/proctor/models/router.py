@@ -293,7 +293,7 @@ class ModelRouter:
 
     ``environ`` is where ``api_key_env`` names are looked up (default ``os.environ``); nothing
     else is ever read from the environment. ``base_dir`` resolves relative ``pool_file`` paths
-    (the spec file's directory). ``strategy`` is for benchmarks only: every run uses the pool's
+    (the spec file's directory). ``strategy`` is for tests and experiments only: every run uses the pool's
     default, ``least_time``.
     """
 
