@@ -33,12 +33,13 @@ def wait_for(condition, timeout: float = 60.0, interval: float = 0.01) -> None: 
         time.sleep(interval)
 
 
-def scored_ids(ledger: Path) -> set[str]:
+def scored_ids(ledger: Path, states: tuple[str, ...] = ("scored",)) -> set[str]:
     if not ledger.exists():
         return set()
     conn = sqlite3.connect(ledger)
     try:
-        return {r[0] for r in conn.execute("SELECT id FROM samples WHERE state='scored'")}
+        marks = ",".join("?" * len(states))
+        return {r[0] for r in conn.execute(f"SELECT id FROM samples WHERE state IN ({marks})", states)}
     finally:
         conn.close()
 
@@ -47,13 +48,14 @@ def test_kill_9_at_random_moments_then_resume_does_everything_exactly_once(tmp_p
     rng = random.Random(os.getpid())
     # Each round runs at most 30 requests past its start plus at most 0.45 s (~90 more at 8 x 40
     # ms): five rounds stay well below n, so the final run always has work left to prove
-    # resumption. The wait is at least 0.25 s, longer than the ledger's commit interval (0.2 s,
-    # its writer starts before the first request), so every round leaves something durable.
-    n = 1000
+    # resumption. Every answered sample is committed before its worker takes another, so at each
+    # kill the samples requested but not finished are the calls in flight: at most one per worker.
+    n, concurrency = 1000, 8
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.04, jitter=0.02)) as llm:
-        spec = write_spec(tmp_path, llm.base_url, n=n, concurrency=8)
+        spec = write_spec(tmp_path, llm.base_url, n=n, concurrency=concurrency)
         out = tmp_path / "run"
         durable_counts: dict[str, int] = {}
+        exposed: list[int] = []
         kills = 0
         for _ in range(5):
             before = llm.stats()["requests"]
@@ -70,10 +72,14 @@ def test_kill_9_at_random_moments_then_resume_does_everything_exactly_once(tmp_p
             counts = llm.counts
             for sample_id in scored_ids(out / "ledger.sqlite"):
                 durable_counts.setdefault(sample_id, counts[sample_id])
+            # Requested but not finished: what the resume will request again.
+            exposed.append(len(set(counts) - scored_ids(out / "ledger.sqlite", ("scored", "error"))))
         assert kills == 5 and 0 < len(durable_counts) < n
         final = run_proctor("run", spec, "--out", out)
         assert final.returncode == 0, final.stderr
         counts = llm.counts
+    assert max(exposed) <= concurrency, exposed  # only the calls in flight at a kill are redone
+    assert sum(counts.values()) - n <= kills * concurrency  # re-requests, counted per sample by the server
     assert {k: counts[k] for k in durable_counts} == durable_counts  # nothing durable was redone
     assert set(counts) == {f"q{i}" for i in range(n)}
     records = read_jsonl(out / "samples.jsonl")
@@ -137,7 +143,9 @@ def test_second_sigint_exits_at_once_with_a_consistent_ledger(tmp_path: Path) ->
 
 def test_open_files_stay_bounded_at_concurrency_1000(tmp_path: Path) -> None:
     concurrency = 1000
-    with FakeLLMProcess(FakeLLMConfig(reply="arith", latency=0.5)) as llm:
+    # 1 s per answer: enough for a loaded machine to open all 1,000 calls of the first wave
+    # before the first answers come back and their workers commit them.
+    with FakeLLMProcess(FakeLLMConfig(reply="arith", latency=1.0)) as llm:
         spec = write_spec(tmp_path, llm.base_url, n=3000, concurrency=concurrency)
         proc = start(spec, tmp_path / "run")
         peak = 0

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -13,7 +14,7 @@ def samples(n: int) -> list[Sample]:
 
 def test_states_move_and_are_durable_after_flush(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(path, flush_interval=0.05)
+    ledger = Ledger(path)
     ledger.add_samples(samples(3))
     ledger.start_writer()
     ledger.mark_running("s0", 1.0)
@@ -35,7 +36,7 @@ def test_states_move_and_are_durable_after_flush(tmp_path: Path) -> None:
 
 def test_interrupted_samples_become_pending_and_dispatches_are_counted(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
-    ledger = Ledger(path, flush_interval=0.05)
+    ledger = Ledger(path)
     ledger.add_samples(samples(2))
     ledger.start_writer()
     ledger.mark_running("s0", 1.0)
@@ -59,7 +60,7 @@ def test_add_samples_is_idempotent_and_keeps_order(tmp_path: Path) -> None:
 
 
 def test_generation_round_trip(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite", flush_interval=0.01)
+    ledger = Ledger(tmp_path / "l.sqlite")
     ledger.add_samples(samples(1))
     ledger.start_writer()
     result = SolveResult(output="x", messages=[{"role": "assistant", "content": "x"}], tokens_in=3, tokens_out=1,
@@ -69,3 +70,28 @@ def test_generation_round_trip(tmp_path: Path) -> None:
     assert ledger.generation("s0") == result
     assert ledger.generation("missing") is None
     ledger.close()
+
+
+def test_durable_returns_once_everything_recorded_is_committed(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.add_samples(samples(40))
+    ledger.start_writer()
+    other = sqlite3.connect(path, check_same_thread=False)
+
+    async def worker(i: int) -> int:
+        ledger.mark_running(f"s{i}", 1.0)
+        ledger.record_done(f"s{i}", SolveResult(output=str(i)), 0.1, Score(value=1.0, answer=str(i)), "exact")
+        await ledger.durable()
+        # Another connection (another process would see the same) already reads it as finished.
+        row = other.execute("SELECT count(*) FROM samples WHERE id=? AND state='scored'", (f"s{i}",)).fetchone()
+        return int(row[0])
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(worker(i) for i in range(40))))
+
+    try:
+        assert asyncio.run(main()) == [1] * 40
+    finally:
+        other.close()
+        ledger.close()

@@ -91,11 +91,14 @@ def test_breaker_opens_after_failures_and_closes_after_probe(caplog: pytest.LogC
                 assert not bad_replica.healthy
                 requests_when_open = bad.requests
                 bad.reconfigure(fail_rate=0.0)
-                # half-open: after the cooldown a probe (GET /models) lets it back in
-                assert await wait_for(lambda: bad_replica.healthy)
+                # half-open: after the cooldown a probe (GET /models) admits one trial call
+                assert await wait_for(lambda: bad_replica.half_open)
+                assert not bad_replica.healthy
                 results = [await role.chat(user(), sample_id=f"b{i}") for i in range(4)]
+                assert bad_replica.healthy  # the trial answered: closed
         assert requests_when_open == 2  # nothing was sent to the open replica
-        assert {r.endpoint for r in results} == {bad.base_url, good.base_url}
+        assert results[0].endpoint == bad.base_url  # the trial is the next call
+        assert all(r.attempts == 1 for r in results)
 
     with caplog.at_level(logging.INFO, logger="proctor.models"):
         asyncio.run(main())
@@ -126,6 +129,7 @@ def test_all_replicas_open_until_the_deadline_raises() -> None:
         async with ModelRouter({"subject": cfg}) as router:
             with pytest.raises(InfraError) as info:
                 await router.role("subject").chat(user())
+        # The call waited for a probe to answer instead of spending its attempts on a dead server.
         assert info.value.error_class == "connection" and "no healthy replica" in str(info.value)
         assert info.value.attempts == 1 and dead in str(info.value)
 

@@ -11,7 +11,7 @@ import pytest
 
 from proctor.errors import InfraError, SpecError
 from proctor.models.config import HealthConfig, ModelConfig
-from proctor.models.pool import ReplicaPool, replica_urls
+from proctor.models.pool import Replica, ReplicaPool, replica_urls
 
 
 def make_pool(n: int = 3, *, cap: int = 8, adaptive: bool = True, threshold: int = 3) -> ReplicaPool:
@@ -71,12 +71,14 @@ def test_least_outstanding_wins() -> None:
 
 def test_outstanding_requests_are_weighted_by_latency() -> None:
     """A fast replica with a few calls in flight beats an idle one five times slower."""
-    pool = make_pool(2)
+    pool = make_pool(2, cap=64)
     fast, slow = pool.replicas
     fast.latency, slow.latency = 0.02, 0.1
-    fast.in_flight = 3  # expected finish (3 + 1) * 0.02 = 0.08 < (0 + 1) * 0.1
+    fast.in_flight = 5  # sqrt(5 + 1) * 0.02 = 0.049 < sqrt(0 + 1) * 0.1
     assert pool._select(None) is fast
-    fast.in_flight = 5  # (5 + 1) * 0.02 = 0.12 > 0.1: now the slow one finishes first
+    fast.in_flight = 23  # sqrt(23 + 1) * 0.02 = 0.098 < 0.1: still the fast one
+    assert pool._select(None) is fast
+    fast.in_flight = 25  # sqrt(25 + 1) * 0.02 = 0.102 > 0.1: now the slow one is expected first
     assert pool._select(None) is slow
     count_only = make_pool(2)
     count_only.strategy = "least_outstanding"
@@ -154,10 +156,48 @@ def test_breaker_counts_distinct_calls_only() -> None:
     assert pool.describe()[0]["healthy"] is False
 
 
+def test_breaker_opens_on_a_failure_rate_not_on_a_streak() -> None:
+    pool = make_pool(2, threshold=20)
+    r = pool.replicas[0]
+    for _ in range(120):
+        pool.on_success(r, 0.02)
+    for _ in range(25):  # 25 failed calls in a row among 120 successes: 17% of the window
+        pool.on_failure(r, "HTTP 500", object())
+    assert r.healthy and pool.describe()[0]["healthy"] is True
+    other = pool.replicas[1]
+    for _ in range(19):  # too few calls for a rate yet, even at 100%
+        pool.on_failure(other, "connection refused", object())
+    assert other.healthy
+    pool.on_failure(other, "connection refused", object())
+    assert not other.healthy
+
+
+def test_scattered_429s_leave_the_limit_alone() -> None:
+    pool = make_pool(1, cap=64)
+    r = pool.replicas[0]
+    for i in range(5000):  # one attempt in 13 is a 429, spread out: not the server's limit
+        if i % 13 == 0:
+            r.last_decrease = -1e9  # only the share may keep the limit where it is
+            pool.on_rate_limited(r)
+        else:
+            pool.on_success(r, 0.02)
+    assert r.cap == 64 and r.rate_limited == 385
+
+
+def congest(pool: ReplicaPool, r: Replica) -> None:
+    """429s to nearly every attempt, as a server far over its limit answers (no decrease yet)."""
+    decrease = r.last_decrease
+    for _ in range(40):
+        pool.on_rate_limited(r)
+    r.last_decrease = decrease
+    r.cap = r.max_cap
+
+
 def test_aimd_decrease_and_recovery(caplog: pytest.LogCaptureFixture) -> None:
     pool = make_pool(1, cap=64)
     r = pool.replicas[0]
     with caplog.at_level(logging.INFO, logger="proctor.models"):
+        congest(pool, r)
         pool.on_rate_limited(r)
         assert r.cap == 44
         pool.on_rate_limited(r)  # same window: one burst of 429s is one signal
@@ -187,6 +227,7 @@ def test_aimd_decrease_and_recovery(caplog: pytest.LogCaptureFixture) -> None:
 def test_aimd_floor_and_disabled() -> None:
     pool = make_pool(1, cap=2)
     r = pool.replicas[0]
+    congest(pool, r)
     for _ in range(5):
         r.last_decrease = -1e9
         pool.on_rate_limited(r)
@@ -194,3 +235,47 @@ def test_aimd_floor_and_disabled() -> None:
     fixed = make_pool(1, cap=8, adaptive=False)
     fixed.on_rate_limited(fixed.replicas[0])
     assert fixed.replicas[0].cap == 8
+
+
+def test_an_open_pool_admits_one_trial_at_a_time_and_any_answer_closes_it() -> None:
+    pool = make_pool(2, threshold=1)
+    a, b = pool.replicas
+    pool.on_failure(a, "connection refused", object())
+    pool.on_failure(b, "connection refused", object())
+    assert not a.healthy and not b.healthy
+    assert pool.try_acquire() is None  # open: no calls until a probe answers
+    a.half_open = b.half_open = True  # as after each one's probe answered
+    first = pool.try_acquire()
+    second = pool.try_acquire(avoid=first)
+    assert {first, second} == {a, b} and a.trial and b.trial
+    assert pool.try_acquire() is None  # one trial per replica at a time
+    assert first is not None and second is not None
+    pool.release(first)
+    pool.on_failure(first, "connection refused", object())
+    assert not first.healthy and not first.trial  # a failed trial leaves it open, free for the next
+    pool.release(second)
+    pool.on_rate_limited(second)  # a 429 is an answer: the server is up
+    assert second.healthy and pool.try_acquire() is second
+
+
+def test_only_a_trial_closes_an_open_breaker() -> None:
+    pool = make_pool(2, threshold=1)
+    r = pool.replicas[0]
+    pool.on_failure(r, "HTTP 500", object())
+    assert not r.healthy
+    pool.on_success(r, 3600.0)  # a call sent an hour ago, before the breaker opened
+    assert not r.healthy
+    pool.on_success(r, 0.0)  # a call sent since it opened: only a trial can have been
+    assert r.healthy
+
+
+def test_calls_in_flight_count_as_not_failed() -> None:
+    pool = make_pool(2, threshold=3)
+    busy, idle = pool.replicas
+    busy.in_flight = 60  # 64 sent at once, the four failures came back first
+    for _ in range(4):
+        pool.on_failure(busy, "HTTP 500", object())
+    assert busy.healthy
+    for _ in range(3):  # nothing else in flight or answered: three failed calls are all it did
+        pool.on_failure(idle, "HTTP 500", object())
+    assert not idle.healthy

@@ -112,6 +112,11 @@ def test_unset_key_variable_and_unknown_role() -> None:
     asyncio.run(main())
 
 
+def test_every_router_routes_by_latency_as_the_pool_does_by_default() -> None:
+    router = ModelRouter({"subject": fast_config(replicas=["http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1"])})
+    assert router.role("subject").pool.strategy == "least_time"
+
+
 # -- retry classes -----------------------------------------------------------------------------
 
 

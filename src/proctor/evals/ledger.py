@@ -3,9 +3,14 @@
 Why this shape:
 - WAL mode with ``synchronous=NORMAL``: a committed transaction survives a ``kill -9`` of the
   process (only a power cut could lose the last one), and readers never block the writer.
-- One writer thread owns the only write connection and commits in batches every
-  ``flush_interval`` seconds. The event loop only appends to a queue, so the ledger is never the
-  bottleneck, and every finished sample is durable within about ``flush_interval`` seconds.
+- One writer thread owns the only write connection. The event loop only appends to a queue and
+  wakes the writer, which commits everything queued in one transaction, at once: while it
+  commits, the next batch gathers (group commit), so batches grow with the load and a commit is
+  never waited for longer than the commit before it took. An answered sample is committed within
+  milliseconds, not after a timer.
+- ``await ledger.durable()`` returns once everything recorded so far is committed. The runner
+  awaits it before a worker takes its next sample, so at a ``kill -9`` the only work lost is the
+  calls in flight: at most one per worker, never an answer already received.
 - Generation and scoring are separate tables: a run can be re-scored without calling a model.
 
 States: pending → running → generated → scored, or → error (with an error class).
@@ -13,6 +18,7 @@ States: pending → running → generated → scored, or → error (with an erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import threading
@@ -120,9 +126,8 @@ def _dumps(value: Any) -> str:
 class Ledger:
     """The run's durable record. Reads are synchronous; writes are queued to the writer thread."""
 
-    def __init__(self, path: Path, *, flush_interval: float = 0.2) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.flush_interval = flush_interval
         self._conn = connect(path)
         self._conn.executescript(SCHEMA)
         # Reports are refreshed while the writer thread commits: reads get their own connection so
@@ -137,6 +142,12 @@ class Ledger:
         self._committed = 0
         self._error: BaseException | None = None
         self._writer: threading.Thread | None = None
+        # Callers of durable(), oldest first: (writes that must be committed, future to resolve).
+        # The lock makes "not committed yet, so wait" and "committed, so wake the waiters" atomic
+        # between the loop and the writer thread; it is held for a few instructions only.
+        self._durable_lock = threading.Lock()
+        self._durable_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---------------------------------------------------------------- meta and setup (sync)
     def get_meta(self, key: str) -> str | None:
@@ -200,6 +211,28 @@ class Ledger:
             raise RuntimeError(f"the ledger writer failed: {self._error}") from self._error
         self._submitted += 1
         self._pending.append((sql, params))
+        if not self._wake.is_set():  # a plain read; set() takes a lock, so only when needed
+            self._wake.set()
+
+    async def durable(self) -> None:
+        """Return once every write queued so far is committed (at once if it already is).
+
+        Raises ``RuntimeError`` if the writer failed. Cancelling the wait leaves the writes
+        queued: they are still committed.
+        """
+        target = self._submitted
+        if self._error is not None:
+            raise RuntimeError(f"the ledger writer failed: {self._error}") from self._error
+        if self._writer is None:  # no writer thread (not started or closed): nothing would wake us
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._durable_lock:
+            if self._committed >= target:
+                return
+            self._loop = loop
+            self._durable_waiters.append((target, fut))
+        await fut
 
     def mark_running(self, sample_id: str, started: float) -> None:
         self._put(
@@ -259,7 +292,7 @@ class Ledger:
 
     def _write_loop(self) -> None:
         while True:
-            self._wake.wait(self.flush_interval)
+            self._wake.wait(1.0)
             self._wake.clear()
             closing = self._closing
             batch: list[tuple[str, tuple[Any, ...]]] = []
@@ -278,11 +311,35 @@ class Ledger:
             with self._transaction():
                 for sql, params in batch:
                     self._conn.execute(sql, params)
-        except BaseException as exc:  # surfaced to the loop through _put and flush
+        except BaseException as exc:  # surfaced to the loop through _put, durable and flush
             self._error = exc
         with self._flushed:
-            self._committed += len(batch)
+            with self._durable_lock:
+                self._committed += len(batch)
+                loop = self._loop if self._durable_waiters else None
             self._flushed.notify_all()
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._settle)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
+
+    def _settle(self) -> None:
+        """On the event loop: resolve the durable() waits the last commit satisfied."""
+        error = self._error
+        with self._durable_lock:
+            committed = self._committed
+            ready = []
+            waiters = self._durable_waiters
+            while waiters and (error is not None or waiters[0][0] <= committed):
+                ready.append(waiters.popleft()[1])
+        for fut in ready:
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(RuntimeError(f"the ledger writer failed: {error}"))
+            else:
+                fut.set_result(None)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything queued so far is committed; True if it was."""

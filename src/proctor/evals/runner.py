@@ -370,6 +370,9 @@ class Runner:
                 self._error(ledger, sample, "internal", f"{type(exc).__name__}: {exc}")
             self.counters.done += 1
             self.counters.finished_this_run += 1
+            # The answer is committed before this worker asks for another: a kill -9 then costs
+            # only the calls in flight (at most one per worker), never an answer received.
+            await ledger.durable()
 
     def _error(self, ledger: Ledger, sample: Sample, error_class: str, message: str) -> None:
         ledger.record_error(sample.id, error_class, message)

@@ -71,9 +71,16 @@ class HealthConfig(StrictModel):
     interval: float = Field(default=15.0, gt=0)
     timeout: float = Field(default=5.0, gt=0)
     failure_threshold: int = Field(default=3, ge=1)
-    """Consecutive failed calls that open a replica's circuit breaker."""
+    """Failed calls within ``failure_window`` needed (with ``failure_ratio``) to open a breaker."""
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    """Share of a replica's calls within ``failure_window`` (calls still in flight count as not
+    failed) that must have failed to open its breaker. A rate, not a streak: a few failures among
+    many concurrent calls never take a replica out, even when they come back before the rest."""
+    failure_window: float = Field(default=10.0, gt=0)
+    """Seconds of recent calls the breaker looks at."""
     cooldown: float = Field(default=10.0, gt=0)
-    """Seconds an open breaker waits before probing the replica back in."""
+    """Longest wait between probes of an open replica (they start at 50 ms and double); a probe
+    that answers admits one trial call."""
     check_at_start: bool = True
 
 

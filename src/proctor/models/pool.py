@@ -10,11 +10,20 @@ Each replica carries:
 
 - a **concurrency limit** (``max_connections``): a call waits for a free slot rather than opening
   yet another socket, which is what keeps open file descriptors bounded at high concurrency;
-- an **adaptive limit** (AIMD): 429s shrink it multiplicatively, successes grow it back one at a
-  time, so a rate-limited endpoint settles just under its limit instead of answering 429 to a
-  fixed share of requests;
-- a **circuit breaker**: after ``failure_threshold`` consecutive failed calls (connection, 5xx,
-  timeout) the replica is taken out and, after ``cooldown``, probed back in.
+- an **adaptive limit** (AIMD): 429s shrink it multiplicatively while they are a high share of
+  recent attempts (scattered ones are only retried), successes grow it back one at a time, so a
+  rate-limited endpoint settles just under its limit instead of answering 429 to a fixed share
+  of requests;
+- a **circuit breaker** that opens on a *sustained failure rate*: at least ``failure_threshold``
+  failed calls (connection, 5xx, timeout) within the last ``failure_window`` seconds, making up
+  at least ``failure_ratio`` of the replica's calls there, counting the calls still in flight as
+  not failed. A streak would not do: among 64 concurrent calls a few random failures in a row are
+  ordinary (and failures come back before successes), and taking the only replica out for them
+  stops every call that would have succeeded. An open replica is probed after 50 ms, then at
+  doubling intervals up to ``cooldown``; a probe that answers admits one *trial call*
+  (half-open), whose answer closes the breaker. So a pool whose every replica is open serves
+  again within about one probe interval of a replica coming back, not after a fixed sleep, and
+  its calls wait for that (up to their deadline) instead of spending their attempts.
 
 The hot path (``try_acquire`` / ``release`` / ``on_success``) is plain attribute arithmetic on
 slotted objects: no tasks, no locks (one event loop), no allocation besides what the caller needs.
@@ -45,12 +54,18 @@ log = logging.getLogger("proctor.models")
 Strategy = Literal["least_time", "least_outstanding", "random"]
 """How a pool picks a replica.
 
-``least_time`` (the default) picks the fewest outstanding requests, each weighted by the
-replica's observed latency: ``(in_flight + 1) x latency``, i.e. the replica expected to finish a
-new call first. Among equally fast replicas it *is* least-outstanding (ties round-robin); with
-one slower replica it also stops parking a quarter of the in-flight work there.
-``least_outstanding`` counts requests only; ``random`` is uniform choice. Both exist so that
-``bench/routing.py`` can show what the default buys; they are not spec options.
+``least_time`` (the default, and what every run uses) picks the fewest outstanding requests
+weighted by the replica's observed latency: the smallest ``(in_flight + 1) x latency**2``, i.e.
+``sqrt(in_flight + 1) x latency``. The observed latency (an average of recent call durations)
+already contains the load a replica is under: a batching server runs its requests together, and
+even a serial one's durations include the queue. Counting each outstanding request as a whole
+extra latency on top of that (the plain product) overstates how long a new call waits on a busy
+fast replica, and kept sending a 5x slower idle replica work that finished last
+(``bench/routing.py``: 1.15x the wall time of four equal replicas, against 1.03x now). The
+square root keeps a damping term, so a momentarily fastest replica does not take every call
+before its average catches up. Among equally fast replicas it *is* least-outstanding (ties
+round-robin). ``least_outstanding`` counts requests only; ``random`` is uniform choice; they
+are kept for tests and experiments, not spec options.
 """
 
 _DECREASE_FACTOR = 0.7
@@ -61,6 +76,19 @@ _DEFAULT_DECREASE_WINDOW = 0.5
 """At most one decrease per window (about one round trip), so one burst of 429s from requests
 that were all sent at the old limit counts as one signal, not as dozens."""
 _EWMA = 0.1
+_RATE_SHARE_EWMA = 1 / 64
+"""Weight of one attempt in a replica's running share of 429s."""
+_CONGESTION_SHARE = 0.2
+"""A 429 lowers the limit only while 429s are at least this share of recent attempts.
+
+A limit the client overshoots answers 429 to most attempts (they come back at once and retry),
+so the share climbs past this in a few dozen attempts. 429s scattered at random over a server
+that is not at its limit (a flaky gateway, a shared backend's hiccups) stay well below it, and
+cutting the limit for them would only shrink throughput without making them any rarer."""
+_BUCKETS = 10
+"""The breaker's window is kept as this many time buckets of (successes, failures)."""
+_FIRST_PROBE = 0.05
+"""Seconds from opening a breaker to its first probe; the interval then doubles up to ``cooldown``."""
 _MIN_QUIET = 1.0
 _MAX_QUIET = 60.0
 _QUIET_RTTS = 10.0
@@ -189,6 +217,13 @@ class Replica:
         "recovering",
         "last_success",
         "channel",
+        "rate_share",
+        "window_ok",
+        "window_failed",
+        "window_epoch",
+        "half_open",
+        "trial",
+        "opened_at",
     )
 
     def __init__(self, base_url: str, *, max_connections: int, health_path: str) -> None:
@@ -219,9 +254,22 @@ class Replica:
         """``time.monotonic()`` of the last successful call."""
         self.channel: Any = None
         """A ``TunnelChannel`` when the role's transport is ``tunnel``: calls use it, not HTTP."""
+        self.rate_share = 0.0
+        """Running share of 429s among recent attempts; only a high share is a congestion signal."""
+        self.window_ok = [0] * _BUCKETS
+        self.window_failed = [0] * _BUCKETS
+        """Calls that succeeded / failed per time bucket of the breaker's window."""
+        self.window_epoch = 0
+        """Index of the newest bucket (``time.monotonic() // bucket length``)."""
+        self.half_open = False
+        """An open replica whose probe answered: its next call is a trial."""
+        self.trial = False
+        """A trial call is in flight (an open replica admits one at a time)."""
+        self.opened_at = 0.0
+        """``time.monotonic()`` when the breaker last opened: calls sent since then are trials."""
 
     def __repr__(self) -> str:
-        state = "healthy" if self.healthy else "open"
+        state = "healthy" if self.healthy else "half-open" if self.half_open or self.trial else "open"
         return f"<Replica {self.base_url} {state} {self.in_flight}/{self.cap}>"
 
 
@@ -253,6 +301,9 @@ class ReplicaPool:
         self.strategy: Strategy = strategy
         self._rng = rng or random.Random()
         self._rr = 0
+        self._n_open = 0
+        """How many replicas have their breaker open (the selection's fast path skips trials at 0)."""
+        self._bucket = health.failure_window / _BUCKETS
         self._latency = 0.0
         """EWMA of call durations over the whole pool: the stand-in for unmeasured replicas."""
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -265,6 +316,10 @@ class ReplicaPool:
 
     def _select(self, avoid: Replica | None) -> Replica | None:
         """Best healthy replica with a free slot (see :data:`Strategy`); ``avoid`` only as last resort."""
+        if self._n_open:
+            trial = self._trial(avoid)
+            if trial is not None:
+                return trial
         reps = self.replicas
         n = len(reps)
         if n == 1:
@@ -291,11 +346,28 @@ class ReplicaPool:
             if r is avoid:
                 fallback = r
                 continue
-            score = (load + 1) * (r.latency or default) if weighted else load
+            lat = r.latency or default
+            score = (load + 1) * lat * lat if weighted else load  # ~ sqrt(load + 1) * lat, no sqrt
             if score < best_score:  # strict: the first in round-robin order wins a tie
                 best = r
                 best_score = score
         return best if best is not None else fallback
+
+    def _trial(self, avoid: Replica | None) -> Replica | None:
+        """A half-open replica (its probe answered) for one trial call, marked as having it; else None.
+
+        A call retried after a failed trial tries another half-open replica first.
+        """
+        chosen: Replica | None = None
+        for r in self.replicas:
+            if r.half_open and not r.trial:
+                chosen = r
+                if r is not avoid:
+                    break
+        if chosen is not None:
+            chosen.trial = True
+            chosen.half_open = False
+        return chosen
 
     def try_acquire(self, avoid: Replica | None = None) -> Replica | None:
         """Take a slot on the best replica now, or None if every healthy replica is full."""
@@ -372,7 +444,7 @@ class ReplicaPool:
             pass
 
     def _has_free_slot(self) -> bool:
-        return any(r.healthy and r.in_flight < r.cap for r in self.replicas)
+        return any((r.healthy and r.in_flight < r.cap) or (r.half_open and not r.trial) for r in self.replicas)
 
     def _wake_one(self) -> None:
         waiters = self._waiters
@@ -390,9 +462,13 @@ class ReplicaPool:
                 fut.set_result(None)
 
     def release(self, r: Replica) -> None:
-        """Give a slot back and let the next waiter in."""
+        """Give a slot back and let the next waiter in (after a trial, the next trial may go)."""
         r.in_flight -= 1
-        if self._waiters and r.in_flight < r.cap and r.healthy:
+        if r.trial:
+            r.trial = False
+            if self._waiters:
+                self._wake_one()
+        elif self._waiters and r.in_flight < r.cap and r.healthy:
             self._wake_one()
 
     def has_alternative(self, r: Replica) -> bool:
@@ -404,11 +480,30 @@ class ReplicaPool:
 
     # -- outcomes ---------------------------------------------------------------------------
 
+    def _tally(self, r: Replica, now: float) -> int:
+        """Bring ``r``'s window up to ``now`` (emptying buckets that fell out); the bucket to count in."""
+        epoch = int(now / self._bucket)
+        old = r.window_epoch
+        if epoch != old:
+            ok, failed = r.window_ok, r.window_failed
+            for e in range(max(old + 1, epoch - _BUCKETS + 1), epoch + 1):
+                ok[e % _BUCKETS] = 0
+                failed[e % _BUCKETS] = 0
+            r.window_epoch = epoch
+        return epoch % _BUCKETS
+
     def on_success(self, r: Replica, duration: float) -> None:
-        """Record a successful call: resets the breaker count, feeds latency and AIMD increase."""
+        """Record a successful call: feeds the breaker's window, latency and AIMD increase."""
         r.consecutive_failures = 0
         r.checked = True
-        r.last_success = time.monotonic()
+        now = time.monotonic()
+        r.last_success = now
+        r.window_ok[self._tally(r, now)] += 1
+        r.rate_share -= _RATE_SHARE_EWMA * r.rate_share
+        if not r.healthy and now - duration >= r.opened_at:
+            # A trial answered. A call sent before the breaker opened does not count: a replica
+            # failing most calls still answers some, and each would close it again at once.
+            self._close(r)
         r.latency = duration if r.latency == 0.0 else r.latency + _EWMA * (duration - r.latency)
         self._latency = duration if self._latency == 0.0 else self._latency + _EWMA * (duration - self._latency)
         if self.adaptive and r.cap < r.max_cap:
@@ -442,10 +537,18 @@ class ReplicaPool:
         return True
 
     def on_rate_limited(self, r: Replica) -> None:
-        """A 429: shrink the replica's limit, at most once per round trip."""
+        """A 429: shrink the replica's limit, at most once per round trip, if 429s are a signal.
+
+        Only while 429s are a large share of recent attempts (:data:`_CONGESTION_SHARE`) do they
+        say "you are over my limit"; scattered ones are retried after their ``Retry-After`` and
+        leave the limit (and its growth) alone.
+        """
         r.rate_limited += 1
         r.checked = True
-        if not self.adaptive or r.cap <= 1:
+        r.rate_share += _RATE_SHARE_EWMA * (1.0 - r.rate_share)
+        if not r.healthy:  # a trial call was answered, if only with a 429: the server is up
+            self._close(r)
+        if not self.adaptive or r.cap <= 1 or r.rate_share < _CONGESTION_SHARE:
             return
         now = time.monotonic()
         window = r.latency if r.latency > 0 else _DEFAULT_DECREASE_WINDOW
@@ -460,7 +563,7 @@ class ReplicaPool:
         log.info("replica %s concurrency %d -> %d after 429", r.base_url, old, r.cap)
 
     def on_failure(self, r: Replica, message: str, call: object) -> None:
-        """A connection error, timeout or 5xx; opens the breaker after enough distinct failures.
+        """A connection error, timeout or 5xx; opens the breaker on a sustained failure rate.
 
         Failures are counted per *call*: one request that the server always rejects with 500 (a
         poison prompt) retried six times is one failure, not six, so it cannot take a healthy
@@ -468,17 +571,33 @@ class ReplicaPool:
         """
         r.last_error = message
         r.checked = True
+        r.rate_share -= _RATE_SHARE_EWMA * r.rate_share
         if r.last_failed_call is call:
             return
         r.last_failed_call = call
         r.consecutive_failures += 1
-        if r.healthy and r.consecutive_failures >= self.health.failure_threshold:
-            self._open(r, f"{r.consecutive_failures} consecutive failed calls, last: {message}")
+        r.window_failed[self._tally(r, time.monotonic())] += 1
+        if not r.healthy:
+            return  # a failed trial: the replica stays open until a later probe or trial
+        failed = sum(r.window_failed)
+        if failed < self.health.failure_threshold:
+            return
+        # Calls in flight have not failed (yet): failures return faster than successes, so a
+        # burst of early failures among 64 concurrent calls is not a rate of failures.
+        total = failed + sum(r.window_ok) + r.in_flight
+        if failed >= self.health.failure_ratio * total:
+            self._open(
+                r,
+                f"{failed} of its last {total} calls failed within {self.health.failure_window:g}s, last: {message}",
+            )
 
     # -- breaker and health -----------------------------------------------------------------
 
     def _open(self, r: Replica, why: str) -> None:
         r.healthy = False
+        r.half_open = False
+        r.opened_at = time.monotonic()
+        self._n_open += 1
         log.warning("replica %s of role '%s' taken out (circuit open): %s", r.base_url, self.role, why)
         self._start_recovery(r)
 
@@ -486,9 +605,14 @@ class ReplicaPool:
         was_open = not r.healthy
         r.healthy = True
         r.checked = True
+        r.half_open = False
         r.consecutive_failures = 0
         r.last_failed_call = None
         if was_open:
+            self._n_open -= 1
+            # A fresh window: the failures that opened it say nothing about the server now.
+            r.window_ok = [0] * _BUCKETS
+            r.window_failed = [0] * _BUCKETS
             log.warning("replica %s of role '%s' back in (circuit closed)", r.base_url, self.role)
             self._wake_all()
 
@@ -499,15 +623,31 @@ class ReplicaPool:
         self._spawn(self._recover(r))
 
     async def _recover(self, r: Replica) -> None:
-        """Half-open: after each cooldown, probe; the first success closes the breaker."""
+        """Probe after 50 ms, then at doubling intervals up to ``cooldown``; an answer makes it half-open.
+
+        Short first intervals are what let a pool whose every replica is open serve again soon
+        after one comes back (its calls wait meanwhile); the doubling keeps a replica that stays
+        down, or answers probes but fails its calls, from costing more than a few trials.
+
+        Half-open admits one trial call (see :meth:`_trial`): a probe of ``/models`` proves the
+        server answers, not that its completions work, so only a real call closes the breaker.
+        """
+        delay = min(_FIRST_PROBE, self.health.cooldown)
         try:
             while not r.healthy and not self._closed:
-                await asyncio.sleep(self.health.cooldown)
+                await asyncio.sleep(delay)
+                delay = min(self.health.cooldown, delay * 2)
                 if r.healthy:
                     break
                 ok, error = await self.probe(r)
+                if r.healthy:
+                    break
                 if ok:
-                    self._close(r)
+                    if not r.half_open:
+                        r.half_open = True
+                        log.info("replica %s of role '%s' answered its probe: next call is a trial", r.base_url,
+                                 self.role)
+                    self._wake_one()
                 else:
                     r.last_error = error
         finally:

@@ -43,6 +43,9 @@ __all__ = ["ModelRouter", "Role"]
 log = logging.getLogger("proctor.models")
 
 _PARAMS_CACHE_SIZE = 64
+_FAILOVER_JITTER = 0.05
+"""Most seconds a failed call waits before trying another replica: enough to spread a burst of
+failovers, short against a call's own duration (backoff is for retrying the *same* server)."""
 
 
 def _params_body(params: GenerateParams) -> tuple[dict[str, Any], bool]:
@@ -201,7 +204,7 @@ class Role:
                             attempts=attempts,
                             status=failure.status,
                         ) from None
-                    avoid = replica if pool.has_alternative(replica) else None
+                    avoid = replica if len(pool.replicas) > 1 else None  # a preference, never a refusal
                     if limited:
                         # Keep the slot while honouring Retry-After: a 429 comes back at once, so
                         # releasing it would let the next call in to collect another 429 straight
@@ -277,7 +280,7 @@ class Role:
         if failure.error_class == "rate_limited" and failure.retry_after is not None:
             return failure.retry_after
         if failure.error_class != "rate_limited" and self.pool.has_alternative(replica):
-            return random.uniform(0, retry.backoff_base)
+            return random.uniform(0, min(retry.backoff_base, _FAILOVER_JITTER))
         cap = min(retry.backoff_max, retry.backoff_base * (2 ** (attempts - 1)))
         return random.uniform(0, cap)
 
@@ -290,7 +293,8 @@ class ModelRouter:
 
     ``environ`` is where ``api_key_env`` names are looked up (default ``os.environ``); nothing
     else is ever read from the environment. ``base_dir`` resolves relative ``pool_file`` paths
-    (the spec file's directory). ``strategy`` is for benchmarks only.
+    (the spec file's directory). ``strategy`` is for tests and experiments only: every run uses the pool's
+    default, ``least_time``.
     """
 
     def __init__(
@@ -300,7 +304,7 @@ class ModelRouter:
         on_event: EventSink | None = None,
         environ: Mapping[str, str] | None = None,
         base_dir: Path | None = None,
-        strategy: Strategy = "least_outstanding",
+        strategy: Strategy = "least_time",
     ) -> None:
         self._on_event = on_event
         self._environ = environ
