@@ -77,7 +77,8 @@ def run(
 ) -> None:
     """Run an evaluation (resumable: run it again to continue where it stopped).
 
-    Exit codes: 0 all samples done, 1 finished but some samples errored, 2 bad input, 130 interrupted.
+    Exit codes: 0 all samples done, 1 finished but some samples errored, 2 bad input,
+    3 crashed, 130 interrupted.
     """
     from proctor.evals.runner import Runner, RunOptions, resume_command
     from proctor.evals.spec import apply_model_override, load_spec
