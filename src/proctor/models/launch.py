@@ -32,16 +32,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
-from proctor.errors import LaunchError
+from proctor.errors import LaunchError, SpecError
 from proctor.models.assets import resolve_model_path
 from proctor.models.config import LaunchConfig, ModelConfig
+from proctor.retrieval.config import RetrievalLaunch
 
 STOP_GRACE = 3.0
 """Seconds between SIGTERM and SIGKILL; below 5 s so a server is gone within 5 s of proctor."""
@@ -186,6 +189,36 @@ async def probe(session: aiohttp.ClientSession, base_url: str, timeout: float = 
         return False, f"{url}: {exc.__class__.__name__}: {exc}"
 
 
+async def probe_retrieval(session: aiohttp.ClientSession, base_url: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+    """One health check of a retrieval service: ``GET {base_url}/health``; (ready, what happened).
+
+    The service opens its port before it has loaded the model and the index and answers 503
+    ``{"status": "loading"}`` meanwhile, so "loading" and "down" read differently.
+    """
+    url = f"{base_url}/health"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except (ValueError, aiohttp.ClientError):
+                body = None
+            state = body.get("status") if isinstance(body, dict) else None
+            if resp.status == 200 and state == "ready":
+                assert isinstance(body, dict)
+                return True, f"{body.get('documents', '?')} documents, {body.get('mode', '?')}"
+            if state == "loading":
+                assert isinstance(body, dict)
+                return False, f"loading the model and index ({body.get('seconds', '?')} s so far)"
+            if state == "failed":
+                assert isinstance(body, dict)
+                return False, f"could not load its index: {body.get('error')}"
+            return False, f"{url} answered HTTP {resp.status}"
+    except TimeoutError:
+        return False, f"{url} did not answer within {timeout:g} s"
+    except aiohttp.ClientError as exc:
+        return False, f"{url}: {exc.__class__.__name__}: {exc}"
+
+
 def _port_in_use(host: str, port: int) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
@@ -207,6 +240,19 @@ class LaunchedServer:
     watchdog: subprocess.Popen[bytes]
     server_pid: int | None = None
     started_at: float = field(default_factory=time.monotonic)
+    label: str = ""
+    """What it is, for messages: the launch kind (``retrieval`` for a retrieval service)."""
+    probe_retrieval: bool = False
+    """Health is ``GET /health`` of a retrieval service, not ``GET /v1/models``."""
+
+    @property
+    def what(self) -> str:
+        return self.label or self.cfg.kind
+
+    async def probe(self, session: aiohttp.ClientSession) -> tuple[bool, str]:
+        if self.probe_retrieval:
+            return await probe_retrieval(session, self.base_url)
+        return await probe(session, self.base_url)
 
     def exit_code(self) -> int | None:
         """The server's exit status once it (and so its watchdog) has exited, else None."""
@@ -243,7 +289,7 @@ class LaunchedServer:
             self._close_lifeline()
             self._release()
             return
-        log.info("stopping %s server of role %r (pid %s)", self.cfg.kind, self.role, self.server_pid)
+        log.info("stopping %s server of role %r (pid %s)", self.what, self.role, self.server_pid)
         began = time.monotonic()
         try:
             self._close_lifeline()
@@ -302,7 +348,7 @@ def _failure(server: LaunchedServer, what: str) -> LaunchError:
     elif "address already in use" in tail.lower():
         hint = f"another process holds port {server.cfg.port}; stop it or choose another launch.port"
     return LaunchError(
-        f"{server.cfg.kind} server for role {server.role!r} {what}.\n"
+        f"{server.what} server for role {server.role!r} {what}.\n"
         f"  command: {shlex.join(server.argv)}\n"
         f"  log: {server.log_path} (last lines below)\n"
         + "\n".join(f"  | {line}" for line in tail.splitlines()),
@@ -319,12 +365,13 @@ async def _wait_healthy(server: LaunchedServer, session: aiohttp.ClientSession, 
     while True:
         code = server.exit_code()
         if code is not None:
-            raise _failure(server, f"exited with status {code} before answering /v1/models")
-        ok, detail = await probe(session, server.base_url)
+            health = "/health" if server.probe_retrieval else "/v1/models"
+            raise _failure(server, f"exited with status {code} before answering {health}")
+        ok, detail = await server.probe(session)
         if ok:
             log.info(
                 "%s server of role %r healthy after %.1f s (serving: %s)",
-                server.cfg.kind, server.role, time.monotonic() - server.started_at, detail or "?",
+                server.what, server.role, time.monotonic() - server.started_at, detail or "?",
             )
             return
         now = time.monotonic()
@@ -338,10 +385,21 @@ async def _wait_healthy(server: LaunchedServer, session: aiohttp.ClientSession, 
             last_report = now
             log.info(
                 "still waiting for the %s server of role %r: %.0f s of %g s (%s)",
-                server.cfg.kind, server.role, now - server.started_at, server.cfg.health_deadline, detail,
+                server.what, server.role, now - server.started_at, server.cfg.health_deadline, detail,
             )
         await asyncio.sleep(min(delay, max(0.0, deadline - now)))
         delay = min(delay * 1.5, 2.0)
+
+
+async def _come_up(server: LaunchedServer, session: aiohttp.ClientSession, log: logging.Logger) -> LaunchedServer:
+    """Wait for a just-started server to be healthy; stop it if it does not come up."""
+    try:
+        await _read_pid(server)
+        await _wait_healthy(server, session, log)
+    except BaseException:
+        await server.stop(log)
+        raise
+    return server
 
 
 @dataclass
@@ -412,13 +470,82 @@ async def _ensure(
         "starting %s for role(s) %s on %s:%d (log: %s)",
         cfg.kind, ", ".join(plan.roles), cfg.host, cfg.port, server.log_path,
     )
-    try:
-        await _read_pid(server)
-        await _wait_healthy(server, session, log)
-    except BaseException:
-        await server.stop(log)
-        raise
-    return server
+    return await _come_up(server, session, log)
+
+
+def retrieval_services(solver_options: Any) -> list[RetrievalLaunch]:
+    """Every ``launch: {kind: retrieval}`` in a solver's options (its tools, their experts).
+
+    A walk rather than a fixed path, because a retrieval service may back a ``retrieve`` tool or an
+    ``ask_expert`` tool's ``retrieve:`` block alike. Blocks naming the same address must agree.
+    """
+    found: dict[tuple[str, int], RetrievalLaunch] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            launch = node.get("launch")
+            if isinstance(launch, dict) and launch.get("kind") == "retrieval":
+                try:
+                    service = RetrievalLaunch.model_validate(launch)
+                except ValidationError as exc:
+                    raise SpecError(f"retrieval launch block: {exc.errors()[0].get('msg', 'invalid')}") from None
+                key = (connect_host(service.host), service.port)
+                if key in found and found[key] != service:
+                    raise SpecError(f"two retrieval launch blocks on {key[0]}:{key[1]} differ; make them identical")
+                found[key] = service
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(solver_options)
+    return list(found.values())
+
+
+def resolve_index(service: RetrievalLaunch, base_dir: Path) -> Path:
+    """The service's index directory (relative paths are relative to the spec file)."""
+    path = Path(service.index).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+async def _ensure_retrieval(
+    service: RetrievalLaunch, *, session: aiohttp.ClientSession, run_dir: Path, base_dir: Path, log: logging.Logger
+) -> LaunchedServer | None:
+    """Reuse a healthy (or loading) retrieval service on its port, or start one and wait for it."""
+    ok, detail = await probe_retrieval(session, service.base_url)
+    if not ok and detail.startswith("loading"):
+        # Someone else's service is still loading: wait for it, then use it (and leave it running).
+        deadline = time.monotonic() + service.health_deadline
+        log.info("the retrieval service at %s is %s: waiting for it", service.base_url, detail)
+        while not ok and detail.startswith("loading") and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            ok, detail = await probe_retrieval(session, service.base_url)
+    if ok:
+        log.info("reusing the healthy retrieval service at %s (%s)", service.base_url, detail)
+        return None
+    if await asyncio.to_thread(_port_in_use, connect_host(service.host), service.port):
+        raise LaunchError(
+            f"retrieval service: port {service.port} on {connect_host(service.host)} is taken by something that is "
+            f"not a healthy retrieval service ({detail})",
+            hint="stop that process, or choose another launch.port",
+        )
+    index = resolve_index(service, base_dir)
+    if not (index / "manifest.json").is_file():
+        raise LaunchError(
+            f"retrieval index {index} does not exist (or is not an index)",
+            hint="build it with: proctor retrieval index CORPUS --out DIR (launch.index is relative to the spec file)",
+        )
+    argv = service.argv(str(index))
+    cfg = LaunchConfig(kind="command", argv=argv, host=service.host, port=service.port, env=service.env,
+                       health_deadline=service.health_deadline)  # fmt: skip
+    server = _spawn(f"retrieval-{service.port}", cfg, argv, run_dir=run_dir, cwd=base_dir)
+    server.label, server.probe_retrieval, server.base_url = "retrieval", True, service.base_url
+    log.info(
+        "starting the retrieval service for %s on %s:%d; it loads the model and index first (log: %s)",
+        index, service.host, service.port, server.log_path,
+    )
+    return await _come_up(server, session, log)
 
 
 @asynccontextmanager
@@ -428,6 +555,7 @@ async def launched_servers(
     run_dir: Path,
     base_dir: Path,
     log: logging.Logger | None = None,
+    services: Sequence[RetrievalLaunch] = (),
 ) -> AsyncIterator[dict[str, ModelConfig]]:
     """Ensure every ``launch:`` role has a healthy server; yield the roles with addresses filled in.
 
@@ -435,7 +563,8 @@ async def launched_servers(
     ``base_url``/``replicas``/``pool_file`` gets ``base_url = http://host:port/v1``; an empty
     ``model`` becomes the served name. Servers are started concurrently; if one fails, the ones
     already started are stopped before the error propagates. Servers that were reused are never
-    stopped.
+    stopped. ``services`` (retrieval services, see :func:`retrieval_services`) are ensured alongside,
+    by the same rules.
     """
     log = log or _logger
     run_dir = Path(run_dir)
@@ -443,10 +572,11 @@ async def launched_servers(
     plans = await asyncio.to_thread(_plans, models, base_dir, log)
     started: list[LaunchedServer] = []
     try:
-        if plans:
+        if plans or services:
             async with aiohttp.ClientSession() as session:
                 results = await asyncio.gather(
                     *(_ensure(p, session=session, run_dir=run_dir, base_dir=base_dir, log=log) for p in plans),
+                    *(_ensure_retrieval(s, session=session, run_dir=run_dir, base_dir=base_dir, log=log) for s in services),
                     return_exceptions=True,
                 )
             started = [r for r in results if isinstance(r, LaunchedServer)]
