@@ -210,3 +210,20 @@ def test_proctor_run_launches_the_service_for_a_retrieve_tool(bm25_index: Path, 
     run_log = (tmp_path / "run" / "run.log").read_text()
     assert "starting the retrieval service" in run_log and "stopped the server of role 'retrieval-" in run_log
     assert not listening(port)
+
+
+def test_an_index_is_built_from_its_corpus_once_and_again_when_the_corpus_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(ORCHESTRA_CORPUS.read_text())
+    service = RetrievalLaunch(kind="retrieval", index="idx", corpus="corpus.jsonl", index_args=["--bm25", "--no-dense"], port=free_port())
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        ensure(service, tmp_path, lambda: None)
+        assert "building the retrieval index" in caplog.text and (tmp_path / "idx" / "manifest.json").is_file()
+        caplog.clear()
+        ensure(service, tmp_path, lambda: None)
+        assert "building" not in caplog.text and "starting the retrieval service" in caplog.text
+        with corpus.open("a") as fh:
+            fh.write(json.dumps({"id": "new", "content": "A new document."}) + "\n")
+        ensure(service, tmp_path, lambda: None)
+        assert "building the retrieval index" in caplog.text
+    assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["documents"] == 13

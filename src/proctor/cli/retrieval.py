@@ -46,7 +46,7 @@ def index(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from proctor.retrieval.corpus import CorpusFields, load_corpus
-    from proctor.retrieval.index import IndexKind, build_index
+    from proctor.retrieval.index import IndexKind, build_index, file_sha256
 
     if fmt is not None and fmt not in ("jsonl", "json", "csv", "parquet"):
         raise InputError(f"unknown --format {fmt!r}; use jsonl, json, csv or parquet")
@@ -63,7 +63,8 @@ def index(
     columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("indexing", total=len(docs))
-        stats = build_index(docs, out, kinds=kinds, approximate=approximate, progress=lambda n: bar.advance(task, n))
+        stats = build_index(docs, out, kinds=kinds, approximate=approximate, progress=lambda n: bar.advance(task, n),
+                            corpus_sha256=file_sha256(corpus))
     m = stats.manifest
     what = " + ".join(f"{k}{f' ({m.faiss})' if k == 'dense' else ''}" for k in m.kinds)
     print(f"indexed {stats.documents} documents ({what}) into {out} in {stats.seconds:.1f} s")

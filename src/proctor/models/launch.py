@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -509,6 +510,53 @@ def resolve_index(service: RetrievalLaunch, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path).resolve()
 
 
+def _stale_corpus(service: RetrievalLaunch, index: Path, base_dir: Path, run_dir: Path) -> Path | None:
+    """The launch's corpus when ``index`` must be (re)built from it, else None (index current)."""
+    from proctor.retrieval.index import file_sha256
+
+    assert service.corpus is not None
+    corpus = Path(service.corpus).expanduser()
+    corpus = corpus if corpus.is_absolute() else (base_dir / corpus).resolve()
+    if not corpus.is_file():
+        raise LaunchError(f"retrieval corpus {corpus} does not exist", hint="launch.corpus is relative to the spec file")
+    try:
+        manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("corpus_sha256") == file_sha256(corpus):
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return corpus
+
+
+async def _build_index_if_stale(
+    service: RetrievalLaunch, index: Path, *, base_dir: Path, run_dir: Path, log: logging.Logger
+) -> None:
+    """Build ``index`` from the launch's ``corpus`` when it is missing or was built from other data."""
+    corpus = await asyncio.to_thread(_stale_corpus, service, index, base_dir, run_dir)
+    if corpus is None:
+        return
+    log_path = run_dir / f"launch-retrieval-{service.port}.log"
+    argv = service.index_argv(str(corpus), str(index))
+    log.info("building the retrieval index %s from %s (once; rebuilt when the corpus changes; log: %s)", index, corpus, log_path)
+    began = time.monotonic()
+    with log_path.open("ab") as log_file:
+        log_file.write(f"=== proctor builds the index: {shlex.join(argv)}\n".encode())
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        try:
+            code = await proc.wait()
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+    if code != 0:
+        raise LaunchError(
+            f"building the retrieval index {index} failed (exit {code}).\n  command: {shlex.join(argv)}\n"
+            + "\n".join(f"  | {line}" for line in log_tail(log_path).splitlines())
+        )
+    log.info("built the retrieval index %s in %.1f s", index, time.monotonic() - began)
+
+
 async def _ensure_retrieval(
     service: RetrievalLaunch, *, session: aiohttp.ClientSession, run_dir: Path, base_dir: Path, log: logging.Logger
 ) -> LaunchedServer | None:
@@ -531,6 +579,8 @@ async def _ensure_retrieval(
             hint="stop that process, or choose another launch.port",
         )
     index = resolve_index(service, base_dir)
+    if service.corpus is not None:
+        await _build_index_if_stale(service, index, base_dir=base_dir, run_dir=run_dir, log=log)
     if not (index / "manifest.json").is_file():
         raise LaunchError(
             f"retrieval index {index} does not exist (or is not an index)",

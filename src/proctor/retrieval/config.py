@@ -22,6 +22,11 @@ class RetrievalLaunch(StrictModel):
     kind: Literal["retrieval"]
     index: str
     """Index directory made by ``proctor retrieval index``; relative to the spec file."""
+    corpus: str | None = None
+    """A corpus file to build ``index`` from when it is missing or was built from other data
+    (relative to the spec file); without it the index must exist."""
+    index_args: list[str] = Field(default_factory=lambda: ["--bm25"])
+    """``proctor retrieval index`` options for that build (default: dense and BM25)."""
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     extra_args: list[str] = Field(default_factory=list)
@@ -39,6 +44,10 @@ class RetrievalLaunch(StrictModel):
     def url(self) -> str:
         """The tool's endpoint: ``http://host:port/retrieve``."""
         return f"{self.base_url}/retrieve"
+
+    def index_argv(self, corpus: str, index: str) -> list[str]:
+        """The command that builds ``index`` from ``corpus`` (both resolved paths)."""
+        return [sys.executable, "-m", "proctor", "retrieval", "index", corpus, "--out", index, *self.index_args]
 
     def argv(self, index: str) -> list[str]:
         """The command that serves ``index`` (the resolved directory)."""

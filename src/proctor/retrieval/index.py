@@ -32,7 +32,7 @@ from proctor.errors import InputError
 from proctor.retrieval.corpus import Document
 from proctor.retrieval.encoder import MODEL_ASSET, Encoder
 
-__all__ = ["BuildStats", "Hit", "IndexKind", "Manifest", "SearchIndex", "build_index", "ENCODE_BATCH"]
+__all__ = ["BuildStats", "Hit", "IndexKind", "Manifest", "SearchIndex", "build_index", "file_sha256", "ENCODE_BATCH"]
 
 IndexKind = Literal["dense", "bm25"]
 ENCODE_BATCH = 64
@@ -53,6 +53,8 @@ class Manifest:
     dim: int | None = None
     faiss: str | None = None
     """``flat`` (exact) or ``hnsw`` (approximate)."""
+    corpus_sha256: str | None = None
+    """Digest of the corpus file it was built from: a launch rebuilds the index when it changes."""
     version: int = FORMAT_VERSION
     built_at: str = ""
     build_seconds: float = 0.0
@@ -89,6 +91,17 @@ class Hit:
     score: float
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (what tells a launch that its corpus changed)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _sorted_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
     """Row numbers grouped into batches of similar length (longest first)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
@@ -120,6 +133,7 @@ def build_index(
     approximate: bool = False,
     encoder: Encoder | None = None,
     progress: Progress | None = None,
+    corpus_sha256: str | None = None,
 ) -> BuildStats:
     """Write an index of ``docs`` into ``out`` (created; written to a temp dir, then renamed in)."""
     import faiss
@@ -137,7 +151,7 @@ def build_index(
             for doc in docs:
                 fh.write(json.dumps(doc.to_json(), ensure_ascii=False) + "\n")
         texts = [d.text for d in docs]
-        manifest = Manifest(documents=len(docs), kinds=sorted(set(kinds)))
+        manifest = Manifest(documents=len(docs), kinds=sorted(set(kinds)), corpus_sha256=corpus_sha256)
         if "bm25" in kinds:
             import bm25s
 
