@@ -57,9 +57,13 @@ def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
 class Encoder:
     """Embeds texts into unit vectors of ``dim`` floats; thread-compatible (one caller at a time)."""
 
-    def __init__(self, weights: dict[str, Array], tokenizer_json: str, config: dict[str, Any]) -> None:
+    def __init__(self, weights: dict[str, Array], tokenizer_json: str, config: dict[str, Any], *, blas_threads: int = 1) -> None:
+        from threadpoolctl import threadpool_limits
         from tokenizers import Tokenizer
 
+        # One BLAS thread: OpenBLAS's spinning worker threads made encoding 5-15x slower here on
+        # two shared cores (measured: 1.4 vs 22 queries/s), and the service has one worker anyway.
+        threadpool_limits(blas_threads, user_api="blas")
         self.config = config
         self.dim = int(config["hidden_size"])
         self.heads = int(config["num_attention_heads"])
