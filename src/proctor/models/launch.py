@@ -1,7 +1,8 @@
 """Start (or reuse) the local model servers a spec asks for, and never leave one behind.
 
-A role may carry ``launch: {kind: llama-cpp | vllm | sglang | command, port: ...}``. For each such
-role :func:`launched_servers`:
+A role may carry ``launch: {kind: llama-cpp | vllm | sglang | command, port: ...}`` (``replicas: N``
+starts N data-parallel copies on consecutive ports, see :func:`replica_configs`), and a retrieval
+tool ``launch: {kind: retrieval, ...}`` (:func:`retrieval_services`). For each :func:`launched_servers`:
 
 1. probes ``GET http://host:port/v1/models``; a healthy answer means someone already runs the
    server, so it is *reused* and left running afterwards (it is not ours to stop);
@@ -403,6 +404,26 @@ async def _come_up(server: LaunchedServer, session: aiohttp.ClientSession, log: 
     return server
 
 
+def replica_configs(cfg: LaunchConfig) -> list[LaunchConfig]:
+    """One single-server config per data-parallel replica: ports ``port .. port+n-1``, own GPUs.
+
+    Pure, like :func:`build_argv`. Replica i gets GPUs ``i*g .. i*g+g-1`` for
+    ``gpus_per_replica: g``, counted in ``gpus`` when that lists the devices, else from 0.
+    """
+    if cfg.replicas == 1 and cfg.gpus_per_replica is None:
+        return [cfg]
+    devices = [d.strip() for d in cfg.gpus.split(",") if d.strip()] if cfg.gpus else None
+    out = []
+    for i in range(cfg.replicas):
+        update: dict[str, object] = {"port": cfg.port + i, "replicas": 1}
+        if cfg.gpus_per_replica:
+            g = cfg.gpus_per_replica
+            ids = devices[i * g : (i + 1) * g] if devices else [str(d) for d in range(i * g, (i + 1) * g)]
+            update["gpus"] = ",".join(ids)
+        out.append(cfg.model_copy(update=update))
+    return out
+
+
 @dataclass
 class _Plan:
     """One server to ensure, shared by every role launching on the same host:port."""
@@ -412,6 +433,13 @@ class _Plan:
     """With ``model_path`` resolved (assets assembled, relative paths made absolute)."""
     original: LaunchConfig
     model: str
+    replica: int | None = None
+    """Which data-parallel replica this is (``launch.replicas`` > 1), else None."""
+
+    @property
+    def name(self) -> str:
+        """The role, or ``role-i`` for replica i: names the log file and the messages."""
+        return self.roles[0] if self.replica is None else f"{self.roles[0]}-{self.replica}"
 
 
 def _plans(models: Mapping[str, ModelConfig], base_dir: Path, log: logging.Logger) -> list[_Plan]:
@@ -430,7 +458,8 @@ def _plans(models: Mapping[str, ModelConfig], base_dir: Path, log: logging.Logge
                     "but with different settings",
                     hint="give each launched server its own port, or make the two launch blocks identical",
                 )
-            other.roles.append(role)
+            for i in range(launch.replicas):
+                plans[(key[0], key[1] + i)].roles.append(role)
             continue
         original = launch
         if launch.model_path:
@@ -441,7 +470,12 @@ def _plans(models: Mapping[str, ModelConfig], base_dir: Path, log: logging.Logge
                     hint="relative model_path values are taken relative to the spec file's directory",
                 )
             launch = launch.model_copy(update={"model_path": resolved_path})
-        plans[key] = _Plan([role], launch, original, mcfg.model or served_name(launch))
+        several = launch.replicas > 1
+        for i, cfg in enumerate(replica_configs(launch)):
+            rkey = (connect_host(cfg.host), cfg.port)
+            if rkey in plans:
+                raise LaunchError(f"role {role!r}: replica {i} on port {cfg.port} collides with role {plans[rkey].roles[0]!r}")
+            plans[rkey] = _Plan([role], cfg, original, mcfg.model or served_name(launch), i if several else None)
     return list(plans.values())
 
 
@@ -449,7 +483,7 @@ async def _ensure(
     plan: _Plan, *, session: aiohttp.ClientSession, run_dir: Path, base_dir: Path, log: logging.Logger
 ) -> LaunchedServer | None:
     """Reuse a healthy server on the plan's port, or start one and wait for it to be healthy."""
-    cfg, role = plan.cfg, plan.roles[0]
+    cfg, role = plan.cfg, plan.name
     base_url = launch_base_url(cfg)
     ok, detail = await probe(session, base_url)
     if ok:
@@ -466,10 +500,13 @@ async def _ensure(
             hint="stop that process, or choose another launch.port",
         )
     argv = build_argv(cfg, model=plan.model)
+    if plan.replica:  # staggered: replicas loading at once would fight over disk and host memory
+        await asyncio.sleep(plan.replica * plan.original.stagger)
     server = _spawn(role, cfg, argv, run_dir=run_dir, cwd=base_dir)
+    gpus = f", CUDA_VISIBLE_DEVICES={cfg.gpus}" if cfg.gpus is not None else ""
     log.info(
-        "starting %s for role(s) %s on %s:%d (log: %s)",
-        cfg.kind, ", ".join(plan.roles), cfg.host, cfg.port, server.log_path,
+        "starting %s for role(s) %s on %s:%d%s (log: %s)",
+        cfg.kind, ", ".join(plan.roles) if plan.replica is None else role, cfg.host, cfg.port, gpus, server.log_path,
     )
     return await _come_up(server, session, log)
 
@@ -637,16 +674,23 @@ async def launched_servers(
                         raise err
                 raise errors[0]
         resolved: dict[str, ModelConfig] = dict(models)
+        by_role: dict[str, list[_Plan]] = {}
         for plan in plans:
             for role in plan.roles:
-                mcfg = models[role]
-                update: dict[str, object] = {}
-                if mcfg.base_url is None and not mcfg.replicas and mcfg.pool_file is None:
-                    update["base_url"] = launch_base_url(plan.cfg)
-                if not mcfg.model:
-                    update["model"] = served_name(plan.cfg)
-                update["launch"] = plan.cfg
-                resolved[role] = mcfg.model_copy(update=update)
+                by_role.setdefault(role, []).append(plan)
+        for role, role_plans in by_role.items():
+            mcfg = models[role]
+            first = role_plans[0]
+            update: dict[str, object] = {}
+            if mcfg.base_url is None and not mcfg.replicas and mcfg.pool_file is None:
+                if len(role_plans) == 1:
+                    update["base_url"] = launch_base_url(first.cfg)
+                else:  # data-parallel replicas: the role's pool is all of them
+                    update["replicas"] = [launch_base_url(p.cfg) for p in role_plans]
+            if not mcfg.model:
+                update["model"] = served_name(first.cfg)
+            update["launch"] = first.cfg if len(role_plans) == 1 else first.original.model_copy(update={"model_path": first.cfg.model_path})
+            resolved[role] = mcfg.model_copy(update=update)
         yield resolved
     finally:
         pending = list(reversed(started))
