@@ -227,3 +227,26 @@ def test_an_index_is_built_from_its_corpus_once_and_again_when_the_corpus_change
         ensure(service, tmp_path, lambda: None)
         assert "building the retrieval index" in caplog.text
     assert json.loads((tmp_path / "idx" / "manifest.json").read_text())["documents"] == 13
+
+
+def test_a_service_still_loading_is_waited_for_and_reused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Someone else's service answers 503 "loading" a few times, then "ready": proctor waits, starts nothing."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    probes: list[int] = []
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        probes.append(1)
+        if len(probes) < 4:
+            return JSONResponse({"ok": False, "status": "loading", "seconds": len(probes)}, status_code=503)
+        return JSONResponse({"ok": True, "status": "ready", "documents": 12, "mode": "bm25"})
+
+    with ServerThread(app) as other:
+        service = RetrievalLaunch(kind="retrieval", index="unused", port=other.port)
+        with caplog.at_level(logging.INFO, logger=LOG.name):
+            ensure(service, tmp_path, lambda: None)
+    assert "is loading the model and index" in caplog.text and "reusing the healthy retrieval service" in caplog.text
+    assert len(probes) == 4 and not list(tmp_path.glob("launch-*.log"))
