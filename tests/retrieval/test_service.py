@@ -129,3 +129,23 @@ def test_a_bad_query_fails_its_request_only(index_dir: Path, encoder: Encoder) -
         good = httpx.post(srv.url + "/retrieve", json={"queries": ["Python creator"], "topk": 1})
     assert bad.status_code == 400 and bad.json()["ok"] is False and "query 1 could not be searched" in bad.json()["error"]
     assert good.status_code == 200 and good.json()[0][0]["document"]["id"] == "python"
+
+
+def test_an_index_that_cannot_be_loaded_is_reported_on_health(tmp_path: Path) -> None:
+    from retrieval_support import ORCHESTRA_CORPUS
+
+    from proctor.retrieval.corpus import load_corpus
+    from proctor.retrieval.index import build_index
+
+    build_index(load_corpus(ORCHESTRA_CORPUS), tmp_path / "idx", kinds=("bm25",))
+    for f in (tmp_path / "idx" / "bm25").iterdir():
+        f.write_bytes(b"damaged")
+    with ServerThread(create_app(ServiceSettings(index_dir=tmp_path / "idx", web=None))) as srv:
+        for _ in range(400):  # bounded: until loading has finished one way or the other
+            health = httpx.get(srv.url + "/health")
+            if health.json()["status"] != "loading":
+                break
+            threading.Event().wait(0.05)
+        retrieve = httpx.post(srv.url + "/retrieve", json={"queries": ["x"]})
+    assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert retrieve.status_code == 503 and "failed to load" in retrieve.json()["error"]
