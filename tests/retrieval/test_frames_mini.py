@@ -32,11 +32,17 @@ def test_the_data_is_answerable_from_the_corpus() -> None:
     assert {q["hops"] for q in questions} >= {"town -> founder", "town -> province -> river"}
 
 
-def _spec_copy(tmp_path: Path) -> Path:
-    """The example's spec, with its own port and index directory (the corpus stays the example's)."""
+def _spec_copy(tmp_path: Path, *, bm25_only: bool = False) -> Path:
+    """The example's spec, with its own port and index directory (the corpus stays the example's).
+
+    ``bm25_only`` keeps CI fast: the service is the real one, but embedding 500 documents would
+    cost most of this file's time budget (the dense path runs in the orchestra example's test).
+    """
     spec = yaml.safe_load((EXAMPLE / "spec.yaml").read_text())
     launch = spec["solver"]["tools"][0]["launch"]
     launch.update(port=free_port(), index=str(tmp_path / "index"), corpus=str(EXAMPLE / "corpus.jsonl"))
+    if bm25_only:
+        launch.update(index_args=["--bm25", "--no-dense"])
     spec["dataset"]["path"] = str(EXAMPLE / "data.jsonl")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -50,7 +56,7 @@ def test_frames_mini_runs_with_the_real_service_and_a_fake_model(tmp_path: Path)
         {"content": '<tool_call>{"name": "answer", "arguments": {"answer": "1767"}}</tool_call>'},
     ]
     with FakeLLMThread(FakeLLMConfig(model="orch", script=script)) as llm:
-        result = run_proctor("run", _spec_copy(tmp_path), "--model", f"subject={llm.base_url}@orch", "--limit", "2",
+        result = run_proctor("run", _spec_copy(tmp_path, bm25_only=True), "--model", f"subject={llm.base_url}@orch", "--limit", "2",
                              "--out", tmp_path / "run", "--progress", "none", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     trajectories = read_jsonl(tmp_path / "run" / "traj_log_all.jsonl")
