@@ -1,8 +1,9 @@
 """Stand-ins for every service the orchestra example talks to, in one process.
 
-Five fake LLM servers (orchestrator, three experts, judge), a second "lenient" judge for the
-rescoring demo, and the retrieval stand-in over ``corpus.jsonl``, on the ports ``spec.yaml``
-names. The orchestrator follows a script (search and code in parallel, then hand the question to
+Five fake LLM servers (orchestrator, three experts, judge) and a second "lenient" judge for the
+rescoring demo, on the ports ``spec.yaml`` names. The retrieval service is the real one, which
+``proctor run`` starts itself (``launch:`` in the spec); tests that want the BM25 stand-in over
+``corpus.jsonl`` instead get it from ``start(..., retrieval=True)``. The orchestrator follows a script (search and code in parallel, then hand the question to
 the answering expert); the experts answer from keyword tables. Nothing here is smart: it exercises
 the plumbing (tool calls, experts, sandbox, retrieval, judge, events) exactly as real models would.
 
@@ -70,17 +71,19 @@ def configs() -> dict[str, FakeLLMConfig]:
     }
 
 
-async def start(stack: AsyncExitStack, *, fixed_ports: bool = True, corpus: Path = HERE / "corpus.jsonl") -> dict[str, str]:
-    """Start everything; returns ``name -> base URL`` (and ``retrieval -> /retrieve URL``)."""
+async def start(stack: AsyncExitStack, *, fixed_ports: bool = True, corpus: Path = HERE / "corpus.jsonl",
+                retrieval: bool = True) -> dict[str, str]:
+    """Start the fakes; returns ``name -> base URL`` (and ``retrieval -> /retrieve URL`` with the stand-in)."""
     urls: dict[str, str] = {}
     for name, cfg in configs().items():
         port = PORTS[name] if fixed_ports else 0
         llm = await stack.enter_async_context(FakeLLM(cfg, host="127.0.0.1", port=port))
         urls[name] = llm.base_url
-    retr = await stack.enter_async_context(
-        RetrievalServer.from_file(corpus, host="127.0.0.1", port=RETRIEVAL_PORT if fixed_ports else 0)
-    )
-    urls["retrieval"] = retr.url
+    if retrieval:
+        retr = await stack.enter_async_context(
+            RetrievalServer.from_file(corpus, host="127.0.0.1", port=RETRIEVAL_PORT if fixed_ports else 0)
+        )
+        urls["retrieval"] = retr.url
     return urls
 
 
@@ -90,7 +93,7 @@ async def main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
-        urls = await start(stack)
+        urls = await start(stack, retrieval=False)  # proctor run launches the real retrieval service
         for name, url in urls.items():
             print(f"{name:14s} {url}", flush=True)
         print("ready; Ctrl-C to stop", flush=True)

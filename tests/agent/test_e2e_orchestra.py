@@ -49,7 +49,8 @@ def test_orchestra_example_runs_and_rescores(tmp_path: Path) -> None:
             for role, cfg in spec["models"].items():
                 cfg["base_url"] = urls["orchestrator" if role == "subject" else role]
             for tool in spec["solver"]["tools"]:
-                if "retrieve" in tool:
+                if "retrieve" in tool:  # the stand-in instead of the launched real service
+                    tool["retrieve"].pop("launch", None)
                     tool["retrieve"]["url"] = urls["retrieval"]
             spec_path = tmp_path / "spec.yaml"
             spec_path.write_text(yaml.safe_dump(spec))

@@ -285,7 +285,7 @@ def test_chat_shaped_input_and_prompt_template() -> None:
         ({"max_turnz": 3}, "solver.max_turnz: unknown key"),
         ({"tools": ["pythn"]}, "solver.tools[0].type: unknown tool 'pythn'"),
         ({"tools": [{"type": "python", "timeout": "slow"}]}, "solver.tools[0].timeout: expected a number"),
-        ({"tools": [{"type": "retrieve"}]}, "solver.tools[0].url: required key is missing"),
+        ({"tools": [{"type": "retrieve"}]}, "solver.tools[0]: the retrieve tool needs 'url' (or 'launch: "),
         ({"tools": ["answer", "answer"]}, "two tools are named 'answer'"),
         ({"tools": [{"type": "ask_expert", "mode": "python"}]}, "exactly one of 'role'"),
         ({"tools": [{"type": "custom", "path": "no_such_module_xyz:make"}]}, "solver.tools[0].path: cannot import"),

@@ -39,7 +39,8 @@ def test_orchestra_runs_through_the_server_in_private_mode(tmp_path: Path) -> No
             for role, cfg in spec["models"].items():
                 cfg["base_url"] = urls["orchestrator" if role == "subject" else role]
             for tool in spec["solver"]["tools"]:
-                if "retrieve" in tool:
+                if "retrieve" in tool:  # the stand-in instead of the launched real service
+                    tool["retrieve"].pop("launch", None)
                     tool["retrieve"]["url"] = urls["retrieval"]
             (tmp_path / "data.jsonl").write_text((EXAMPLE / "data.jsonl").read_text())
             (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))

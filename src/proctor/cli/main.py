@@ -48,6 +48,7 @@ _GROUPS = (
     "proctor.cli.server_cmd",
     "proctor.cli.remote",
     "proctor.cli.tunnel_cmd",
+    "proctor.cli.retrieval",
 )
 for _name in _GROUPS:
     try:

@@ -139,10 +139,33 @@ def _dry_run(task: Any, spec_dir: Path) -> int:
                           str(rep.get("concurrency_limit", "")))
     console = make_console()
     console.print(table)
+    _dry_run_services(task, spec_dir, console)
     if problem:
         console.print(f"[red]{problem}[/red]")
         return 2
     return 0
+
+
+def _dry_run_services(task: Any, spec_dir: Path, console: Any) -> None:
+    """Each retrieval service the run would reuse, or start (with its command line)."""
+    import shlex
+
+    import aiohttp
+
+    from proctor.models.launch import probe_retrieval, resolve_index, retrieval_services
+
+    services = retrieval_services(task.solver.model_dump())
+
+    async def probe_all() -> list[tuple[bool, str]]:
+        async with aiohttp.ClientSession() as session:
+            return [await probe_retrieval(session, s.base_url) for s in services]
+
+    for service, (ok, detail) in zip(services, run_loop(probe_all()) if services else [], strict=True):
+        if ok:
+            console.print(f"retrieval service {service.url}: healthy ({detail}); would be reused", markup=False)
+        else:
+            argv = shlex.join(service.argv(str(resolve_index(service, spec_dir))))
+            console.print(f"retrieval service {service.url}: not running ({detail}); would start: {argv}", markup=False)
 
 
 def rescore(

@@ -276,12 +276,14 @@ class Runner:
 
     @contextlib.asynccontextmanager
     async def _launched(self, models: dict[str, ModelConfig]) -> AsyncIterator[dict[str, ModelConfig]]:
-        if not any(m.launch for m in models.values()):
+        from proctor.models.launch import launched_servers, retrieval_services
+
+        services = retrieval_services(self.spec.solver.model_dump())
+        if not services and not any(m.launch for m in models.values()):
             yield models
             return
-        from proctor.models.launch import launched_servers
-
-        async with launched_servers(models, run_dir=self.run_dir, base_dir=self.spec_dir, log=log) as resolved:
+        async with launched_servers(models, run_dir=self.run_dir, base_dir=self.spec_dir, log=log,
+                                    services=services) as resolved:
             yield dict(resolved)
 
     async def _run_workers(self, work: deque[tuple[Sample, bool]], ledger: Ledger, solver: Solver, scorer: Scorer,

