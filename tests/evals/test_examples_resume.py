@@ -106,7 +106,8 @@ def scenario(example: str, with_model: bool, tmp_path: Path) -> Iterator[tuple[P
 
             def edit(spec: dict[str, Any]) -> None:
                 for tool in spec["solver"]["tools"]:
-                    if "retrieve" in tool:
+                    if "retrieve" in tool:  # the stand-in instead of the launched real service
+                        tool["retrieve"].pop("launch", None)
                         tool["retrieve"]["url"] = urls["retrieval"]
                 if not with_model:
                     for role, name in roles.items():
