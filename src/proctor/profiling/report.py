@@ -62,8 +62,8 @@ def render(console: Any, result: dict[str, Any]) -> None:
                           share, str(g["over_long"]), str(g["errors"]), str(g["retries"]))
         console.print(table)
         for g in groups:
-            slowest = ", ".join(f"{s['sample_id']} {s['duration']:.1f}s" for s in g["slowest"])
-            console.print(f"  slowest calls of {g['name']} {g['target']}: {slowest}")
+            slowest = ", ".join(f"{s['sample_id']} {_num(s['duration'])}s" for s in g["slowest"])
+            console.print(f"  slowest calls of {g['name']} {g['target']}".rstrip() + f": {slowest}")
     _render_samples(console, result["samples"])
     _render_time(console, result["time"], result["retries_errors"])
     for g in result["groups"]:
@@ -144,19 +144,20 @@ def render_comparison(console: Any, cmp: dict[str, Any]) -> None:
     a, b = cmp["a"], cmp["b"]
     console.print(f"[bold]A[/bold] {a['run']}: {a['events']} calls · [bold]B[/bold] {b['run']}: {b['events']} calls")
     cols = ("count", "mean", "std", "p50", "p90", "p99", "max", "under_share", "over_long")
-    table = Table(title="Per group: A / B / B - A", title_justify="left")
-    table.add_column("group")
+    table = Table(title="Per group: A, B and B - A", title_justify="left", box=box.SIMPLE_HEAD)
+    for col in ("section", "name", "target", "run"):
+        table.add_column(col, no_wrap=True)
     for col in cols:
         table.add_column(col, justify="right")
     for row in cmp["groups"]:
-        label = f"{row['section']} {row['name']} {row['target']}".strip()
-        cells = []
-        for col in cols:
-            va = None if row["a"] is None else row["a"][col]
-            vb = None if row["b"] is None else row["b"][col]
-            d = None if row["delta"] is None else row["delta"][col]
-            cells.append(f"{_num(va)} / {_num(vb)} / {_delta(d)}")
-        table.add_row(label, *cells)
+        label = [row["section"], row["name"], row["target"]]
+        for run in ("a", "b", "delta"):
+            values = row[run]
+            fmt = _delta if run == "delta" else _num
+            cells = [fmt(None if values is None else values[col]) for col in cols]
+            table.add_row(*label, {"a": "A", "b": "B", "delta": "B - A"}[run], *cells,
+                          end_section=run == "delta")
+            label = ["", "", ""]
     console.print(table)
     t = cmp["time_delta"]
     console.print("time split B - A: " + ", ".join(f"{k} {_delta(v)}" for k, v in t.items()))
