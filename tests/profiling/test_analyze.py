@@ -185,7 +185,7 @@ def test_cli_json_csv_two_runs_and_plots(run_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "orchestrator" in result.stdout and "+1.000" in result.stdout
 
-    result = run_proctor("analyze", run_dir, "--plots")
+    result = run_proctor("analyze", run_dir)  # the plots are from the first call's --plots
     assert result.returncode == 0, result.stderr
     for table in ("Tools, end to end", "Expert models inside tools", "Model calls per role and replica",
                   "Slowest samples", "Time split", "Retries and errors by class", "log scale"):
