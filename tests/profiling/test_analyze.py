@@ -20,15 +20,19 @@ import io
 import json
 import math
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from helpers import run_proctor
+from helpers import run_proctor, write_spec
 
 from proctor.errors import InputError
 from proctor.profiling.analysis import Options, analyze_events, compare, concurrency_timeline, load_events
 from proctor.profiling.events import read_events
 from proctor.profiling.stats import histogram, latency_summary, quantile
+from proctor.testing import FakeLLMConfig, FakeLLMThread
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "events_known.jsonl"
 R1, R2, R3 = "http://127.0.0.1:9101/v1", "http://127.0.0.1:9102/v1", "http://127.0.0.1:9103/v1"
@@ -196,6 +200,31 @@ def test_cli_json_csv_two_runs_and_plots(run_dir: Path, tmp_path: Path) -> None:
                     "hist-model-orchestrator-http-127-0-0-1-9102-v1.png",
                     "hist-model-searcher-http-127-0-0-1-9103-v1.png"}, pngs
     assert all((run_dir / "analysis" / name).stat().st_size > 5000 for name in pngs)
+
+
+def test_a_run_still_in_progress_can_be_analysed(tmp_path: Path) -> None:
+    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.25)) as llm:
+        spec = write_spec(tmp_path, llm.base_url, n=60, concurrency=2)  # 60 calls, two at a time: >= 7.5 s
+        out = tmp_path / "run"
+        proc = subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out),
+                                 "--progress", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            events = out / "events.jsonl"
+            while proc.poll() is None and time.monotonic() < deadline:
+                if events.exists() and events.read_bytes().count(b"\n") >= 2:
+                    break
+                time.sleep(0.05)
+            result = run_proctor("analyze", out, "--json")
+            still_running = proc.poll() is None
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert still_running and 2 <= data["events"] < 60
+    (group,) = data["groups"]
+    assert group["count"] == data["events"] and data["samples"]["count"] == data["events"]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
