@@ -29,7 +29,14 @@ import pytest
 from helpers import run_proctor, write_spec
 
 from proctor.errors import InputError
-from proctor.profiling.analysis import Options, analyze_events, compare, concurrency_timeline, load_events
+from proctor.profiling.analysis import (
+    Options,
+    analyze_events,
+    compare,
+    concurrency_timeline,
+    expert_tools,
+    load_events,
+)
 from proctor.profiling.events import read_events
 from proctor.profiling.stats import histogram, latency_summary, quantile
 from proctor.testing import FakeLLMConfig, FakeLLMThread
@@ -93,6 +100,13 @@ def test_tools_end_to_end_and_each_experts_own_calls() -> None:
     assert expert["count"] == 2 and expert["mean"] == 2.0 and expert["std"] == 1.0 and expert["under_share"] == 1.0
     python = groups[("tool", "python", "")]
     assert python["count"] == 2 and python["std"] == 0.0 and python["errors"] == 1
+
+
+def test_a_role_shared_by_two_tools_is_named_after_both() -> None:
+    events = [{"kind": "tool", "tool": "search", "expert_role": "helper"},
+              {"kind": "tool", "tool": "code", "expert_role": "helper"},
+              {"kind": "tool", "tool": "python"}]
+    assert expert_tools(events) == {"helper": "code+search"}
 
 
 def test_samples_table_with_limits_and_the_slowest() -> None:
@@ -194,6 +208,7 @@ def test_cli_json_csv_two_runs_and_plots(run_dir: Path, tmp_path: Path) -> None:
     for table in ("Tools, end to end", "Expert models inside tools", "Model calls per role and replica",
                   "Slowest samples", "Time split", "Retries and errors by class", "log scale"):
         assert table in result.stdout, table
+    assert "(running)" in result.stdout  # s4 has no sample record yet
     pngs = {p.name for p in (run_dir / "analysis").glob("*.png")}
     assert pngs == {"concurrency.png", "hist-samples.png", "hist-tool-search.png", "hist-tool-python.png",
                     "hist-expert-search-m-search.png", "hist-model-orchestrator-http-127-0-0-1-9101-v1.png",
