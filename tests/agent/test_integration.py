@@ -71,7 +71,11 @@ def test_orchestra_loop_through_router(tmp_path: Path) -> None:
             assert retr.requests == 2
             return res, model_events, tool_events
 
-    res, model_events, tool_events = arun(go())
+    res, model_events, emitted = arun(go())
+    tool_events = [e for e in emitted if e["kind"] == "tool"]
+    # and one record of the whole sample, for `proctor analyze`
+    assert [(e["turns"], e["tool_calls"], e["outcome"]) for e in emitted if e["kind"] == "sample"] == [
+        (3, res.extra["tool_calls"], None)]
     assert res.output == "1889" and res.outcome is None and res.model_calls == 3
     assert res.extra["answer_source"] == "tool:answer"
     tools = [m for m in res.messages if m["role"] == "tool"]

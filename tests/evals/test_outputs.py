@@ -57,11 +57,11 @@ def test_analyze_tables_json_and_plots(tmp_path: Path, fake_llm: FakeLLMThread) 
     data = json.loads(result.stdout)
     assert data["events"] == 12
     (group,) = data["groups"]
-    assert group["kind"] == "model" and group["name"] == "subject" and group["calls"] == 12
-    assert group["target"] == fake_llm.base_url and group["duration_s"]["n"] == 12
+    assert group["section"] == "model" and group["name"] == "subject" and group["count"] == 12
+    assert group["target"] == fake_llm.base_url and sum(group["histogram"]["counts"]) == 12
     result = run_proctor("analyze", out, "--plots")
     assert result.returncode == 0 and "subject" in result.stdout
-    assert (out / "analysis" / "durations.png").stat().st_size > 1000
+    assert next((out / "analysis").glob("hist-model-subject-*.png")).stat().st_size > 1000
     assert (out / "analysis" / "concurrency.png").exists()
     result = run_proctor("analyze", tmp_path)
     assert result.returncode == 2 and "no events.jsonl" in result.stderr

@@ -1,49 +1,55 @@
-"""``proctor analyze``: where a run's time went."""
+"""``proctor analyze RUN_DIR [RUN_DIR_B]``: where a run's time went, or how two runs differ."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
 
 from proctor.cli._console import make_console
-from proctor.errors import InputError
 
 
 def analyze(
-    run_dir: Path = typer.Argument(..., help="A run directory made by `proctor run`."),
+    run_dir: Path = typer.Argument(..., help="A run directory made by `proctor run` (may still be running)."),
+    run_dir_b: Path | None = typer.Argument(None, help="A second run: show both side by side with B - A per group."),
+    under: float = typer.Option(5.0, "--under", min=0, help="Report the share of calls shorter than this (s)."),
+    long: float = typer.Option(300.0, "--long", min=0, help="Count calls longer than this (s)."),
+    bins: int = typer.Option(10, "--bins", min=1, max=200, help="Histogram bins (linear and log scale)."),
     plots: bool = typer.Option(False, "--plots", help="Also write PNG plots into RUN_DIR/analysis/."),
     as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print the latency tables as CSV."),
 ) -> None:
-    """Latency per role, replica and tool; model vs tool time; retries and errors."""
-    from rich.table import Table
+    """Latency per tool, expert, role and replica; samples; model vs tool vs queueing; retries, errors."""
+    from proctor.errors import InputError
+    from proctor.profiling.analysis import Options, analyze_events, compare, load_events
+    from proctor.profiling.report import render, render_comparison, to_csv
 
-    from proctor.profiling.analysis import analyze as run_analysis
-    from proctor.profiling.analysis import write_plots
-
-    if not (run_dir / "events.jsonl").is_file():
-        raise InputError(f"{run_dir} has no events.jsonl: is it a run directory made by `proctor run`?")
-    result = run_analysis(run_dir)
+    if as_json and as_csv:
+        raise InputError("--json and --csv are alternatives: give one")
+    opts = Options(under=under, long=long, bins=bins)
+    events_a = load_events(run_dir)
+    result = {"run": str(run_dir), **analyze_events(events_a, opts)}
+    cmp = None
+    if run_dir_b is not None:
+        cmp = compare(result, {"run": str(run_dir_b), **analyze_events(load_events(run_dir_b), opts)})
     if as_json:
-        print(json.dumps(result, indent=2))
-        return
-    console = make_console()
-    table = Table(title=f"{result['events']} calls over {result['span_s']} s — model time {result['model_time_s']} s, "
-                        f"tool time {result['tool_time_s']} s", title_justify="left")
-    for col in ("kind", "role / tool", "replica / expert", "calls", "errors", "retries", "p50 s", "p90 s", "p99 s",
-                "max s", "ttft p50", "total s"):
-        table.add_column(col, justify="right" if col not in ("kind", "role / tool", "replica / expert") else "left")
-    for g in result["groups"]:
-        d = g["duration_s"] or {}
-        t = g["ttft_s"] or {}
-        table.add_row(g["kind"], g["name"], g["target"], str(g["calls"]), str(g["errors"]), str(g["retries"]),
-                      f"{d.get('p50', 0):.3f}", f"{d.get('p90', 0):.3f}", f"{d.get('p99', 0):.3f}",
-                      f"{d.get('max', 0):.3f}", f"{t['p50']:.3f}" if t else "-", f"{g['total_s']:.1f}")
-    console.print(table)
+        print(json.dumps(cmp if cmp is not None else result, indent=2))
+    elif as_csv:
+        print(to_csv(result, cmp), end="")
+    else:
+        console = make_console()
+        if cmp is not None:
+            render_comparison(console, cmp)
+        else:
+            render(console, result)
     if plots:
-        for path in write_plots(run_dir, run_dir / "analysis"):
-            console.print(f"wrote {path}")
+        from proctor.profiling.plots import write_plots
+
+        for path in write_plots(result, events_a, run_dir / "analysis"):
+            # Machine-readable output stays alone on stdout.
+            print(f"wrote {path}", file=sys.stderr if (as_json or as_csv) else sys.stdout)
 
 
 def register(app: typer.Typer) -> None:

@@ -140,6 +140,7 @@ class Role:
         timeout = self._timeout
         config = self.config
         attempts = 0
+        queued = 0.0  # waiting for a free replica slot, reported as the event's queue_s
         avoid = None
         replica = None
         status: str = "ok"
@@ -150,7 +151,11 @@ class Role:
             while True:
                 replica = pool.try_acquire(avoid)
                 if replica is None:
-                    replica = await pool.acquire(avoid, deadline)
+                    t_wait = time.monotonic()
+                    try:
+                        replica = await pool.acquire(avoid, deadline)
+                    finally:
+                        queued += time.monotonic() - t_wait
                 attempts += 1
                 t_attempt = time.monotonic()
                 if deadline - t_attempt < config.request_timeout:
@@ -264,6 +269,7 @@ class Role:
                         "tokens_out": result.completion_tokens if result is not None else 0,
                         "attempts": attempts,
                         "retries": attempts - 1 if attempts > 0 else 0,
+                        "queue_s": queued,
                         "status": status,
                         "http_status": http_status,
                     }

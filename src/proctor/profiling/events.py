@@ -53,14 +53,19 @@ class EventLog:
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
-    """All complete events of a log; a torn last line (from a crash) is skipped."""
+    """All complete events of a log; a torn last line (a crash, or a run still writing) is skipped.
+
+    So is any line that is not a JSON object, and bytes that are not UTF-8 only spoil their line.
+    """
     events: list[dict[str, Any]] = []
     if not path.exists():
         return events
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(event, dict):
+                events.append(event)
     return events

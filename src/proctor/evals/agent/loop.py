@@ -346,7 +346,7 @@ class AgentSolver:
             )
             check_images(sample, supported)
             send_images = True
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         deadline = ctx.deadline
         if opts.time_limit is not None:
             own = started + opts.time_limit
@@ -453,7 +453,16 @@ class AgentSolver:
             # Infra failure or abort: the engine records it; keep what happened for the record.
             exc.trajectory = trajectory  # type: ignore[attr-defined]
             exc.turns = turns  # type: ignore[attr-defined]
+            outcome = exc.error_class
             raise
+        except asyncio.CancelledError:  # the engine's hard time limit, or a stopping run
+            outcome = outcome or "cancelled"
+            raise
+        finally:
+            # One record per sample for `proctor analyze`: turns, tool calls, wall time, the limit hit.
+            ctx.emit({"kind": "sample", "sample_id": sample.id, "start": started_wall,
+                      "duration": time.monotonic() - started, "turns": len(turns), "tool_calls": tool_calls,
+                      "outcome": outcome})
         if answer is None:
             answer, answer_source = last_text, ("last_message" if last_text else None)
         return SolveResult(
