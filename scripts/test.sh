@@ -5,8 +5,9 @@ cd "$(dirname "$0")/.."
 . scripts/_setup.sh
 ensure_venv
 ensure_bwrap
+ensure_postgres
 echo "==> installing proctor and its test dependencies into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,postgres]'
 echo "==> type-checking src/proctor (mypy)"
 .venv/bin/python -m mypy src/proctor
 echo "==> linting (ruff)"
