@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL server for the tests, and the job-store URL each test server should use.
 
-``PostgresCluster.start`` runs Debian's ``initdb`` and then ``postgres`` itself as a child process
-(the handle that stops it), listening on a Unix socket only, in a fresh directory: no TCP port is
+``PostgresCluster.start`` runs Debian's ``initdb`` and then ``postgres`` under proctor's watchdog
+(our handle that stops it; and no orphan even if the tests are SIGKILLed), listening on a Unix socket only, in a fresh directory: no TCP port is
 opened at all. As root it runs as the unprivileged ``postgres`` user (PostgreSQL refuses root).
 ``fsync=off``: the cluster lives for one test session and is deleted after.
 
@@ -13,6 +13,7 @@ a store.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -20,6 +21,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -55,6 +57,8 @@ def missing_reason() -> str | None:
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root and there is no unprivileged 'postgres' user to run PostgreSQL as"
+        if shutil.which("setpriv") is None:
+            return "running as root without setpriv (util-linux) to run PostgreSQL as the 'postgres' user"
     return None
 
 
@@ -62,6 +66,9 @@ def missing_reason() -> str | None:
 class PostgresCluster:
     root: Path
     proc: subprocess.Popen[bytes]
+    """The watchdog; we hold its stdin (the lifeline)."""
+    pid: int | None
+    """postgres itself."""
 
     @classmethod
     def start(cls) -> PostgresCluster:
@@ -74,23 +81,32 @@ class PostgresCluster:
             entry = pwd.getpwnam("postgres")
             user, group = entry.pw_uid, entry.pw_gid
             os.chown(root, user, group)
-        log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below, once both children have it
         try:
             subprocess.run(
                 [bindir / "initdb", "-D", root / "db", "-U", "postgres", "--auth=trust", "-E", "UTF8",
                  "--no-sync", "--no-instructions"],
                 check=True, stdout=log, stderr=subprocess.STDOUT, user=user, group=group, timeout=120,
             )
+            # Through proctor's watchdog: the cluster dies with this test process even on SIGKILL.
+            # As root the watchdog stays root (the interpreter may be in root's home) and setpriv
+            # becomes postgres in place (no fork: the pid the watchdog reports is postgres).
+            as_user = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups"] if user is not None else []
             proc = subprocess.Popen(
-                [bindir / "postgres", "-D", root / "db", "-k", root, "-p", str(PORT), "-c", "listen_addresses=",
-                 "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                 "-c", "max_connections=400", "-c", "shared_buffers=32MB"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, user=user, group=group,
-                start_new_session=True,
+                [sys.executable, "-m", "proctor.models._watchdog", "--grace", "5", "--", *as_user,
+                 str(bindir / "postgres"), "-D", str(root / "db"), "-k", str(root), "-p", str(PORT),
+                 "-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                 "-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=32MB"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True, cwd=root,
             )
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
         finally:
             log.close()
-        cluster = cls(root, proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()  # "pid N", or EOF if postgres could not start
+        cluster = cls(root, proc, int(line.split()[1]) if line.startswith("pid ") else None)
         try:
             cluster._wait_ready()
         except BaseException:
@@ -115,14 +131,23 @@ class PostgresCluster:
         return f"host={self.root} port={PORT} user=postgres dbname={database}"
 
     def stop(self) -> None:
-        """Fast shutdown (SIGINT: disconnect clients, then exit), then remove its files."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
+        """Fast shutdown (SIGINT: disconnect clients, then exit), then remove its files.
+
+        Closing the lifeline afterwards makes the watchdog end whatever is left (SIGTERM, 5 s, SIGKILL).
+        """
+        if self.pid is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGINT)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=20)
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
