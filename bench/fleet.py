@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,30 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import pg_kit  # noqa: E402
-
-
-def start_server(data: Path, url: str, config: Path, slots: int) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--database-url", url,
-         "--slots", str(slots), "--config", str(config), "--ready-line", "READY {port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("READY"):
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return proc, f"http://127.0.0.1:{line.split()[1]}"
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=60)
+from helpers import create_token, start_server, stop_process  # noqa: E402
 
 
 def run_fleet(base: Path, name: str, servers: int, jobs: int, slots: int) -> float:
@@ -64,12 +40,9 @@ def run_fleet(base: Path, name: str, servers: int, jobs: int, slots: int) -> flo
         "queue_max": jobs * 2, "max_queued_per_user": jobs * 2,
         "templates": {"hello": {"argv": [sys.executable, "-c", "print('ran once')"]}},
     }))
-    url = pg_kit.store_url_for(data)
-    assert url is not None
-    token = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "create", "bench", "--admin",
-                            "--data", str(data), "--database-url", url],
-                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    started = [start_server(data, url, config, slots) for _ in range(servers)]
+    token = create_token(data, "bench", admin=True)  # helpers add --database-url (pg_kit.ENV is set)
+    started = [start_server(data, base / f"{name}.log", "--slots", str(slots), "--config", str(config))
+               for _ in range(servers)]
     clients = [httpx.Client(base_url=u, headers={"Authorization": f"Bearer {token}"}, timeout=60) for _, u in started]
     try:
         t0 = time.monotonic()
@@ -100,7 +73,7 @@ def run_fleet(base: Path, name: str, servers: int, jobs: int, slots: int) -> flo
         for c in clients:
             c.close()
         for proc, _ in started:
-            stop(proc)
+            stop_process(proc)
 
 
 def main() -> None:
