@@ -35,3 +35,12 @@ ensure_bwrap() {
   fi
   apt_install bubblewrap
 }
+
+# ensure_postgres: PostgreSQL's server binaries, for the tests that run the job store on it.
+# Optional: without them (and without root to install them) those tests skip with the reason.
+ensure_postgres() {
+  if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    return 0
+  fi
+  apt_install postgresql || echo "note: the PostgreSQL job-store tests will be skipped"
+}

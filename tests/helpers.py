@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pg_kit
+
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -68,7 +70,7 @@ def start_server(data: Path, log: Path, *extra: str,
     with open(log, "ab") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--slots", "1",
-             "--ready-line", "READY {port}", *extra],
+             "--ready-line", "READY {port}", *store_args(data), *extra],
             stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, text=True,
             preexec_fn=preexec_fn,
         )
@@ -78,6 +80,12 @@ def start_server(data: Path, log: Path, *extra: str,
         stop_process(proc)
         raise AssertionError(f"server did not start: {line!r}\n{log.read_text()[-2000:]}")
     return proc, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+def store_args(data: Path) -> list[str]:
+    """``--database-url`` for the job store the running test chose (see ``pg_kit``), else nothing."""
+    url = pg_kit.store_url_for(data)
+    return ["--database-url", url] if url else []
 
 
 def stop_process(proc: subprocess.Popen[str], timeout: float = 30) -> None:
@@ -91,7 +99,7 @@ def stop_process(proc: subprocess.Popen[str], timeout: float = 30) -> None:
 
 
 def create_token(data: Path, name: str, *, admin: bool = False) -> str:
-    args = [sys.executable, "-m", "proctor", "server", "token", "create", name, "--data", str(data)]
+    args = [sys.executable, "-m", "proctor", "server", "token", "create", name, "--data", str(data), *store_args(data)]
     if admin:
         args.append("--admin")
     return subprocess.run(args, capture_output=True, text=True, check=True, timeout=60).stdout.strip()

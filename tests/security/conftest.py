@@ -16,8 +16,10 @@ from sandbox_kit import SecureServer, start_secure_server  # noqa: E402
 
 
 @pytest.fixture
-def secure_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Factory: ``secure_server(**config)`` starts a sandboxed server child; stopped at teardown."""
+def secure_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store_backend: str) -> Iterator[Any]:
+    """Factory: ``secure_server(**config)`` starts a sandboxed server child; stopped at teardown.
+
+    Once per job-store back end (``store_backend``: SQLite, PostgreSQL)."""
     started: list[tuple[Any, SecureServer]] = []
 
     def make(**config: Any) -> SecureServer:
@@ -33,7 +35,7 @@ def secure_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
 
 
 @pytest.fixture(scope="module")
-def shared_secure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
+def shared_secure_server(tmp_path_factory: pytest.TempPathFactory, store_backend: str) -> Iterator[SecureServer]:
     """One default sandboxed server for a whole module (attacks refused at submission)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         proc, server = start_secure_server(tmp_path_factory.mktemp("shared"), 0, monkeypatch)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pg_kit
 import pytest
 import uvicorn
 
@@ -73,6 +74,7 @@ def start_server(data: Path, **overrides: Any) -> Running:
         "kill_grace": 2.0,
         "log_poll_interval": 0.05,
         "sandbox": {"readable": [gates]},
+        "database_url": pg_kit.store_url_for(data),
     }
     values.update(overrides)
     settings = ServerSettings.model_validate(values)

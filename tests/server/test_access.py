@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helpers import store_args
 from server_helpers import script_job, wait_state
 
 
@@ -122,12 +123,12 @@ def test_a_revoked_token_is_refused_by_the_running_server(make_server) -> None:
     srv = make_server(token_cache_seconds=0.2)
     bob = srv.client("bob")
     assert bob.get("/v1/jobs").status_code == 200  # now cached
-    data = str(srv.settings.data_dir)
-    listed = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "list", "--data", data],
+    data, store = str(srv.settings.data_dir), store_args(srv.settings.data_dir)
+    listed = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "list", "--data", data, *store],
                             capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0 and "bob\tuser" in listed.stdout and "root\tadmin" in listed.stdout
     assert srv.tokens["bob"] not in listed.stdout + listed.stderr  # only names are shown
-    revoked = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data],
+    revoked = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data, *store],
                              capture_output=True, text=True, timeout=60)
     assert revoked.returncode == 0, revoked.stderr
     deadline = time.monotonic() + 10
@@ -135,6 +136,6 @@ def test_a_revoked_token_is_refused_by_the_running_server(make_server) -> None:
         time.sleep(0.05)
     assert bob.get("/v1/jobs").status_code == 401
     assert srv.client("alice").get("/v1/jobs").status_code == 200
-    again = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data],
+    again = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data, *store],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "no token named 'bob'" in again.stderr

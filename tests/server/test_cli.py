@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import typer
 from server_helpers import wait_state
 from typer.testing import CliRunner
@@ -54,6 +55,7 @@ def test_submit_follow_results_and_friends(make_server, tmp_path: Path, monkeypa
     assert r.exit_code != 0 and "no job" in str(r.exception)
 
 
+@pytest.mark.store("sqlite")  # reads the SQLite file; test_postgres_store.py looks in PostgreSQL
 def test_token_create_prints_once_and_stores_digest(tmp_path: Path) -> None:
     runner, app = CliRunner(), _app()
     r = runner.invoke(app, ["server", "token", "create", "carol", "--admin", "--data", str(tmp_path)])

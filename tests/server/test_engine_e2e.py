@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import start_server, stop_process
+from helpers import create_token, start_server, stop_process
 
 from proctor.client import Client
 from proctor.testing import FakeLLMConfig, FakeLLMThread
@@ -66,19 +66,11 @@ def _dead(proc: psutil.Process) -> bool:
         return True
 
 
-def _token(data: Path) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "proctor", "server", "token", "create", "alice", "--data", str(data)],
-        capture_output=True, text=True, check=True, timeout=60,
-    )
-    return out.stdout.strip()
-
-
 @pytest.mark.slow
 def test_sigkill_restart_resumes_and_key_never_written(tmp_path: Path) -> None:
     data, server_log = tmp_path / "data", tmp_path / "server-stderr.log"
     data.mkdir()
-    token = _token(data)
+    token = create_token(data, "alice")
     with FakeLLMThread(FakeLLMConfig(latency=0.05, reply="arith", require_key=KEY)) as llm:
         spec_dir = _spec_dir(tmp_path, llm.base_url)
         server = ServerProcess(data, server_log)

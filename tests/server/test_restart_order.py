@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from server_helpers import script_job, start_server, wait_state
 
 
@@ -32,6 +33,7 @@ def test_running_job_requeued_first(tmp_path: Path) -> None:
         srv.stop()
 
 
+@pytest.mark.store("sqlite")  # it makes its SQLite store itself
 def test_a_store_from_an_older_release_gains_the_new_columns(tmp_path: Path) -> None:
     """A data directory made before ``tunnel_digest`` existed opens, keeps its jobs, and can
     store the new column."""

@@ -44,6 +44,9 @@ from proctor.server.store import ACTIVE_STATES, TERMINAL_STATES, JobRow, JobStor
 
 log = logging.getLogger("proctor.server")
 
+SHARED_QUEUE_POLL = 1.0
+"""Seconds between looks at a shared store's queue (see ``JobStore.shared``) when nothing woke us."""
+
 
 @dataclass(slots=True)
 class Running:
@@ -394,7 +397,11 @@ class JobManager:
 
     async def _schedule(self) -> None:
         while True:
-            await self.wake.wait()
+            if self.store.shared:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), SHARED_QUEUE_POLL)
+            else:
+                await self.wake.wait()
             self.wake.clear()
             while not self._stopping and len(self.running) < self.settings.slots:
                 queue = self.store.queued()
@@ -403,6 +410,8 @@ class JobManager:
                 await self._start(queue[0])
 
     async def _start(self, job: JobRow) -> None:
+        # The claim: a conditional UPDATE, so of several servers sharing the store exactly one
+        # moves the job out of ``queued``; the others see no row changed and look again.
         if not self.store.transition(
             job.id,
             {"queued"},

@@ -185,6 +185,13 @@ class JobStore:
         metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
 
+    @property
+    def shared(self) -> bool:
+        """True when other servers may use this store too: any back end but SQLite (one machine's
+        file, one server). Their schedulers then look for queued jobs now and then, since a job
+        another server queued wakes nothing here."""
+        return self.engine.dialect.name != "sqlite"
+
     def close(self) -> None:
         self.engine.dispose()
 
