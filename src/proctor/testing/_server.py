@@ -19,7 +19,7 @@ from aiohttp import web
 from proctor.errors import InputError
 
 from ._config import FakeLLMConfig
-from ._replies import Reply, choose, completion_chars, limit, split, text_of, tokens
+from ._replies import Reply, choose, completion_chars, echo_logprobs, limit, split, text_of, tokens
 
 __all__ = ["FakeLLM"]
 
@@ -235,7 +235,10 @@ class FakeLLM:
             else:
                 if delay:
                     await asyncio.sleep(delay)
-                resp = _json(_completion(cfg.model, reply, tokens(chars), legacy))
+                data = _completion(cfg.model, reply, tokens(chars), legacy)
+                if legacy and body.get("logprobs") is not None:
+                    _add_logprobs(data, body)
+                resp = _json(data)
             self.ok += 1
             self.successes[key] = self.successes.get(key, 0) + 1
             return resp
@@ -372,6 +375,18 @@ def _completion(model: str, reply: Reply, prompt_tokens: int, legacy: bool) -> d
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
         "usage": usage,
     }
+
+
+def _add_logprobs(data: dict[str, Any], body: dict[str, Any]) -> None:
+    """``echo`` (the prompt before the reply) and ``logprobs`` on a legacy completion."""
+    choice = data["choices"][0]
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt else ""
+    pieces = [prompt, choice["text"]] if body.get("echo") and isinstance(prompt, str) else [choice["text"]]
+    choice["text"] = "".join(pieces)
+    top = body.get("logprobs")
+    choice["logprobs"] = echo_logprobs(pieces, isinstance(top, int) and not isinstance(top, bool) and top > 0)
 
 
 def _chunks(model: str, reply: Reply, prompt_tokens: int, legacy: bool, usage: bool) -> list[dict[str, Any]]:
