@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -175,3 +176,33 @@ def test_an_include_path_that_is_not_a_directory_is_one_line_and_exit_2(tmp_path
     result = run_proctor("run", spec, "--out", tmp_path / "run")
     assert result.returncode == 2
     assert "lm_eval.include_path" in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_the_printed_command_resumes(tmp_path: Path) -> None:
+    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.2)) as llm:
+        spec = copy_example(tmp_path)
+        out = tmp_path / "run"
+        proc = subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "-c", "2",
+                                 "-m", f"subject={llm.base_url}@fake", "--progress", "none"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while llm.stats()["requests"] < 6 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        assert f"resume with: proctor run {out / 'spec.yaml'} --out {out}" in stdout
+        assert set(llm.counts) == ledger_labels(out)  # the requests in flight were let finish
+        stats = json.loads((out / "eval_stats.json").read_text())
+        assert stats["status"] == "interrupted" and stats["final"] is False and stats["metrics"] is None
+        llm.reconfigure(latency=0.0)
+        resumed = run_proctor("run", out / "spec.yaml", "--out", out, "--progress", "none")
+        assert resumed.returncode == 0, resumed.stderr
+        counts = llm.counts
+    assert len(counts) == N_REQUESTS and set(counts.values()) == {1}
+    assert metrics(out) == pytest.approx(expected_metrics())

@@ -131,7 +131,9 @@ def _run_lm_eval(data: dict[str, Any], spec: Path, *, out: Path | None, model: l
                       markup=False)
     if result.message:
         console.print(result.message, markup=False)
-    if result.exit_code == 1:
+    if result.interrupted:
+        console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
+    elif result.exit_code == 1:
         console.print(f"re-run the failed requests with: {resume_command(run_dir)} --retry-errors",
                       soft_wrap=True, markup=False)
     return result.exit_code

@@ -49,6 +49,10 @@ class Request:
             self.key = hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+class RunInterrupted(Exception):
+    """Raised to lm-eval's thread after a signal: no new request is sent, answered ones are kept."""
+
+
 @dataclass(slots=True)
 class Failure:
     label: str
@@ -82,11 +86,15 @@ class RequestBridge:
         self.counts = PhaseCounts()
         self.sent = 0
         self.abort: ModelAbortError | None = None
+        self.stopped = False
+        """Set by the first SIGINT/SIGTERM: requests in flight finish, no new one is sent."""
         self._on_phase = on_phase
         self._params: dict[str, GenerateParams] = {}
 
     async def answer(self, kind: str, requests: list[Request]) -> list[Any]:
         """Answers in the order of ``requests``; None for each request that failed."""
+        if self.stopped:
+            raise RunInterrupted
         unique = {r.key: r for r in requests}
         await self.ledger.durable()  # the writer is idle: the ledger's connection is ours for a moment
         known = self.ledger.states()
@@ -120,6 +128,8 @@ class RequestBridge:
         self._report(True)
         if self.abort is not None:
             raise self.abort
+        if self.stopped:
+            raise RunInterrupted
         return [answers.get(r.key) for r in requests]
 
     def _report(self, final: bool) -> None:
@@ -128,7 +138,7 @@ class RequestBridge:
             self._on_phase(self.counts, final)
 
     async def _worker(self, work: deque[Request], answers: dict[str, Any]) -> None:
-        while work and self.abort is None:
+        while work and self.abort is None and not self.stopped:
             request = work.popleft()
             started = time.time()
             self.ledger.mark_running(request.key, started)

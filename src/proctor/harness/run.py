@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,17 @@ from proctor.errors import IncomparableRunError, InputError, SpecError
 from proctor.evals.ledger import Ledger
 from proctor.evals.progress import Progress
 from proctor.evals.reports import atomic_write
-from proctor.evals.runner import EXIT_OK, EXIT_SAMPLE_ERRORS, RunDirectory, RunOptions, RunResult
+from proctor.evals.runner import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLE_ERRORS,
+    RunDirectory,
+    RunOptions,
+    RunResult,
+    exit_at_once,
+)
 from proctor.evals.spec import _redact
-from proctor.harness.bridge import PhaseCounts, RequestBridge
+from proctor.harness.bridge import PhaseCounts, RequestBridge, RunInterrupted
 from proctor.harness.spec import LmEvalSpec
 from proctor.profiling.events import EventLog
 
@@ -56,7 +65,7 @@ def run_lm_eval(spec: LmEvalSpec, *, spec_dir: Path, options: RunOptions, consol
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HOME"] = str(run_dir / "hf")
-    ledger = _open_ledger(spec, run_dir, force_new=options.force_new)
+    ledger = _open_ledger(spec, include_path, run_dir, force_new=options.force_new)
     try:
         data = spec.model_dump(mode="python", exclude_unset=True)
         if include_path is not None:
@@ -83,9 +92,9 @@ def _include_path(spec: LmEvalSpec, spec_dir: Path) -> Path | None:
     return path
 
 
-def _open_ledger(spec: LmEvalSpec, run_dir: Path, *, force_new: bool) -> Ledger:
+def _open_ledger(spec: LmEvalSpec, include_path: Path | None, run_dir: Path, *, force_new: bool) -> Ledger:
     """A run resumes only with the same model and lm-eval settings (its answers are that model's)."""
-    fingerprint = spec.fingerprint()
+    fingerprint = spec.fingerprint(None if include_path is None else str(include_path))
     ledger = Ledger(run_dir / "ledger.sqlite")
     stored = ledger.get_meta("fingerprint")
     old = json.loads(stored) if stored is not None else {}
@@ -139,9 +148,16 @@ async def _main(spec: LmEvalSpec, spec_dir: Path, options: RunOptions, ledger: L
         lm = ProctorLM(bridge, asyncio.get_running_loop(), chat=spec.lm_eval.apply_chat_template,
                        gen_kwargs=spec.lm_eval.gen_kwargs, model_name=spec.models["subject"].model)
         ticker = asyncio.create_task(display.tick(bridge, events))
+        loop = asyncio.get_running_loop()
+        _install_signals(loop, bridge, ledger, events, options.out)
         try:
             results = await asyncio.to_thread(_evaluate, lm, spec, task_manager)
+        except RunInterrupted:
+            results = None
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -151,6 +167,23 @@ async def _main(spec: LmEvalSpec, spec_dir: Path, options: RunOptions, ledger: L
         await router.aclose()
         events.close()
         ledger.flush()
+
+
+def _install_signals(loop: asyncio.AbstractEventLoop, bridge: RequestBridge, ledger: Ledger, events: EventLog,
+                     run_dir: Path) -> None:
+    """First SIGINT/SIGTERM: send no new request, let those in flight finish (exit 130). Second:
+    commit what the ledger holds (at most 2 s) and exit at once."""
+
+    def on_signal(name: str) -> None:
+        if not bridge.stopped:
+            bridge.stopped = True
+            log.warning("%s received: finishing the requests in flight (again to exit at once)", name)
+            return
+        exit_at_once(events, ledger, run_dir)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig.name)
 
 
 def _evaluate(lm: Any, spec: LmEvalSpec, task_manager: Any) -> dict[str, Any] | None:
@@ -209,6 +242,10 @@ def _finish(spec: LmEvalSpec, run_dir: Path, ledger: Ledger, results: dict[str, 
                      "failed": len(bridge.failures), "sent_this_session": bridge.sent},
         "wall_time_s": round(wall, 3),
     }
+    if bridge.stopped and results is None:
+        stats.update(status="interrupted", metrics=None, final=False)
+        atomic_write(run_dir / "eval_stats.json", json.dumps(stats, indent=2))
+        return RunResult(EXIT_INTERRUPTED, stats, interrupted=True)
     if bridge.failures or results is None:
         # Never a metric computed over placeholder answers: the run is incomplete.
         stats["status"] = "incomplete"

@@ -52,14 +52,16 @@ class LmEvalSpec(StrictModel):
     def roles_used(self) -> list[str]:
         return sorted(self.models)
 
-    def fingerprint(self) -> dict[str, str]:
+    def fingerprint(self, include_path: str | None) -> dict[str, str]:
         """What must not change for a resumed run to reuse the answers in its ledger.
 
         The tasks and their options decide which requests exist; each request is keyed by its
         content, so a changed task simply asks new requests. The model must not change, since an
-        answer is the model's.
+        answer is the model's. ``include_path`` is the resolved one: the spec written into the run
+        directory names it absolutely, and resuming from that spec is the same run.
         """
-        return {"model": self.models["subject"].model, "lm_eval": _digest(self.lm_eval.model_dump())}
+        settings = {**self.lm_eval.model_dump(), "include_path": include_path}
+        return {"model": self.models["subject"].model, "lm_eval": _digest(settings)}
 
 
 def parse_lm_eval_spec(data: dict[str, Any], *, source: str) -> LmEvalSpec:
