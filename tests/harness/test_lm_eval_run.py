@@ -206,3 +206,29 @@ def test_sigterm_lets_requests_in_flight_finish_and_the_printed_command_resumes(
         counts = llm.counts
     assert len(counts) == N_REQUESTS and set(counts.values()) == {1}
     assert metrics(out) == pytest.approx(expected_metrics())
+
+
+def test_the_metrics_equal_lm_evals_own_cli_against_the_same_server(tmp_path: Path) -> None:
+    tasks = "proctor_arith,proctor_arith_mc"
+    with FakeLLMThread(FakeLLMConfig(reply="arith")) as llm:
+        spec = copy_example(tmp_path)
+        ours = run_proctor("run", spec, "--out", tmp_path / "run", "-m", f"subject={llm.base_url}@fake",
+                           "--progress", "none")
+        assert ours.returncode == 0, ours.stderr
+        # lm-eval's own API model, with the test server's vLLM-style tokenizer endpoints.
+        model_args = (f"base_url={llm.base_url}/completions,model=fake,tokenizer_backend=remote,"
+                      "tokenized_requests=False,num_concurrent=8")
+        env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+        theirs = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "local-completions",
+                                 "--model_args", model_args, "--tasks", tasks, "--include_path",
+                                 str(tmp_path / "tasks"), "--num_fewshot", "0", "--gen_kwargs", "temperature=0",
+                                 "--output_path", str(tmp_path / "cli")],
+                                capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert theirs.returncode == 0, theirs.stderr[-2000:]
+    (cli_file,) = (tmp_path / "cli" / "fake").glob("results_*.json")
+    (our_file,) = (tmp_path / "run" / "lm_eval" / "fake").glob("results_*.json")
+    cli, our = json.loads(cli_file.read_text())["results"], json.loads(our_file.read_text())["results"]
+    for task in tasks.split(","):
+        keys = [k for k in cli[task] if "," in k]
+        assert keys and {k: our[task][k] for k in keys} == pytest.approx({k: cli[task][k] for k in keys})
+    assert metrics(tmp_path / "run") == pytest.approx(expected_metrics())

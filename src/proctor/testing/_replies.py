@@ -149,6 +149,12 @@ def split(text: str, pieces: int = 4) -> list[str]:
 
 _TOKEN = re.compile(r"\s*\S+|\s+")
 """The fake tokenizer: a run of whitespace with the word after it is one token (" 42")."""
+EOS_TOKEN = "</s>"
+
+
+def tokenize(text: str) -> list[str]:
+    """The fake tokenizer's tokens of ``text`` (they join back to ``text``)."""
+    return _TOKEN.findall(text)
 
 
 def echo_logprobs(pieces: list[str], top: bool) -> dict[str, Any]:
