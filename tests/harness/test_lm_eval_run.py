@@ -232,3 +232,19 @@ def test_the_metrics_equal_lm_evals_own_cli_against_the_same_server(tmp_path: Pa
         keys = [k for k in cli[task] if "," in k]
         assert keys and {k: our[task][k] for k in keys} == pytest.approx({k: cli[task][k] for k in keys})
     assert metrics(tmp_path / "run") == pytest.approx(expected_metrics())
+
+
+def test_apply_chat_template_sends_generation_as_chat_messages(tmp_path: Path) -> None:
+    spec = copy_example(tmp_path)
+    spec.write_text(spec.read_text().replace("tasks: [proctor_arith, proctor_arith_mc]", "tasks: [proctor_arith]")
+                    .replace("apply_chat_template: false", "apply_chat_template: true"))
+    with FakeLLMThread(FakeLLMConfig(reply="arith")) as llm:
+        result = run_proctor("run", spec, "--out", tmp_path / "run", "-m", f"subject={llm.base_url}@fake",
+                             "--progress", "none")
+        assert result.returncode == 0, result.stderr
+        body = llm.server.last_request
+    assert body is not None and "prompt" not in body
+    assert body["messages"][-1]["role"] == "user" and body["messages"][-1]["content"].startswith("Question: What is")
+    assert body["stop"] == ["\n", "Question:"] and body["max_tokens"] == 16 and body["temperature"] == 0
+    expected = expected_metrics()[("proctor_arith", "exact_match")]
+    assert metrics(tmp_path / "run") == pytest.approx({("proctor_arith", "exact_match"): expected})
