@@ -88,6 +88,7 @@ def test_generation_and_multiple_choice_metrics_with_lm_eval_outputs(tmp_path: P
         samples = sorted((out / "lm_eval" / "fake").glob(f"samples_{task}_2*.jsonl"))  # the date follows the name
         assert samples and len(read_jsonl(samples[0])) == n
     assert sum(1 for e in read_jsonl(out / "events.jsonl") if e["kind"] == "model") == N_REQUESTS
+    assert "run arith-lm-eval: lm-eval tasks proctor_arith, proctor_arith_mc" in (out / "run.log").read_text()
 
 
 def test_kill_9_at_random_moments_then_resume_redoes_no_answered_request(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from proctor.evals.runner import (
     RunDirectory,
     RunOptions,
     RunResult,
+    _attach_run_log,
     exit_at_once,
 )
 from proctor.evals.spec import _redact
@@ -71,13 +72,20 @@ def run_lm_eval(spec: LmEvalSpec, *, spec_dir: Path, options: RunOptions, consol
         if include_path is not None:
             data["lm_eval"]["include_path"] = str(include_path)
         atomic_write(run_dir / "spec.yaml", yaml.safe_dump(to_jsonable_python(_redact(data)), sort_keys=False))
-        recovered = ledger.recover_interrupted()
-        if recovered:
-            log.info("%d request(s) were in flight when the last run stopped; sending them again", recovered)
-        task_manager = _task_manager(spec.lm_eval.tasks, include_path)
-        started = time.monotonic()
-        results, bridge = run_loop(_main(spec, spec_dir, options, ledger, task_manager, console))
-        return _finish(spec, run_dir, ledger, results, bridge, time.monotonic() - started)
+        handler = _attach_run_log(run_dir / "run.log")
+        try:
+            log.info("run %s: lm-eval tasks %s, model %s, concurrency %d", spec.name, ", ".join(spec.lm_eval.tasks),
+                     spec.models["subject"].model, spec.concurrency)
+            recovered = ledger.recover_interrupted()
+            if recovered:
+                log.info("%d request(s) were in flight when the last run stopped; sending them again", recovered)
+            task_manager = _task_manager(spec.lm_eval.tasks, include_path)
+            started = time.monotonic()
+            results, bridge = run_loop(_main(spec, spec_dir, options, ledger, task_manager, console))
+            return _finish(spec, run_dir, ledger, results, bridge, time.monotonic() - started)
+        finally:
+            logging.getLogger("proctor").removeHandler(handler)
+            handler.close()
     finally:
         ledger.close()
 
