@@ -1,4 +1,4 @@
-"""Locating a continuation's logprobs by text offsets (no tokenizer), and lm-eval's kwargs."""
+"""Locating a continuation's logprobs by text offsets (no tokenizer), stop strings, and task lookup."""
 
 from __future__ import annotations
 
@@ -33,3 +33,14 @@ def test_a_rolling_loglikelihood_skips_the_first_token_only() -> None:
 def test_answers_are_cut_at_every_stop_string() -> None:
     assert cut_at_stops("42\nQuestion: next", ["Question:", "\n"]) == "42"
     assert cut_at_stops("42", ["\n"]) == "42"
+
+
+def test_lm_evals_own_zoo_is_not_indexed_when_include_path_has_every_task() -> None:
+    pytest.importorskip("lm_eval")
+    from pathlib import Path
+
+    from proctor.harness.run import _task_manager
+
+    tasks = Path(__file__).resolve().parents[2] / "examples" / "lm-eval" / "tasks"
+    manager = _task_manager(["proctor_arith", "proctor_arith_mc"], tasks)
+    assert sorted(manager.all_tasks) == ["proctor_arith", "proctor_arith_mc"]  # not lm-eval's thousands
