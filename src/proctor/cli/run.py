@@ -81,15 +81,16 @@ def run(
     3 crashed, 130 interrupted.
     """
     from proctor.evals.runner import Runner, RunOptions, resume_command
-    from proctor.evals.spec import apply_model_override, load_spec
+    from proctor.evals.spec import apply_overrides, is_lm_eval_spec, parse_spec, read_spec_data
 
     if progress not in ("auto", "rich", "plain", "none"):
         raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
-    task = load_spec(spec)
-    for override in model:
-        task = apply_model_override(task, override)
-    if concurrency:
-        task = task.model_copy(update={"concurrency": concurrency})
+    data = read_spec_data(spec)
+    if is_lm_eval_spec(data):
+        raise typer.Exit(_run_lm_eval(data, spec, out=out, model=model, limit=limit, concurrency=concurrency,
+                                      options=dict(retry_errors=retry_errors, force_new=force_new, grace=grace,
+                                                   progress=progress, report_interval=report_interval)))
+    task = apply_overrides(parse_spec(data, source=str(spec)), model, concurrency)
     if dry_run:
         raise typer.Exit(_dry_run(task, spec.parent.resolve()))
     run_dir = (out or Path("runs") / task.name).resolve()
@@ -107,6 +108,35 @@ def run(
         console.print(f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
                       soft_wrap=True, markup=False)
     raise typer.Exit(result.exit_code)
+
+
+def _run_lm_eval(data: dict[str, Any], spec: Path, *, out: Path | None, model: list[str], limit: int | None,
+                 concurrency: int | None, options: dict[str, Any]) -> int:
+    """A spec with ``lm_eval:``: lm-eval's tasks through proctor's model layer (proctor.harness)."""
+    from proctor.evals.runner import RunOptions, resume_command
+    from proctor.evals.spec import apply_overrides
+    from proctor.harness.run import run_lm_eval
+    from proctor.harness.spec import parse_lm_eval_spec
+
+    task = apply_overrides(parse_lm_eval_spec(data, source=str(spec)), model, concurrency)
+    if limit:
+        task = task.model_copy(update={"lm_eval": task.lm_eval.model_copy(update={"limit": limit})})
+    run_dir = (out or Path("runs") / task.name).resolve()
+    console = make_console()
+    result = run_lm_eval(task, spec_dir=spec.parent.resolve(), options=RunOptions(out=run_dir, **options),
+                         console=console)
+    for block in result.stats.get("metrics") or []:
+        stderr = f" ± {block['stderr']:.4f}" if block["stderr"] is not None else ""
+        console.print(f"{block['task']}  {block['metric']} ({block['filter']}): {block['value']:.4f}{stderr}",
+                      markup=False)
+    if result.message:
+        console.print(result.message, markup=False)
+    if result.interrupted:
+        console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
+    elif result.exit_code == 1:
+        console.print(f"re-run the failed requests with: {resume_command(run_dir)} --retry-errors",
+                      soft_wrap=True, markup=False)
+    return result.exit_code
 
 
 def _dry_run(task: Any, spec_dir: Path) -> int:

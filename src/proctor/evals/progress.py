@@ -47,8 +47,10 @@ class Progress:
     """Tracks done/total, errors, running accuracy and rate; renders them in the chosen mode."""
 
     def __init__(self, *, total: int, done: int, errors: int, mode: str = "auto", console: Any = None,
-                 plain_interval: float = 5.0) -> None:
+                 plain_interval: float = 5.0, label: str = "samples") -> None:
         self.total = total
+        self.label = label
+        """What is counted: ``samples``, or an lm-eval phase such as ``loglikelihood requests``."""
         self.initial_done = done
         self.done = done
         self.errors = errors
@@ -110,7 +112,7 @@ class Progress:
                 transient=False,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task("samples", total=self.total, completed=self.done, errors=self.errors,
+            self._task = self._bar.add_task(self.label, total=self.total, completed=self.done, errors=self.errors,
                                             acc="-", rate="-")
         return self
 
@@ -132,4 +134,5 @@ class Progress:
             now = time.monotonic()
             if final or now - self._last_plain >= self.plain_interval:
                 self._last_plain = now
-                print(f"progress: {describe(snap)}", flush=True)
+                what = "" if self.label == "samples" else f" ({self.label})"
+                print(f"progress{what}: {describe(snap)}", flush=True)

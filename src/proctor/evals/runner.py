@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from proctor._files import ensure_directory
 from proctor._loop import run as run_loop
@@ -419,12 +419,7 @@ class Runner:
                 # Second signal: exit now. Every committed transaction is intact; give the writer
                 # a moment to commit what it holds, then leave.
                 log.warning("%s received again: exiting at once", signame)
-                with contextlib.suppress(Exception):
-                    events.flush()
-                    ledger.flush(timeout=2.0)
-                sys.stderr.write(f"interrupted; resume with: {resume_command(self.run_dir)}\n")
-                sys.stderr.flush()
-                os._exit(EXIT_INTERRUPTED)
+                exit_at_once(events, ledger, self.run_dir)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -435,6 +430,16 @@ class Runner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+def exit_at_once(events: EventLog, ledger: Ledger, run_dir: Path) -> NoReturn:
+    """A second signal: let the writer commit what it holds (at most 2 s), then leave (exit 130)."""
+    with contextlib.suppress(Exception):
+        events.flush()
+        ledger.flush(timeout=2.0)
+    sys.stderr.write(f"interrupted; resume with: {resume_command(run_dir)}\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 def resume_command(run_dir: Path) -> str:

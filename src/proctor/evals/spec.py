@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, ValidationError, field_validator
@@ -103,9 +103,7 @@ class TaskSpec(StrictModel):
     @field_validator("models")
     @classmethod
     def _needs_subject(cls, value: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
-        if "subject" not in value:
-            raise ValueError("a 'subject' role (the model under evaluation) is required")
-        return value
+        return require_subject(value)
 
     def roles_used(self) -> list[str]:
         """Every model role this spec names: its ``models`` and those its solver and scorer ask for.
@@ -133,6 +131,13 @@ class TaskSpec(StrictModel):
             "solver": _digest(self.solver.model_dump()),
             "generate": _digest(self.generate.model_dump()),
         }
+
+
+def require_subject(models: dict[str, ModelConfig]) -> dict[str, ModelConfig]:
+    """Every kind of spec evaluates its ``subject`` role."""
+    if "subject" not in models:
+        raise ValueError("a 'subject' role (the model under evaluation) is required")
+    return models
 
 
 def _named_roles(options: Any) -> set[str]:
@@ -175,6 +180,16 @@ def parse_spec(data: Any, *, source: str) -> TaskSpec:
 
 def load_spec(path: Path) -> TaskSpec:
     """Read and validate a spec file."""
+    return parse_spec(read_spec_data(path), source=str(path))
+
+
+def is_lm_eval_spec(data: Any) -> bool:
+    """An ``lm_eval:`` section makes a spec an lm-eval run (``proctor.harness``)."""
+    return isinstance(data, dict) and "lm_eval" in data
+
+
+def read_spec_data(path: Path) -> Any:
+    """A spec file's YAML, read with bounds; each way it can fail is one clear line."""
     if not path.exists():
         raise SpecError(f"spec file not found: {path}", hint="give the path to a task spec YAML file")
     if path.is_dir():
@@ -190,10 +205,28 @@ def load_spec(path: Path) -> TaskSpec:
         raise SpecError(f"{path} is not a UTF-8 text file") from None
     except OSError as exc:
         raise SpecError(f"cannot read the spec file {path}: {exc.strerror or exc}") from None
-    return parse_spec(data, source=str(path))
+    return data
 
 
-def apply_model_override(spec: TaskSpec, override: str) -> TaskSpec:
+class _HasModels(Protocol):
+    models: dict[str, ModelConfig]
+
+    def roles_used(self) -> list[str]: ...
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Self: ...
+
+
+_SpecT = TypeVar("_SpecT", bound=_HasModels)
+
+
+def apply_overrides(spec: _SpecT, models: list[str], concurrency: int | None) -> _SpecT:
+    """``--model`` (each ``ROLE=URL@NAME``) and ``--concurrency`` over a spec of either kind."""
+    for override in models:
+        spec = apply_model_override(spec, override)
+    return spec.model_copy(update={"concurrency": concurrency}) if concurrency else spec
+
+
+def apply_model_override(spec: _SpecT, override: str) -> _SpecT:
     """``ROLE=URL@NAME`` (or ``ROLE=URL``) replaces where that role's requests go."""
     role, sep, target = override.partition("=")
     if not sep or not role or not target:

@@ -173,7 +173,8 @@ def parse_completion(data: Any, endpoint: str) -> ChatResult:
     """
     try:
         choice = data["choices"][0]
-        message = choice.get("message") or {}
+        # A legacy completion (``/completions``) has ``text`` where chat has a message.
+        message = choice.get("message") or ({"role": "assistant", "content": choice["text"]} if "text" in choice else {})
     except (KeyError, IndexError, TypeError, AttributeError):
         error = data.get("error") if isinstance(data, dict) else None
         raise AttemptFailure(
@@ -348,6 +349,7 @@ async def post_chat_channel(
     model: str,
     api_key_env: str | None,
     role: str | None = None,
+    path: str = "/chat/completions",
 ) -> ChatResult:
     """``post_chat`` over a private role's job channel: same answers, same exceptions.
 
@@ -355,7 +357,7 @@ async def post_chat_channel(
     """
     t0 = time.perf_counter()
     try:
-        answer = await channel.request("POST", "/chat/completions", data, headers, timeout=timeout, role=role)
+        answer = await channel.request("POST", path, data, headers, timeout=timeout, role=role)
         try:
             if answer.status == 200:
                 if stream:
@@ -380,7 +382,7 @@ async def post_chat_channel(
     raise classify_status(
         answer.status,
         body,
-        url=endpoint + "/chat/completions",
+        url=endpoint + path,
         model=model,
         api_key_env=api_key_env,
         retry_after=answer.headers.get("retry-after"),

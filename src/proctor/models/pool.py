@@ -198,6 +198,7 @@ class Replica:
     __slots__ = (
         "base_url",
         "chat_url",
+        "completions_url",
         "health_url",
         "in_flight",
         "cap",
@@ -229,6 +230,7 @@ class Replica:
     def __init__(self, base_url: str, *, max_connections: int, health_path: str) -> None:
         self.base_url = base_url
         self.chat_url = URL(base_url + "/chat/completions")
+        self.completions_url = URL(base_url + "/completions")
         self.health_url = URL(base_url + "/" + health_path.lstrip("/"))
         self.in_flight = 0
         self.cap = max_connections

@@ -130,6 +130,40 @@ class Role:
             body["tools"] = tools
         if tool_choice is not None:
             body["tool_choice"] = tool_choice
+        return await self._send(body, stream, sample_id, start_wall, t0, completions=False)
+
+    async def completion(
+        self,
+        prompt: str,
+        *,
+        params: GenerateParams | None = None,
+        extra: dict[str, Any] | None = None,
+        sample_id: str | None = None,
+    ) -> ChatResult:
+        """Send one legacy ``/completions`` request (never streamed), like :meth:`chat`.
+
+        ``extra`` adds body fields this endpoint alone has (``echo``, ``logprobs``); the answer's
+        text is ``content`` and the whole reply (with its ``logprobs``) is ``raw``. lm-eval's
+        loglikelihood requests need it: chat completions cannot score a given continuation.
+        """
+        if self._router._session is None:
+            raise RuntimeError("ModelRouter.start() must be awaited before completion()")
+        start_wall = time.time()
+        t0 = time.monotonic()
+        base = self._base_body if params is None else self._body_for(params)[0]
+        body = {**base, "prompt": prompt, **(extra or {})}
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        return await self._send(body, False, sample_id, start_wall, t0, completions=True)
+
+    async def _send(
+        self, body: dict[str, Any], stream: bool, sample_id: str | None, start_wall: float, t0: float, *,
+        completions: bool,
+    ) -> ChatResult:
+        """The one retry loop of :meth:`chat` and :meth:`completion`; emits the call's event."""
+        router = self._router
+        session = router._session
+        assert session is not None
         data = json.dumps(body, ensure_ascii=False).encode()
         headers = self._headers
         if sample_id is not None:
@@ -164,7 +198,7 @@ class Role:
                     if replica.channel is None:
                         result = await post_chat(
                             session,
-                            replica.chat_url,
+                            replica.completions_url if completions else replica.chat_url,
                             data,
                             headers,
                             timeout,
@@ -184,6 +218,7 @@ class Role:
                             model=config.model,
                             api_key_env=config.api_key_env,
                             role=self.name,
+                            path="/completions" if completions else "/chat/completions",
                         )
                 except AttemptFailure as failure:
                     http_status = failure.status

@@ -55,7 +55,11 @@ Endpoints
 ``GET /v1/models`` (also the health probe; honours ``require_key``), ``POST /v1/chat/completions``
 (``stream``, ``stream_options.include_usage``, ``max_tokens``/``max_completion_tokens``, ``stop``;
 usage = chars/4, at least 1), ``POST /v1/completions`` (legacy, ``choices[0].text``; ignores
-``script``), ``GET /_stats``, ``POST /_reset``, ``POST /_config`` (JSON object of fields; replies
+``script``; with ``logprobs: N`` it adds deterministic ``logprobs`` — tokens are whitespace plus
+a word, the token carrying the ``arith`` answer to the preceding text scores -0.1, others
+``-(1 + len/2)`` — and with ``echo: true`` the prompt comes back before the reply), ``GET /tokenizer_info``, ``POST /tokenize``, ``POST /detokenize`` (vLLM's shape, at the server
+root, with the same whitespace-and-word tokens, so lm-eval's ``local-completions`` with
+``tokenizer_backend=remote`` can run multiple-choice tasks here), ``GET /_stats``, ``POST /_reset``, ``POST /_config`` (JSON object of fields; replies
 with the whole new config). Bad JSON or missing ``messages`` -> 400 in OpenAI's error shape.
 
 Order of decisions for a chat request

@@ -145,3 +145,46 @@ def split(text: str, pieces: int = 4) -> list[str]:
         return []
     size = max(1, -(-len(text) // pieces))
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+_TOKEN = re.compile(r"\s*\S+|\s+")
+"""The fake tokenizer: a run of whitespace with the word after it is one token (" 42")."""
+EOS_TOKEN = "</s>"
+
+
+def tokenize(text: str) -> list[str]:
+    """The fake tokenizer's tokens of ``text`` (they join back to ``text``)."""
+    return _TOKEN.findall(text)
+
+
+def echo_logprobs(pieces: list[str], top: bool) -> dict[str, Any]:
+    """Deterministic ``logprobs`` of a legacy completion's text, in OpenAI's shape.
+
+    ``pieces`` (the echoed prompt, then the reply) are tokenized apart, as a server does, so a
+    reply never merges into the prompt's last token. The fake model "knows" arithmetic: after
+    text holding a question ``a op b``, the token carrying :func:`arith`'s answer scores -0.1 and
+    is the greedy one; any other token scores ``-(1 + len/2)``. The first token has no logprob
+    (null), as with OpenAI's ``echo``. Multiple-choice metrics are thus predictable from the data.
+    """
+    tokens: list[str] = []
+    offsets: list[int] = []
+    values: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    text = "".join(pieces)
+    base = 0
+    for piece in pieces:
+        for match in _TOKEN.finditer(piece):
+            token, start = match.group(), base + match.start()
+            tokens.append(token)
+            offsets.append(start)
+            if start == 0:
+                values.append(None)
+                tops.append(None)
+                continue
+            answer = arith(text[:start])
+            best = None if answer == "I don't know" else " " + answer
+            value = -0.1 if best is not None and token.strip() == answer else -(1 + len(token.strip()) / 2)
+            values.append(value)
+            tops.append({token: value} if best is None or value == -0.1 else {best: -0.1})
+        base += len(piece)
+    return {"tokens": tokens, "token_logprobs": values, "text_offset": offsets, "top_logprobs": tops if top else None}

@@ -19,7 +19,7 @@ from aiohttp import web
 from proctor.errors import InputError
 
 from ._config import FakeLLMConfig
-from ._replies import Reply, choose, completion_chars, limit, split, text_of, tokens
+from ._replies import EOS_TOKEN, Reply, choose, completion_chars, echo_logprobs, limit, split, text_of, tokenize, tokens
 
 __all__ = ["FakeLLM"]
 
@@ -65,6 +65,11 @@ class FakeLLM:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        # vLLM's tokenizer endpoints (at the server root), so lm-eval's own local-completions
+        # model can run loglikelihood tasks against this server with tokenizer_backend=remote.
+        app.router.add_get("/tokenizer_info", self._tokenizer_info)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._detokenize)
         app.router.add_get("/_stats", self._stats)
         app.router.add_post("/_reset", self._reset)
         app.router.add_post("/_config", self._config)
@@ -109,6 +114,8 @@ class FakeLLM:
 
     def reset(self) -> None:
         """Zero every counter (in-flight requests keep being tracked)."""
+        self._vocab: dict[str, int] = getattr(self, "_vocab", {})
+        """The fake tokenizer's ids: token text -> id, in order of first sight (kept across resets)."""
         self.requests = 0
         self.ok = 0
         self.errors: dict[str, int] = {}
@@ -235,7 +242,10 @@ class FakeLLM:
             else:
                 if delay:
                     await asyncio.sleep(delay)
-                resp = _json(_completion(cfg.model, reply, tokens(chars), legacy))
+                data = _completion(cfg.model, reply, tokens(chars), legacy)
+                if legacy and body.get("logprobs") is not None:
+                    _add_logprobs(data, body)
+                resp = _json(data)
             self.ok += 1
             self.successes[key] = self.successes.get(key, 0) + 1
             return resp
@@ -317,6 +327,29 @@ class FakeLLM:
         key = request.headers.get(SAMPLE_HEADER) or prompt
         return await self._serve(request, body, key, len(prompt), prompt, None)
 
+    async def _tokenizer_info(self, request: web.Request) -> web.Response:
+        return _json({"eos_token": EOS_TOKEN, "bos_token": None, "pad_token": None})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        body = await self._parse(request)
+        if isinstance(body, web.Response):
+            return body
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str):
+            return _error(400, "'prompt' must be a string.", "invalid_request_error", None)
+        ids = [self._vocab.setdefault(t, len(self._vocab)) for t in tokenize(prompt)]
+        return _json({"tokens": ids, "count": len(ids)})
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        body = await self._parse(request)
+        if isinstance(body, web.Response):
+            return body
+        ids = body.get("tokens")
+        words = list(self._vocab)
+        if not isinstance(ids, list) or not all(isinstance(i, int) and 0 <= i < len(words) for i in ids):
+            return _error(400, "'tokens' must be a list of ids from /tokenize.", "invalid_request_error", None)
+        return _json({"prompt": "".join(words[i] for i in ids)})
+
     async def _stats(self, request: web.Request) -> web.Response:
         return _json(self.stats())
 
@@ -372,6 +405,18 @@ def _completion(model: str, reply: Reply, prompt_tokens: int, legacy: bool) -> d
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
         "usage": usage,
     }
+
+
+def _add_logprobs(data: dict[str, Any], body: dict[str, Any]) -> None:
+    """``echo`` (the prompt before the reply) and ``logprobs`` on a legacy completion."""
+    choice = data["choices"][0]
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt else ""
+    pieces = [prompt, choice["text"]] if body.get("echo") and isinstance(prompt, str) else [choice["text"]]
+    choice["text"] = "".join(pieces)
+    top = body.get("logprobs")
+    choice["logprobs"] = echo_logprobs(pieces, isinstance(top, int) and not isinstance(top, bool) and top > 0)
 
 
 def _chunks(model: str, reply: Reply, prompt_tokens: int, legacy: bool, usage: bool) -> list[dict[str, Any]]:
