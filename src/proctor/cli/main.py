@@ -49,6 +49,7 @@ _GROUPS = (
     "proctor.cli.remote",
     "proctor.cli.tunnel_cmd",
     "proctor.cli.retrieval",
+    "proctor.cli.lm_eval",
 )
 for _name in _GROUPS:
     try:
