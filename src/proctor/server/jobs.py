@@ -251,6 +251,11 @@ def _rewrite_spec(
         raise InputError(f"the spec is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(spec, dict):
         raise InputError("the spec must be a YAML mapping (name, dataset, solver, scorer, models)")
+    if "lm_eval" in spec:
+        # lm-eval task YAML may name Python (`!function utils.fn`) that lm-eval imports from the
+        # uploaded include_path: such specs wait for an lm_eval job kind with its own policy.
+        raise InputError("lm_eval: lm-evaluation-harness specs do not run on this server yet",
+                         hint="run them with `proctor run SPEC` or `proctor lm-eval` on your machine")
     models = spec.get("models")
     if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
         raise InputError("the spec's 'models' must map role names to model settings")
