@@ -43,7 +43,9 @@ async def run(url: str, args: argparse.Namespace, llm: FakeLLMProcess) -> list[t
             await asyncio.gather(*(worker(queue, phase) for _ in range(args.concurrency)))
             elapsed = time.perf_counter() - t0
             stats = llm.stats()
-            rows.append((stats["requests"], stats["errors"].get("429", 0), args.per_phase / elapsed, role.pool.replicas[0].cap))
+            rows.append(
+                (stats["requests"], stats["errors"].get("429", 0), args.per_phase / elapsed, role.pool.replicas[0].cap)
+            )
     return rows
 
 

@@ -61,7 +61,9 @@ def make_sleep(options: dict[str, Any]) -> SleepTool:
 
 
 def script() -> list[dict[str, Any]]:
-    turns: list[dict[str, Any]] = [{"content": "", "tool_calls": [{"name": "sleep", "arguments": {}}]} for _ in range(TURNS - 1)]
+    turns: list[dict[str, Any]] = [
+        {"content": "", "tool_calls": [{"name": "sleep", "arguments": {}}]} for _ in range(TURNS - 1)
+    ]
     turns.append({"content": "", "tool_calls": [{"name": "answer", "arguments": {"answer": "42"}}]})
     return turns
 
@@ -69,7 +71,10 @@ def script() -> list[dict[str, Any]]:
 def solver_options(tool_latency: float) -> dict[str, Any]:
     return {
         "max_turns": TURNS + 1,
-        "tools": [{"type": "custom", "path": f"{Path(__file__).resolve()}:make_sleep", "options": {"seconds": tool_latency}}, "answer"],
+        "tools": [
+            {"type": "custom", "path": f"{Path(__file__).resolve()}:make_sleep", "options": {"seconds": tool_latency}},
+            "answer",
+        ],
     }
 
 
@@ -96,7 +101,9 @@ async def in_process(base_url: str, n: int, c: int, tool_latency: float) -> tupl
 def whole_process(base_url: str, n: int, c: int, tool_latency: float) -> tuple[float, float, int]:
     with tempfile.TemporaryDirectory(prefix="proctor-bench-") as tmp:
         d = Path(tmp)
-        (d / "data.jsonl").write_text("".join(json.dumps({"id": f"s{i}", "input": f"question {i}", "target": "42"}) + "\n" for i in range(n)))
+        (d / "data.jsonl").write_text(
+            "".join(json.dumps({"id": f"s{i}", "input": f"question {i}", "target": "42"}) + "\n" for i in range(n))
+        )
         spec = {
             "name": "bench-agentic",
             "dataset": {"path": "data.jsonl"},
@@ -108,8 +115,20 @@ def whole_process(base_url: str, n: int, c: int, tool_latency: float) -> tuple[f
         (d / "spec.yaml").write_text(yaml.safe_dump(spec))
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "proctor", "run", str(d / "spec.yaml"), "--out", str(d / "run"), "--progress", "none"],
-            capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "run",
+                str(d / "spec.yaml"),
+                "--out",
+                str(d / "run"),
+                "--progress",
+                "none",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
@@ -132,16 +151,22 @@ def main() -> None:
     per_sample = TURNS * args.latency + (TURNS - 1) * args.tool_latency
     ideal = per_sample * math.ceil(args.n / args.concurrency)
     cfg = FakeLLMConfig(latency=args.latency, model="fake", script=script())
-    print(f"N={args.n} C={args.concurrency} turns={TURNS} model={args.latency*1000:.0f} ms tool={args.tool_latency*1000:.0f} ms")
+    print(
+        f"N={args.n} C={args.concurrency} turns={TURNS} model={args.latency * 1000:.0f} ms tool={args.tool_latency * 1000:.0f} ms"
+    )
     print(f"ideal: {per_sample:.3f} s/sample x {math.ceil(args.n / args.concurrency)} waves = {ideal:.2f} s")
     with FakeLLMProcess(cfg) as llm:
         wall, ok = asyncio.run(in_process(llm.base_url, args.n, args.concurrency, args.tool_latency))
         print(f"loop (in-process):   {wall:6.2f} s  = {wall / ideal:.2f}x ideal  ({ok}/{args.n} answered)")
         if not args.skip_process:
             wall, span, ok = whole_process(llm.base_url, args.n, args.concurrency, args.tool_latency)
-            print(f"proctor run, calls:  {span:6.2f} s  = {span / ideal:.2f}x ideal  (first call start -> last call end)")
-            print(f"proctor run (whole): {wall:6.2f} s  = {wall / ideal:.2f}x ideal  ({ok}/{args.n} correct; "
-                  "includes interpreter start-up and final reports)")
+            print(
+                f"proctor run, calls:  {span:6.2f} s  = {span / ideal:.2f}x ideal  (first call start -> last call end)"
+            )
+            print(
+                f"proctor run (whole): {wall:6.2f} s  = {wall / ideal:.2f}x ideal  ({ok}/{args.n} correct; "
+                "includes interpreter start-up and final reports)"
+            )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ from _proctor_run import RunFigures, run_proctor, write_arith_spec  # noqa: E402
 from proctor.testing import FakeLLMConfig, FakeLLMProcess  # noqa: E402
 
 
-def cell(folder: Path, configs: list[FakeLLMConfig], args: argparse.Namespace, *, samples: int | None = None,
-         repeat: int = 1) -> tuple[RunFigures, list[int]]:
+def cell(
+    folder: Path, configs: list[FakeLLMConfig], args: argparse.Namespace, *, samples: int | None = None, repeat: int = 1
+) -> tuple[RunFigures, list[int]]:
     """Best of ``repeat`` `proctor run`s, each over fresh servers; its figures and the requests each server saw."""
     best: tuple[RunFigures, list[int]] | None = None
     for i in range(repeat):
@@ -44,8 +45,9 @@ def cell(folder: Path, configs: list[FakeLLMConfig], args: argparse.Namespace, *
         try:
             for server in servers:
                 server.start()
-            spec = write_arith_spec(folder / str(i), [s.base_url for s in servers], n=samples or args.samples,
-                                    concurrency=args.concurrency)
+            spec = write_arith_spec(
+                folder / str(i), [s.base_url for s in servers], n=samples or args.samples, concurrency=args.concurrency
+            )
             figures = run_proctor(spec, folder / str(i) / "run")
             requests = [int(s.stats()["requests"]) for s in servers]
         finally:
@@ -83,24 +85,32 @@ def main() -> None:
         b, (b_requests,) = cell(Path(tmp) / "b", [faulty], args, repeat=args.repeat)
         c, c_requests = cell(Path(tmp) / "c", [clean, broken], args, repeat=args.repeat)
 
-    print(f"{n} samples, concurrency {args.concurrency}, latency {args.latency * 1000:.0f} ms, best of {args.repeat}; "
-          "wall = the run's wall_time_s (whole process in brackets)")
+    print(
+        f"{n} samples, concurrency {args.concurrency}, latency {args.latency * 1000:.0f} ms, best of {args.repeat}; "
+        "wall = the run's wall_time_s (whole process in brackets)"
+    )
     rows = [
         ("(a) one clean replica", a, f"{a_requests} requests"),
         (f"(b) one replica, {args.fault_rate:.0%} 500/429", b, f"{b_requests} requests"),
         ("(c) clean + always-failing", c, f"{c_requests[0]} + {c_requests[1]} requests (healthy + failing)"),
     ]
     for label, fig, requests in rows:
-        print(f"  {label:<32} wall {fig.run_wall:6.2f} s ({fig.process_wall:6.2f} s)  scored {fig.scored:5d}  "
-              f"errors {fig.errors:4d}  {requests}")
+        print(
+            f"  {label:<32} wall {fig.run_wall:6.2f} s ({fig.process_wall:6.2f} s)  scored {fig.scored:5d}  "
+            f"errors {fig.errors:4d}  {requests}"
+        )
     limit_b = 3 * a.run_wall + 1.0
-    print(f"(b) wall {b.run_wall:.2f} s vs 3 x clean + 1 s = {limit_b:.2f} s "
-          f"(ratio to clean {b.run_wall / a.run_wall:.2f}): {verdict(b.run_wall <= limit_b)}")
+    print(
+        f"(b) wall {b.run_wall:.2f} s vs 3 x clean + 1 s = {limit_b:.2f} s "
+        f"(ratio to clean {b.run_wall / a.run_wall:.2f}): {verdict(b.run_wall <= limit_b)}"
+    )
     print(f"(b) errors {b.errors} (goal 0): {verdict(b.errors == 0 and b.scored == n)}")
     print(f"(b) requests / samples = {b_requests / n:.3f} (goal <= 1.4): {verdict(b_requests <= 1.4 * n)}")
     ratio_c = c.run_wall / a.run_wall
-    print(f"(c) wall / one healthy replica alone = {ratio_c:.2f} (goal <= 1.5): "
-          f"{verdict(ratio_c <= 1.5 and c.errors == 0 and c.scored == n)}")
+    print(
+        f"(c) wall / one healthy replica alone = {ratio_c:.2f} (goal <= 1.5): "
+        f"{verdict(ratio_c <= 1.5 and c.errors == 0 and c.scored == n)}"
+    )
 
 
 if __name__ == "__main__":

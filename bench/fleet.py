@@ -36,13 +36,19 @@ def run_fleet(base: Path, name: str, servers: int, jobs: int, slots: int) -> flo
     data = base / name
     data.mkdir()
     config = base / f"{name}.yaml"
-    config.write_text(yaml.safe_dump({
-        "queue_max": jobs * 2, "max_queued_per_user": jobs * 2,
-        "templates": {"hello": {"argv": [sys.executable, "-c", "print('ran once')"]}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "queue_max": jobs * 2,
+                "max_queued_per_user": jobs * 2,
+                "templates": {"hello": {"argv": [sys.executable, "-c", "print('ran once')"]}},
+            }
+        )
+    )
     token = create_token(data, "bench", admin=True)  # helpers add --database-url (pg_kit.ENV is set)
-    started = [start_server(data, base / f"{name}.log", "--slots", str(slots), "--config", str(config))
-               for _ in range(servers)]
+    started = [
+        start_server(data, base / f"{name}.log", "--slots", str(slots), "--config", str(config)) for _ in range(servers)
+    ]
     clients = [httpx.Client(base_url=u, headers={"Authorization": f"Bearer {token}"}, timeout=60) for _, u in started]
     try:
         t0 = time.monotonic()
@@ -56,8 +62,9 @@ def run_fleet(base: Path, name: str, servers: int, jobs: int, slots: int) -> flo
             ids = list(pool.map(submit, range(jobs)))
         for _ in range(12000):  # bounded: at most ~20 min
             with pg_kit.connect(data) as conn:
-                left = conn.execute("SELECT count(*) FROM jobs WHERE state NOT IN "
-                                    "('succeeded', 'failed', 'cancelled', 'timed_out')").fetchone()[0]
+                left = conn.execute(
+                    "SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'failed', 'cancelled', 'timed_out')"
+                ).fetchone()[0]
             if left == 0:
                 break
             time.sleep(0.1)
@@ -86,8 +93,10 @@ def main() -> None:
         raise SystemExit(reason)
     cluster = pg_kit.PostgresCluster.start()
     try:
-        with tempfile.TemporaryDirectory(prefix="proctor-fleet-") as tmp, \
-                mock.patch.dict(os.environ, {pg_kit.ENV: str(cluster.root)}):
+        with (
+            tempfile.TemporaryDirectory(prefix="proctor-fleet-") as tmp,
+            mock.patch.dict(os.environ, {pg_kit.ENV: str(cluster.root)}),
+        ):
             one = run_fleet(Path(tmp), "one", 1, args.jobs, args.slots)
             two = run_fleet(Path(tmp), "two", 2, args.jobs, args.slots)
     finally:

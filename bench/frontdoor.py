@@ -44,8 +44,13 @@ def start(data: Path, src: str | None, nofile: tuple[int, int] | None) -> tuple[
     limit = (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)) if nofile else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--ready-line", "READY {port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True, env=env,
-        start_new_session=True, preexec_fn=limit,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=limit,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -71,8 +76,9 @@ def rss_mib(pid: int) -> float:
 def post_unauthenticated(port: int, mib: int) -> str:
     """POST ``mib`` MiB without a token; return the status line (or how the connection ended)."""
     size = mib * MIB
-    head = (f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {size}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
     chunk = b"x" * MIB
     with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
         try:
@@ -110,8 +116,10 @@ def memory_figure(src: str | None, mib: int) -> None:
             after = rss_mib(proc.pid)
         finally:
             stop(proc)
-    print(f"RSS with two unauthenticated {mib} MiB posts at once: idle {before:.0f} MiB, peak {peak:.0f} MiB, "
-          f"after {after:.0f} MiB (peak x{peak / before:.2f} of idle); answers: {answers}")
+    print(
+        f"RSS with two unauthenticated {mib} MiB posts at once: idle {before:.0f} MiB, peak {peak:.0f} MiB, "
+        f"after {after:.0f} MiB (peak x{peak / before:.2f} of idle); answers: {answers}"
+    )
 
 
 def health_figure(src: str | None, idle: int, nofile: tuple[int, int]) -> None:
@@ -142,8 +150,10 @@ def health_figure(src: str | None, idle: int, nofile: tuple[int, int]) -> None:
                 with contextlib.suppress(OSError):
                     sock.close()
             stop(proc)
-    print(f"/health with {len(socks)} idle connections, server started with open files {nofile[0]}/{nofile[1]} "
-          f"(in force: {soft_hard[0]}/{soft_hard[1]}): {ok} of 10 answered")
+    print(
+        f"/health with {len(socks)} idle connections, server started with open files {nofile[0]}/{nofile[1]} "
+        f"(in force: {soft_hard[0]}/{soft_hard[1]}): {ok} of 10 answered"
+    )
 
 
 def main() -> None:

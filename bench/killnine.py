@@ -64,8 +64,9 @@ async def commit_latencies(ledger: Ledger, workers: int, per_worker: int) -> lis
 def measure_commits(folder: Path, workers: int = 64, per_worker: int = 50) -> list[float]:
     ledger = Ledger(folder / "latency.sqlite")
     try:
-        ledger.add_samples([Sample(id=f"w{w}-{i}", input="q", target="x") for w in range(workers)
-                            for i in range(per_worker)])
+        ledger.add_samples(
+            [Sample(id=f"w{w}-{i}", input="q", target="x") for w in range(workers) for i in range(per_worker)]
+        )
         ledger.start_writer()
         return sorted(asyncio.run(commit_latencies(ledger, workers, per_worker)))
     finally:
@@ -81,15 +82,19 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     exposed: list[int] = []
-    with tempfile.TemporaryDirectory() as tmp, FakeLLMProcess(
-        FakeLLMConfig(reply="arith", latency=0.04, jitter=0.02, seed=args.seed)
-    ) as llm:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        FakeLLMProcess(FakeLLMConfig(reply="arith", latency=0.04, jitter=0.02, seed=args.seed)) as llm,
+    ):
         spec = write_arith_spec(Path(tmp), [llm.base_url], n=args.samples, concurrency=args.concurrency)
         out = Path(tmp) / "run"
         for _ in range(args.rounds):
             before = llm.stats()["requests"]
-            proc = subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out),
-                                     "--progress", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "--progress", "none"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 deadline = time.monotonic() + 60
                 while llm.stats()["requests"] < before + 20 and proc.poll() is None and time.monotonic() < deadline:
@@ -102,15 +107,21 @@ def main() -> None:
             exposed.append(len(requested - finished_ids(out / "ledger.sqlite")))
         final = run_proctor(spec, out)
         latencies = measure_commits(Path(tmp))
-    print(f"concurrency {args.concurrency}, {args.rounds} kill -9 rounds, then a resume to the end "
-          f"({final.scored} scored, {final.errors} errors)")
+    print(
+        f"concurrency {args.concurrency}, {args.rounds} kill -9 rounds, then a resume to the end "
+        f"({final.scored} scored, {final.errors} errors)"
+    )
     print("  requested again after each kill: " + " ".join(str(n) for n in exposed))
     worst = max(exposed)
-    print(f"  max {worst}, mean {sum(exposed) / len(exposed):.1f} (goal: max <= concurrency {args.concurrency}): "
-          f"{'PASS' if worst <= args.concurrency else 'FAIL'}")
+    print(
+        f"  max {worst}, mean {sum(exposed) / len(exposed):.1f} (goal: max <= concurrency {args.concurrency}): "
+        f"{'PASS' if worst <= args.concurrency else 'FAIL'}"
+    )
     p50, p99, top = (latencies[int(q * (len(latencies) - 1))] * 1000 for q in (0.5, 0.99, 1.0))
-    print(f"ledger commit latency ({len(latencies)} samples, 64 workers): median {p50:.1f} ms, p99 {p99:.1f} ms, "
-          f"max {top:.1f} ms (goal: max <= 50 ms): {'PASS' if top <= 50 else 'FAIL'}")
+    print(
+        f"ledger commit latency ({len(latencies)} samples, 64 workers): median {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"max {top:.1f} ms (goal: max <= 50 ms): {'PASS' if top <= 50 else 'FAIL'}"
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,9 @@ def write_task(folder: Path, n: int) -> Path:
     return folder
 
 
-def timed(argv: list[str], llm: FakeLLMProcess, env: dict[str, str], cwd: Path,
-          timeout: float = 1800.0) -> dict[str, Any]:
+def timed(
+    argv: list[str], llm: FakeLLMProcess, env: dict[str, str], cwd: Path, timeout: float = 1800.0
+) -> dict[str, Any]:
     """Run ``argv`` to its end; the wall time and the time to the server's first request."""
     before = llm.stats()["requests"]
     start = time.perf_counter()
@@ -91,26 +92,55 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=64)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-lmeval-") as tmp, \
-            FakeLLMProcess(FakeLLMConfig(reply="arith", latency=args.latency)) as llm:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-lmeval-") as tmp,
+        FakeLLMProcess(FakeLLMConfig(reply="arith", latency=args.latency)) as llm,
+    ):
         root = Path(tmp)
         tasks = write_task(root / "tasks", args.docs)
         env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf")}
-        model_args = (f"model=fake,base_url={llm.base_url}/completions,num_concurrent={args.concurrency},"
-                      "tokenizer_backend=none,tokenized_requests=False")
-        flags = ["--model", "local-completions", "--model_args", model_args, "--tasks", "bench_arith",
-                 "--include_path", str(tasks), "--gen_kwargs", "temperature=0"]
+        model_args = (
+            f"model=fake,base_url={llm.base_url}/completions,num_concurrent={args.concurrency},"
+            "tokenizer_backend=none,tokenized_requests=False"
+        )
+        flags = [
+            "--model",
+            "local-completions",
+            "--model_args",
+            model_args,
+            "--tasks",
+            "bench_arith",
+            "--include_path",
+            str(tasks),
+            "--gen_kwargs",
+            "temperature=0",
+        ]
         figures = {}
         for name, argv in (
             ("lm_eval", [sys.executable, "-m", "lm_eval", "run", *flags, "--output_path", str(root / "cli")]),
-            ("proctor", [sys.executable, "-m", "proctor", "lm-eval", "run", *flags, "--output_path",
-                         str(root / "run"), "--progress", "none"]),
+            (
+                "proctor",
+                [
+                    sys.executable,
+                    "-m",
+                    "proctor",
+                    "lm-eval",
+                    "run",
+                    *flags,
+                    "--output_path",
+                    str(root / "run"),
+                    "--progress",
+                    "none",
+                ],
+            ),
         ):
             (root / name).mkdir()
             figures[name] = timed(argv, llm, env, root / name)
     ratio = figures["proctor"]["wall"] / figures["lm_eval"]["wall"]
-    print(f"{args.docs} generate_until documents, fake server at {args.latency * 1000:.0f} ms, "
-          f"num_concurrent={args.concurrency}")
+    print(
+        f"{args.docs} generate_until documents, fake server at {args.latency * 1000:.0f} ms, "
+        f"num_concurrent={args.concurrency}"
+    )
     for name, fig in figures.items():
         first = f"{fig['first_request']:.2f} s" if fig["first_request"] is not None else "-"
         print(f"  {name:8s} wall {fig['wall']:7.2f} s   first request after {first}   requests {fig['requests']}")

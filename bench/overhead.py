@@ -56,7 +56,8 @@ def write_inputs(tmp: Path, n: int, base_url: str, concurrency: int) -> tuple[Pa
         for i in range(n):
             f.write(json.dumps({"id": f"s{i}", "question": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)}) + "\n")
     spec = tmp / f"spec-{concurrency}.yaml"
-    spec.write_text(textwrap.dedent(f"""\
+    spec.write_text(
+        textwrap.dedent(f"""\
         name: overhead
         dataset: {{path: data.jsonl, fields: {{id: id, input: question, target: answer}}}}
         solver: generate
@@ -65,7 +66,8 @@ def write_inputs(tmp: Path, n: int, base_url: str, concurrency: int) -> tuple[Pa
           subject: {{base_url: {base_url}, model: fake}}
         generate: {{temperature: 0}}
         concurrency: {concurrency}
-        """))
+        """)
+    )
     return data, spec
 
 
@@ -86,8 +88,11 @@ def requests_so_far(base_url: str) -> int:
 def time_to_first_request(spec: Path, out: Path, base_url: str) -> float:
     before = requests_so_far(base_url)
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "--progress", "none"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "--progress", "none"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = start + 30
         while requests_so_far(base_url) == before:
@@ -118,16 +123,23 @@ def main() -> None:
                 for i in range(args.repeat):
                     minimal.append(timed([sys.executable, str(client), llm.base_url, str(data), str(concurrency)]))
                     out = tmp / f"run-{latency}-{concurrency}-{i}"
-                    proctor.append(timed([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out),
-                                          "--progress", "none"]))
+                    proctor.append(
+                        timed(
+                            [sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "--progress", "none"]
+                        )
+                    )
                 best_m, best_p = min(minimal), min(proctor)
-                print(f"{latency * 1000:>6.0f}ms {concurrency:>5} {best_m:>10.2f} {best_p:>10.2f} {best_p / best_m:>6.2f} "
-                      f"{'<=' + str(goal) if goal else '-':>6} {args.n / best_p:>10.0f}")
+                print(
+                    f"{latency * 1000:>6.0f}ms {concurrency:>5} {best_m:>10.2f} {best_p:>10.2f} {best_p / best_m:>6.2f} "
+                    f"{'<=' + str(goal) if goal else '-':>6} {args.n / best_p:>10.0f}"
+                )
         with FakeLLMProcess(FakeLLMConfig(reply="arith", latency=0.05)) as llm:
             _, spec = write_inputs(tmp, 50, llm.base_url, 8)
             firsts = [time_to_first_request(spec, tmp / f"ttfr-{i}", llm.base_url) for i in range(args.repeat)]
-        print(f"process start to first request: best {min(firsts):.3f} s, "
-              f"median {sorted(firsts)[len(firsts) // 2]:.3f} s (goal <= 1.0 s)")
+        print(
+            f"process start to first request: best {min(firsts):.3f} s, "
+            f"median {sorted(firsts)[len(firsts) // 2]:.3f} s (goal <= 1.0 s)"
+        )
 
 
 if __name__ == "__main__":

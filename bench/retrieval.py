@@ -34,8 +34,10 @@ from pathlib import Path
 
 import aiohttp
 
-WORDS = ("river mountain violin comet glacier harbour orchard volcano library desert castle bridge "
-         "forest island canyon meadow lantern tower engine garden market festival").split()
+WORDS = (
+    "river mountain violin comet glacier harbour orchard volcano library desert castle bridge "
+    "forest island canyon meadow lantern tower engine garden market festival"
+).split()
 
 
 def corpus(path: Path, n: int) -> None:
@@ -55,8 +57,11 @@ def build(corpus_path: Path, out: Path) -> tuple[float, float]:
     """Wall seconds and peak RSS (MB) of ``proctor retrieval index`` as a child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     began = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "proctor", "retrieval", "index", str(corpus_path), "--out", str(out)],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "proctor", "retrieval", "index", str(corpus_path), "--out", str(out)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return seconds, max(peak, before) / 1024
@@ -73,8 +78,23 @@ def free_port() -> int:
 def start(index: Path, max_batch: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "proctor", "retrieval", "serve", str(index), "--port", str(port),
-                                 "--no-web", "--max-batch", str(max_batch)], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "retrieval",
+                "serve",
+                str(index),
+                "--port",
+                str(port),
+                "--no-web",
+                "--max-batch",
+                str(max_batch),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):  # at most 2 minutes
         try:
@@ -95,11 +115,14 @@ async def drive(url: str, clients: int, seconds: float, texts: list[str]) -> tup
     latencies: list[float] = []
     stop = time.perf_counter() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
         async def client(k: int) -> None:
             i = k
             while time.perf_counter() < stop:
                 began = time.perf_counter()
-                async with session.post(url + "/retrieve", json={"queries": [texts[i % len(texts)]], "topk": 5}) as resp:
+                async with session.post(
+                    url + "/retrieve", json={"queries": [texts[i % len(texts)]], "topk": 5}
+                ) as resp:
                     await resp.read()
                     assert resp.status == 200, resp.status
                 latencies.append(time.perf_counter() - began)
@@ -122,8 +145,10 @@ def main() -> None:
         corpus(work / "corpus.jsonl", args.docs)
         seconds, peak_mb = build(work / "corpus.jsonl", work / "idx")
         size_mb = sum(f.stat().st_size for f in (work / "idx").rglob("*") if f.is_file()) / 1e6
-        print(f"index build: {args.docs} documents in {seconds:.1f} s ({args.docs / seconds:.0f} docs/s), "
-              f"peak RSS {peak_mb:.0f} MB, index on disk {size_mb:.1f} MB")
+        print(
+            f"index build: {args.docs} documents in {seconds:.1f} s ({args.docs / seconds:.0f} docs/s), "
+            f"peak RSS {peak_mb:.0f} MB, index on disk {size_mb:.1f} MB"
+        )
         results: dict[tuple[str, int], tuple[float, float]] = {}
         for name, max_batch in (("global lock, batch 1", 1), ("micro-batched", 64)):
             proc, url = start(work / "idx", max_batch, work / f"serve-{max_batch}.log")

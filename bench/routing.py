@@ -67,12 +67,16 @@ def main() -> None:
                 if name not in best or result[0].run_wall < best[name][0].run_wall:
                     best[name] = result
 
-    print(f"`proctor run`, {args.samples} samples at concurrency {args.concurrency}, best of {args.repeat}; "
-          "wall = the run's wall_time_s (whole process in brackets)")
+    print(
+        f"`proctor run`, {args.samples} samples at concurrency {args.concurrency}, best of {args.repeat}; "
+        "wall = the run's wall_time_s (whole process in brackets)"
+    )
     for name, (fig, served) in best.items():
         share = "  ".join(f"{lat * 1000:.0f}ms:{n}" for lat, n in zip(sides[name], served, strict=True))
-        print(f"  {name:<14} wall {fig.run_wall:6.2f} s ({fig.process_wall:6.2f} s)  "
-              f"{args.samples / fig.run_wall:6.0f} samples/s  errors {fig.errors}  served {share}")
+        print(
+            f"  {name:<14} wall {fig.run_wall:6.2f} s ({fig.process_wall:6.2f} s)  "
+            f"{args.samples / fig.run_wall:6.0f} samples/s  errors {fig.errors}  served {share}"
+        )
     ratio = best["one 5x slower"][0].run_wall / best["four equal"][0].run_wall
     ok = ratio <= 1.12 and all(fig.errors == 0 for fig, _ in best.values())
     print(f"ratio one 5x slower / four equal = {ratio:.3f} (goal <= 1.12): {'PASS' if ok else 'FAIL'}")

@@ -85,9 +85,11 @@ def report(name: str, boxed: list[float], plain: list[float], goal_ms: float) ->
     added = (best_b - best_p) * 1000
     median_added = (statistics.median(boxed) - statistics.median(plain)) * 1000
     ok = added <= goal_ms
-    print(f"{name:<18} best: sandboxed {best_b * 1000:6.1f} ms, unsandboxed {best_p * 1000:6.1f} ms, "
-          f"added {added:5.1f} ms (x{best_b / best_p:.2f}; medians: added {median_added:5.1f} ms)   "
-          f"goal <= {goal_ms:g} ms: {'PASS' if ok else 'FAIL'}")
+    print(
+        f"{name:<18} best: sandboxed {best_b * 1000:6.1f} ms, unsandboxed {best_p * 1000:6.1f} ms, "
+        f"added {added:5.1f} ms (x{best_b / best_p:.2f}; medians: added {median_added:5.1f} ms)   "
+        f"goal <= {goal_ms:g} ms: {'PASS' if ok else 'FAIL'}"
+    )
     return ok
 
 

@@ -42,7 +42,10 @@ def spec_dir(base: Path, url: str, samples: int, concurrency: int) -> Path:
 def start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--ready-line", "READY {port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -53,8 +56,12 @@ def start_server(data: Path) -> tuple[subprocess.Popen[str], str]:
 
 
 def token(data: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "create", "bench", "--data", str(data)],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "proctor", "server", "token", "create", "bench", "--data", str(data)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -93,8 +100,9 @@ def wall_time(client: Client, server: str, tok: str, spec: Path, followers: int,
     so their parsing does not steal the GIL from the fake LLM living in this process."""
     proc = None
     if followers:  # started (and its imports paid) before the job; it connects once given the id
-        proc = subprocess.Popen([sys.executable, "-c", FOLLOWERS, server, tok, str(followers)],
-                                stdin=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", FOLLOWERS, server, tok, str(followers)], stdin=subprocess.PIPE, text=True
+        )
         time.sleep(1.0)
     cpu0 = sum(psutil.Process(pid).cpu_times()[:2])
     job = client.submit(spec)["job"]
@@ -127,8 +135,10 @@ def main() -> None:
                 small = spec_dir(base, llm.base_url, 4, 4)
                 first_request_latency(client, llm, small)  # warm the page cache
                 firsts = [first_request_latency(client, llm, small) for _ in range(args.repeat)]
-                print(f"submit -> first model request (idle server): median {statistics.median(firsts):.3f} s "
-                      f"(runs: {', '.join(f'{x:.3f}' for x in firsts)}; goal <= 1 s)")
+                print(
+                    f"submit -> first model request (idle server): median {statistics.median(firsts):.3f} s "
+                    f"(runs: {', '.join(f'{x:.3f}' for x in firsts)}; goal <= 1 s)"
+                )
                 (base / "big").mkdir()
                 big = spec_dir(base / "big", llm.base_url, args.samples, 8)
                 alone, watched = [], []
@@ -136,11 +146,15 @@ def main() -> None:
                     alone.append(wall_time(client, server, tok, big, 0, proc.pid))
                     watched.append(wall_time(client, server, tok, big, args.followers, proc.pid))
                 a, w = statistics.median(alone), statistics.median(watched)
-                print(f"job wall time, {args.samples} samples: no followers median {a:.3f} s "
-                      f"({', '.join(f'{x:.3f}' for x in alone)}); {args.followers} followers median {w:.3f} s "
-                      f"({', '.join(f'{x:.3f}' for x in watched)}); slowdown {100 * (w / a - 1):+.1f}% (goal <= 10%)")
-                print(f"server CPU per job: {statistics.median(CPU[0]):.3f} s alone, "
-                      f"{statistics.median(CPU[args.followers]):.3f} s with {args.followers} followers")
+                print(
+                    f"job wall time, {args.samples} samples: no followers median {a:.3f} s "
+                    f"({', '.join(f'{x:.3f}' for x in alone)}); {args.followers} followers median {w:.3f} s "
+                    f"({', '.join(f'{x:.3f}' for x in watched)}); slowdown {100 * (w / a - 1):+.1f}% (goal <= 10%)"
+                )
+                print(
+                    f"server CPU per job: {statistics.median(CPU[0]):.3f} s alone, "
+                    f"{statistics.median(CPU[args.followers]):.3f} s with {args.followers} followers"
+                )
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -51,7 +51,9 @@ def _hub_main(port: int, router_only: bool) -> None:
 
     served = app if router_only else hub.wrap_app(app)
     tune_gc()  # as proctor serve does
-    uvicorn.run(served, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False)  # as proctor serve
+    uvicorn.run(
+        served, host="127.0.0.1", port=port, log_level="warning", lifespan="off", access_log=False
+    )  # as proctor serve
 
 
 def _agent_main(server_url: str, model_url: str) -> None:

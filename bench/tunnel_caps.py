@@ -98,7 +98,9 @@ async def _attack(server_url: str, secret: str, internal: str, pid: int, calls: 
         sent = 0
         while sent < per_call:
             for rid in rids:
-                await ws.send_bytes(b"".join([protocol.encode(Kind.DATA, rid, None, piece, fin=False)] * PIECES_PER_MESSAGE))
+                await ws.send_bytes(
+                    b"".join([protocol.encode(Kind.DATA, rid, None, piece, fin=False)] * PIECES_PER_MESSAGE)
+                )
             sent += CHUNK * PIECES_PER_MESSAGE
         # Let the server take in what is in flight, then read its memory with the attack still open.
         await ws.send_bytes(protocol.encode(Kind.PONG, 0, {}))
@@ -172,7 +174,9 @@ def main() -> int:
     args = parser.parse_args()
     one = int(args.gib * 1024) * MIB
     _report("one answer", one / MIB, _run(1, one))
-    _report(f"{args.held} answers x {args.held_mib} MiB", args.held * args.held_mib, _run(args.held, args.held_mib * MIB))
+    _report(
+        f"{args.held} answers x {args.held_mib} MiB", args.held * args.held_mib, _run(args.held, args.held_mib * MIB)
+    )
     return 0
 
 

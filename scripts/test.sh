@@ -19,5 +19,6 @@ echo "==> type-checking src/proctor (mypy)"
 .venv/bin/python -m mypy src/proctor
 echo "==> linting (ruff)"
 .venv/bin/python -m ruff check src tests bench
+.venv/bin/python -m ruff format --check src tests bench
 echo "==> running the tests"
 exec .venv/bin/python -m pytest -n 2 "$@"

@@ -13,10 +13,17 @@ BACKENDS = ("sqlite", "postgres")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--realmodel", action="store_true", default=False,
-                     help="also run tests that need the real small GGUF model and llama-cpp-python")
-    parser.addoption("--databases", default=",".join(BACKENDS),
-                     help="job-store back ends the server tests run on (comma-separated: sqlite,postgres)")
+    parser.addoption(
+        "--realmodel",
+        action="store_true",
+        default=False,
+        help="also run tests that need the real small GGUF model and llama-cpp-python",
+    )
+    parser.addoption(
+        "--databases",
+        default=",".join(BACKENDS),
+        help="job-store back ends the server tests run on (comma-separated: sqlite,postgres)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -24,13 +24,27 @@ def arith_rows(n: int) -> list[dict[str, Any]]:
     for i in range(n):
         a, b = i + 1, 2 * i + 3
         target = a + b if i % 3 else a + b + 1
-        rows.append({"id": f"q{i}", "question": f"What is {a} + {b}?", "answer": str(target),
-                     "category": "even" if i % 2 == 0 else "odd"})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "question": f"What is {a} + {b}?",
+                "answer": str(target),
+                "category": "even" if i % 2 == 0 else "odd",
+            }
+        )
     return rows
 
 
-def write_spec(tmp_path: Path, base_url: str, *, n: int = 30, extra: str = "", rows: list[dict[str, Any]] | None = None,
-               scorer: str = "numeric", concurrency: int = 8) -> Path:
+def write_spec(
+    tmp_path: Path,
+    base_url: str,
+    *,
+    n: int = 30,
+    extra: str = "",
+    rows: list[dict[str, Any]] | None = None,
+    scorer: str = "numeric",
+    concurrency: int = 8,
+) -> Path:
     write_jsonl(tmp_path / "data.jsonl", rows if rows is not None else arith_rows(n))
     spec = tmp_path / "spec.yaml"
     spec.write_text(
@@ -49,29 +63,55 @@ concurrency: {concurrency}
     return spec
 
 
-def run_proctor(*args: str | Path, timeout: float = 120, env: dict[str, str] | None = None,
-                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_proctor(
+    *args: str | Path, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real `proctor` CLI in a child process (bounded by ``timeout``)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "proctor", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "proctor", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def start_server(data: Path, log: Path, *extra: str,
-                 preexec_fn: Callable[[], None] | None = None) -> tuple[subprocess.Popen[str], str]:
+def start_server(
+    data: Path, log: Path, *extra: str, preexec_fn: Callable[[], None] | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """`proctor serve` as a child process in its own session, on a free loopback port.
 
     ``preexec_fn`` runs in the child before the server starts (e.g. to lower its open-files limit).
     """
     with open(log, "ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(data), "--slots", "1",
-             "--ready-line", "READY {port}", *store_args(data), *extra],
-            stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "serve",
+                "--port",
+                "0",
+                "--data",
+                str(data),
+                "--slots",
+                "1",
+                "--ready-line",
+                "READY {port}",
+                *store_args(data),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            text=True,
             preexec_fn=preexec_fn,
         )
     assert proc.stdout is not None

@@ -84,20 +84,63 @@ class PostgresCluster:
         log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below, once both children have it
         try:
             subprocess.run(
-                [bindir / "initdb", "-D", root / "db", "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                 "--no-sync", "--no-instructions"],
-                check=True, stdout=log, stderr=subprocess.STDOUT, user=user, group=group, timeout=120,
+                [
+                    bindir / "initdb",
+                    "-D",
+                    root / "db",
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                check=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=user,
+                group=group,
+                timeout=120,
             )
             # Through proctor's watchdog: the cluster dies with this test process even on SIGKILL.
             # As root the watchdog stays root (the interpreter may be in root's home) and setpriv
             # becomes postgres in place (no fork: the pid the watchdog reports is postgres).
             as_user = ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups"] if user is not None else []
             proc = subprocess.Popen(
-                [sys.executable, "-m", "proctor.models._watchdog", "--grace", "5", "--", *as_user,
-                 str(bindir / "postgres"), "-D", str(root / "db"), "-k", str(root), "-p", str(PORT),
-                 "-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=32MB"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, start_new_session=True, cwd=root,
+                [
+                    sys.executable,
+                    "-m",
+                    "proctor.models._watchdog",
+                    "--grace",
+                    "5",
+                    "--",
+                    *as_user,
+                    str(bindir / "postgres"),
+                    "-D",
+                    str(root / "db"),
+                    "-k",
+                    str(root),
+                    "-p",
+                    str(PORT),
+                    "-c",
+                    "listen_addresses=",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=400",
+                    "-c",
+                    "shared_buffers=32MB",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                cwd=root,
             )
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)

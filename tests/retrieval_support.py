@@ -67,16 +67,26 @@ class FakeTavily:
                         break
                     await asyncio.sleep(0.05)
             n = body.get("max_results", 3)
-            return {"results": [
-                {"url": f"https://web.example/{i}", "title": f"Web {i}", "content": f"snippet {i}", "score": 0.9 - i / 10}
-                for i in range(n)
-            ]}
+            return {
+                "results": [
+                    {
+                        "url": f"https://web.example/{i}",
+                        "title": f"Web {i}",
+                        "content": f"snippet {i}",
+                        "score": 0.9 - i / 10,
+                    }
+                    for i in range(n)
+                ]
+            }
 
         @self.app.post("/extract")
         async def extract(request: Request) -> dict[str, Any]:
             body = json.loads(await request.body())
             self.calls.append(("extract", body, request.headers.get("authorization", "")))
-            return {"results": [{"url": u, "raw_content": f"full page text of {u}"} for u in body["urls"]], "failed_results": []}
+            return {
+                "results": [{"url": u, "raw_content": f"full page text of {u}"} for u in body["urls"]],
+                "failed_results": [],
+            }
 
 
 def synthetic_corpus(n: int) -> list[dict[str, str]]:
@@ -85,12 +95,14 @@ def synthetic_corpus(n: int) -> list[dict[str, str]]:
     rows = [json.loads(line) for line in ORCHESTRA_CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
     for i in range(n):
         a, b = topics[i % len(topics)], topics[(i * 7 + 3) % len(topics)]
-        rows.append({
-            "id": f"doc-{i}",
-            "title": f"Note {i} on the {a}",
-            "content": f"Record {i}: the {a} near the {b} was surveyed in year {1800 + i}, "
-                       f"and the survey counted {i * 13 % 97} features of interest along its length.",
-        })
+        rows.append(
+            {
+                "id": f"doc-{i}",
+                "title": f"Note {i} on the {a}",
+                "content": f"Record {i}: the {a} near the {b} was surveyed in year {1800 + i}, "
+                f"and the survey counted {i * 13 % 97} features of interest along its length.",
+            }
+        )
     return rows
 
 

@@ -16,8 +16,10 @@ def ensure_directory(path: Path, *, what: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise InputError(f"{what} {path} is a file, not a directory",
-                         hint="give the path of a directory (it is created when missing)") from None
+        raise InputError(
+            f"{what} {path} is a file, not a directory",
+            hint="give the path of a directory (it is created when missing)",
+        ) from None
     except OSError as exc:
         raise InputError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
     return path

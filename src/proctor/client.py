@@ -176,7 +176,14 @@ class Client:
             if value is not None:
                 body[key] = value
         if spec is not None:
-            body.update(_spec_upload(spec, body["models"], private_roles=(private_roles or ["subject"]) if private else [], named_dataset=dataset is not None))
+            body.update(
+                _spec_upload(
+                    spec,
+                    body["models"],
+                    private_roles=(private_roles or ["subject"]) if private else [],
+                    named_dataset=dataset is not None,
+                )
+            )
         return dict(self._request("POST", "/v1/jobs", json=body).json())
 
     def status(self, job_id: str) -> dict[str, Any]:

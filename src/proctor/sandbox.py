@@ -107,7 +107,6 @@ class Limits:
             args.append(f"--cpu={min(self.cpu_seconds, hard)}:{hard}")
         return [*args, "--"]
 
-
     def preexec(self) -> Callable[[], None]:
         """The same limits as a ``preexec_fn``, for machines without ``prlimit`` (slower: see ``argv``)."""
         pairs = [(resource.RLIMIT_CORE, 0)]
@@ -225,7 +224,12 @@ class Sandbox:
         if as_root:
             uid = self.uid if self.uid is not None else 65534
             args += [
-                _setpriv(), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--",
+                _setpriv(),
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--",
             ]
         return args + command
 
@@ -233,7 +237,9 @@ class Sandbox:
 def _setpriv() -> str:
     path = shutil.which("setpriv")
     if path is None:
-        raise SandboxUnavailableError("the sandbox needs setpriv (util-linux) to drop root", hint="apt-get install util-linux")
+        raise SandboxUnavailableError(
+            "the sandbox needs setpriv (util-linux) to drop root", hint="apt-get install util-linux"
+        )
     return path
 
 
@@ -259,8 +265,11 @@ def require() -> None:
     """Raise ``SandboxUnavailableError`` naming the package unless a sandbox works here."""
     problem = probe()
     if problem is not None:
-        raise SandboxUnavailableError(problem, hint=f"install {PACKAGE} (apt-get install {PACKAGE}), "
-                                      "or pass --no-sandbox on a trusted single-user machine")
+        raise SandboxUnavailableError(
+            problem,
+            hint=f"install {PACKAGE} (apt-get install {PACKAGE}), "
+            "or pass --no-sandbox on a trusted single-user machine",
+        )
 
 
 def inside_sandbox() -> bool:

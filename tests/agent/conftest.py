@@ -26,10 +26,20 @@ def arun(coro: Coroutine[Any, Any, T]) -> T:
 
 def tool_call(name: str, arguments: Any, call_id: str | None = None) -> dict[str, Any]:
     args = arguments if isinstance(arguments, str) else json.dumps(arguments)
-    return {"id": call_id or f"c_{name}_{abs(hash(args)) % 10000}", "type": "function", "function": {"name": name, "arguments": args}}
+    return {
+        "id": call_id or f"c_{name}_{abs(hash(args)) % 10000}",
+        "type": "function",
+        "function": {"name": name, "arguments": args},
+    }
 
 
-def reply(content: str | None = None, calls: list[dict[str, Any]] | None = None, *, prompt_tokens: int = 10, completion_tokens: int = 5) -> ChatResult:
+def reply(
+    content: str | None = None,
+    calls: list[dict[str, Any]] | None = None,
+    *,
+    prompt_tokens: int = 10,
+    completion_tokens: int = 5,
+) -> ChatResult:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         message["tool_calls"] = calls
@@ -51,13 +61,22 @@ Responder = Callable[[list[dict[str, Any]], dict[str, Any]], "ChatResult | Await
 class FakeRole:
     """Answers call k with ``script[k]`` (clamped), or with ``responder(messages, kwargs)``."""
 
-    def __init__(self, script: list[Any] | None = None, responder: Responder | None = None, *, config: ModelConfig | None = None) -> None:
+    def __init__(
+        self, script: list[Any] | None = None, responder: Responder | None = None, *, config: ModelConfig | None = None
+    ) -> None:
         self.script = script or []
         self.responder = responder
         self.config = config or ModelConfig(model="fake-model", base_url="http://127.0.0.1:1/v1")
         self.calls: list[dict[str, Any]] = []
 
-    async def chat(self, messages: list[dict[str, Any]], params: Any = None, tools: Any = None, tool_choice: Any = None, sample_id: str | None = None) -> ChatResult:
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        params: Any = None,
+        tools: Any = None,
+        tool_choice: Any = None,
+        sample_id: str | None = None,
+    ) -> ChatResult:
         kwargs = {"params": params, "tools": tools, "tool_choice": tool_choice, "sample_id": sample_id}
         self.calls.append({"messages": json.loads(json.dumps(messages)), **kwargs})
         if self.responder is not None:

@@ -24,8 +24,13 @@ EXAMPLE = ROOT / "examples" / "orchestra"
 async def _proctor(*args: str) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k != "TAVILY_API_KEY"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proctor", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        sys.executable,
+        "-m",
+        "proctor",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), 120)

@@ -23,16 +23,17 @@ DOCS = [
 
 ORCHESTRATOR_SCRIPT = [
     # turn 0: two tools at once, one of them an expert that writes code
-    {"tool_calls": [
-        {"name": "search", "arguments": {"task": "when was the Eiffel Tower completed"}},
-        {"name": "enhance_reasoning", "arguments": {"task": "compute 6*7"}},
-    ]},
+    {
+        "tool_calls": [
+            {"name": "search", "arguments": {"task": "when was the Eiffel Tower completed"}},
+            {"name": "enhance_reasoning", "arguments": {"task": "compute 6*7"}},
+        ]
+    },
     # turn 1: a model without a tool parser writes the call in its text
     {"content": '<tool_call>\n{"name": "retrieve", "arguments": {"query": "Eiffel Tower Paris"}}\n</tool_call>'},
     # turn 2: an expert gives the final answer
     {"tool_calls": [{"name": "answer", "arguments": {"task": "It was completed in 1889.", "model": "answerer"}}]},
 ]
-
 
 
 def test_orchestra_loop_through_router(tmp_path: Path) -> None:
@@ -41,10 +42,18 @@ def test_orchestra_loop_through_router(tmp_path: Path) -> None:
 
     async def go() -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
         async with AsyncExitStack() as stack:
-            orch = await stack.enter_async_context(FakeLLM(FakeLLMConfig(model="orch", script=ORCHESTRATOR_SCRIPT), host="127.0.0.1", port=0))
-            searcher = await stack.enter_async_context(FakeLLM(FakeLLMConfig(model="searcher", reply="Eiffel Tower completed"), host="127.0.0.1", port=0))
-            coder = await stack.enter_async_context(FakeLLM(FakeLLMConfig(model="coder", reply="```python\nprint(6*7)\n```"), host="127.0.0.1", port=0))
-            answerer = await stack.enter_async_context(FakeLLM(FakeLLMConfig(model="answerer", reply="1889"), host="127.0.0.1", port=0))
+            orch = await stack.enter_async_context(
+                FakeLLM(FakeLLMConfig(model="orch", script=ORCHESTRATOR_SCRIPT), host="127.0.0.1", port=0)
+            )
+            searcher = await stack.enter_async_context(
+                FakeLLM(FakeLLMConfig(model="searcher", reply="Eiffel Tower completed"), host="127.0.0.1", port=0)
+            )
+            coder = await stack.enter_async_context(
+                FakeLLM(FakeLLMConfig(model="coder", reply="```python\nprint(6*7)\n```"), host="127.0.0.1", port=0)
+            )
+            answerer = await stack.enter_async_context(
+                FakeLLM(FakeLLMConfig(model="answerer", reply="1889"), host="127.0.0.1", port=0)
+            )
             retr = await stack.enter_async_context(RetrievalServer(DOCS))
             model_events: list[dict[str, Any]] = []
             models = {
@@ -54,18 +63,35 @@ def test_orchestra_loop_through_router(tmp_path: Path) -> None:
                 "answerer": ModelConfig(model="answerer", base_url=answerer.base_url),
             }
             router = await stack.enter_async_context(ModelRouter(models, on_event=model_events.append))
-            solver = agent_solver({
-                "max_turns": 10,
-                "tools": [
-                    {"type": "ask_expert", "name": "search", "role": "searcher", "mode": "retrieve", "retrieve": {"url": retr.url, "topk": 1}},
-                    {"type": "ask_expert", "name": "enhance_reasoning", "role": "coder", "mode": "python"},
-                    {"type": "retrieve", "url": retr.url, "topk": 1},
-                    {"type": "ask_expert", "name": "answer", "roles": ["answerer"], "mode": "answer", "final": True},
-                ],
-            })
+            solver = agent_solver(
+                {
+                    "max_turns": 10,
+                    "tools": [
+                        {
+                            "type": "ask_expert",
+                            "name": "search",
+                            "role": "searcher",
+                            "mode": "retrieve",
+                            "retrieve": {"url": retr.url, "topk": 1},
+                        },
+                        {"type": "ask_expert", "name": "enhance_reasoning", "role": "coder", "mode": "python"},
+                        {"type": "retrieve", "url": retr.url, "topk": 1},
+                        {
+                            "type": "ask_expert",
+                            "name": "answer",
+                            "roles": ["answerer"],
+                            "mode": "answer",
+                            "final": True,
+                        },
+                    ],
+                }
+            )
             tool_events: list[dict[str, Any]] = []
             try:
-                res = await solver(Sample(id="q1", input="When was the Eiffel Tower completed?", target="1889"), SolveContext(models=router, emit=tool_events.append))
+                res = await solver(
+                    Sample(id="q1", input="When was the Eiffel Tower completed?", target="1889"),
+                    SolveContext(models=router, emit=tool_events.append),
+                )
             finally:
                 await solver.aclose()
             assert retr.requests == 2
@@ -75,7 +101,8 @@ def test_orchestra_loop_through_router(tmp_path: Path) -> None:
     tool_events = [e for e in emitted if e["kind"] == "tool"]
     # and one record of the whole sample, for `proctor analyze`
     assert [(e["turns"], e["tool_calls"], e["outcome"]) for e in emitted if e["kind"] == "sample"] == [
-        (3, res.extra["tool_calls"], None)]
+        (3, res.extra["tool_calls"], None)
+    ]
     assert res.output == "1889" and res.outcome is None and res.model_calls == 3
     assert res.extra["answer_source"] == "tool:answer"
     tools = [m for m in res.messages if m["role"] == "tool"]
@@ -94,13 +121,20 @@ def test_orchestra_loop_through_router(tmp_path: Path) -> None:
 
 
 def test_context_overflow_from_the_server_ends_the_sample() -> None:
-    script = [{"content": "", "tool_calls": [{"name": "python", "arguments": {"code": "print('x' * 5000)"}}]}, {"content": "unreachable"}]
+    script = [
+        {"content": "", "tool_calls": [{"name": "python", "arguments": {"code": "print('x' * 5000)"}}]},
+        {"content": "unreachable"},
+    ]
 
     async def go() -> Any:
-        async with FakeLLM(FakeLLMConfig(model="m", script=script, context_limit=3000), host="127.0.0.1", port=0) as llm:
+        async with FakeLLM(
+            FakeLLMConfig(model="m", script=script, context_limit=3000), host="127.0.0.1", port=0
+        ) as llm:
             async with ModelRouter({"subject": ModelConfig(model="m", base_url=llm.base_url)}) as router:
                 solver = agent_solver({"tools": [{"type": "python", "output_chars": 20000}, "answer"]})
-                return await solver(Sample(id="o", input="print a lot"), SolveContext(models=router, emit=lambda e: None))
+                return await solver(
+                    Sample(id="o", input="print a lot"), SolveContext(models=router, emit=lambda e: None)
+                )
 
     res = arun(go())
     assert res.outcome == "context_overflow" and res.model_calls == 1

@@ -47,7 +47,9 @@ def test_scorer_calls_the_judge_at_temperature_zero() -> None:
     scorer = judge_scorer({})
     assert scorer.needs_models is True
     sample = Sample(id="q", input="Capital of France?", target="Paris")
-    score = arun(scorer(sample, SolveResult(output="I believe it's Paris, France."), make_ctx(FakeModels(judge=judge))[0]))
+    score = arun(
+        scorer(sample, SolveResult(output="I believe it's Paris, France."), make_ctx(FakeModels(judge=judge))[0])
+    )
     assert score.value == 1.0 and score.answer == "Paris"
     assert score.extra["judge_raw"].endswith("correct: yes") and score.extra["judge_prompt"] == JUDGE_PROMPT_ID
     sent = judge.calls[0]
@@ -62,14 +64,20 @@ def test_exact_match_shortcut_skips_the_judge() -> None:
     sample = Sample(id="q", input="2+2?", target=["4", "four"])
     score = arun(judge_scorer({})(sample, SolveResult(output=" Four. "), make_ctx(FakeModels(judge=judge))[0]))
     assert score.value == 1.0 and score.extra["shortcut"] == "exact" and judge.calls == []
-    score = arun(judge_scorer({"exact_match": False})(sample, SolveResult(output="4"), make_ctx(FakeModels(judge=judge))[0]))
+    score = arun(
+        judge_scorer({"exact_match": False})(sample, SolveResult(output="4"), make_ctx(FakeModels(judge=judge))[0])
+    )
     assert score.value == 0.0 and len(judge.calls) == 1
 
 
 def test_unparseable_judge_reply_is_a_scoring_error_with_the_raw_text() -> None:
     judge = FakeRole([reply("Hmm, hard to say.")])
     with pytest.raises(JudgeParseError) as info:
-        arun(judge_scorer({})(Sample(id="q", input="x", target="y"), SolveResult(output="z"), make_ctx(FakeModels(judge=judge))[0]))
+        arun(
+            judge_scorer({})(
+                Sample(id="q", input="x", target="y"), SolveResult(output="z"), make_ctx(FakeModels(judge=judge))[0]
+            )
+        )
     assert info.value.extra["judge_raw"] == "Hmm, hard to say."  # type: ignore[attr-defined]
 
 
@@ -80,7 +88,11 @@ def test_rescoring_with_another_judge_changes_only_the_grade() -> None:
     lenient, strict = FakeRole([reply("correct: yes")]), FakeRole([reply('{"correct": false}')])
     models = FakeModels(judge=lenient, strict_judge=strict)
     first = arun(judge_scorer({})(sample, result, make_ctx(models)[0]))
-    second = arun(judge_scorer({"role": "strict_judge", "prompt": "Q {question} A {response} T {target}"})(sample, result, make_ctx(models)[0]))
+    second = arun(
+        judge_scorer({"role": "strict_judge", "prompt": "Q {question} A {response} T {target}"})(
+            sample, result, make_ctx(models)[0]
+        )
+    )
     assert (first.value, second.value) == (1.0, 0.0)
     assert strict.calls[0]["messages"][0]["content"] == "Q Value of pi to 2 decimals? A roughly 3.14 T 3.14"
     assert second.extra["judge_prompt"].startswith("custom-") and second.extra["judge_role"] == "strict_judge"

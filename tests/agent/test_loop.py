@@ -44,7 +44,13 @@ def solver(tools: list[Any] | None = None, **opts: Any) -> AgentSolver:
 
 def test_registered_and_answer_tool_ends_the_sample(sample: Sample) -> None:
     assert SOLVERS["agent"] is agent_solver
-    role = FakeRole([reply(None, [tool_call("echo", {"text": "hi"})]), reply("", [tool_call("answer", {"answer": "4"})]), reply("never")])
+    role = FakeRole(
+        [
+            reply(None, [tool_call("echo", {"text": "hi"})]),
+            reply("", [tool_call("answer", {"answer": "4"})]),
+            reply("never"),
+        ]
+    )
     ctx, events = make_ctx(FakeModels(subject=role))
     res = arun(solver()(sample, ctx))
     assert res.output == "4" and res.outcome is None
@@ -143,7 +149,9 @@ def test_malformed_calls_are_reported_back_to_the_model(sample: Sample) -> None:
 def test_bare_json_and_tagged_calls_in_content(sample: Sample) -> None:
     bare = 'Let me check.\n{"name": "echo", "arguments": {"text": "bare"}}'
     tagged = '<tool_call>\n{"name": "echo", "arguments": {"text": "tagged"}}\n</tool_call>'
-    role = FakeRole([reply(bare), reply(tagged), reply('```json\n{"name": "answer", "parameters": {"answer": "4"}}\n```')])
+    role = FakeRole(
+        [reply(bare), reply(tagged), reply('```json\n{"name": "answer", "parameters": {"answer": "4"}}\n```')]
+    )
     res = arun(solver()(sample, make_ctx(FakeModels(subject=role))[0]))
     assert res.output == "4" and res.outcome is None
     sent = role.calls[2]["messages"]
@@ -158,11 +166,15 @@ def test_text_parsing_rules() -> None:
     # a JSON answer that names no tool is not a call
     calls, rest = parse_text_tool_calls('{"name": "Alice", "age": 3}', names)
     assert calls == [] and rest == '{"name": "Alice", "age": 3}'
-    calls, _ = parse_text_tool_calls('[{"name": "python", "arguments": {"code": "1"}}, {"name": "answer", "arguments": {"answer": "x"}}]', names)
+    calls, _ = parse_text_tool_calls(
+        '[{"name": "python", "arguments": {"code": "1"}}, {"name": "answer", "arguments": {"answer": "x"}}]', names
+    )
     assert [c.name for c in calls] == ["python", "answer"]
-    calls, _ = parse_text_tool_calls("<tool_call>{bad json, \"name\": \"python\"}</tool_call>", names)
+    calls, _ = parse_text_tool_calls('<tool_call>{bad json, "name": "python"}</tool_call>', names)
     assert calls[0].name == "python" and calls[0].arguments is None and "invalid JSON" in (calls[0].parse_error or "")
-    calls, _ = parse_text_tool_calls('<tool_call>{"name": "answer", "arguments": {"answer": "cut off by a stop"}}', names)
+    calls, _ = parse_text_tool_calls(
+        '<tool_call>{"name": "answer", "arguments": {"answer": "cut off by a stop"}}', names
+    )
     assert calls[0].arguments == {"answer": "cut off by a stop"}
     calls, _ = parse_text_tool_calls('{"function": {"name": "python", "arguments": "{\\"code\\": \\"2\\"}"}}', names)
     assert calls[0].arguments == {"code": "2"}
@@ -229,7 +241,13 @@ def test_truncation_keeps_head_and_whole_recent_turns() -> None:
     head = [{"role": "system", "content": "s" * 40}, {"role": "user", "content": "task" * 10}]
     turns = []
     for i in range(5):
-        turns.append({"role": "assistant", "content": f"a{i}" * 20, "tool_calls": [{"function": {"name": "x", "arguments": "{}"}}]})
+        turns.append(
+            {
+                "role": "assistant",
+                "content": f"a{i}" * 20,
+                "tool_calls": [{"function": {"name": "x", "arguments": "{}"}}],
+            }
+        )
         turns.append({"role": "tool", "tool_call_id": str(i), "content": f"r{i}" * 20})
     msgs = head + turns
     assert truncate_context(msgs, 2, None) == (msgs, 0)
@@ -260,7 +278,9 @@ def test_images_skipped_or_sent() -> None:
         arun(solver()(img, make_ctx(FakeModels(subject=role))[0]))
     assert "supports_images: false" in info.value.reason and role.calls == []
 
-    role = FakeRole([reply("a cat")], config=ModelConfig(model="vl", base_url="http://127.0.0.1:1/v1", supports_images=True))
+    role = FakeRole(
+        [reply("a cat")], config=ModelConfig(model="vl", base_url="http://127.0.0.1:1/v1", supports_images=True)
+    )
     res = arun(solver()(img, make_ctx(FakeModels(subject=role))[0]))
     content = role.calls[0]["messages"][1]["content"]
     assert content[0] == {"type": "text", "text": "What is shown?"}
@@ -274,7 +294,11 @@ def test_chat_shaped_input_and_prompt_template() -> None:
     arun(solver()(s, make_ctx(FakeModels(subject=role))[0]))
     assert [m["content"] for m in role.calls[0]["messages"]] == ["own system", "hi"]
     role = FakeRole([reply("x")])
-    arun(solver(prompt_template="Q: {input}\nUse tools.", system_prompt=None)(Sample(id="t", input="2+2"), make_ctx(FakeModels(subject=role))[0]))
+    arun(
+        solver(prompt_template="Q: {input}\nUse tools.", system_prompt=None)(
+            Sample(id="t", input="2+2"), make_ctx(FakeModels(subject=role))[0]
+        )
+    )
     assert role.calls[0]["messages"] == [{"role": "user", "content": "Q: 2+2\nUse tools."}]
 
 
@@ -311,11 +335,20 @@ def test_custom_tool_from_a_file(tmp_path, sample: Sample) -> None:
         "def make(options):\n"
         "    return [Shout(options.get('suffix', '?'))]\n"
     )
-    s = agent_solver({"base_dir": str(tmp_path), "tools": [{"type": "custom", "path": "mytools.py:make", "options": {"suffix": "!!"}}, "answer"]})
-    role = FakeRole([reply("", [tool_call("shout", {"text": "hey"})]), reply("", [tool_call("answer", {"answer": "ok"})])])
+    s = agent_solver(
+        {
+            "base_dir": str(tmp_path),
+            "tools": [{"type": "custom", "path": "mytools.py:make", "options": {"suffix": "!!"}}, "answer"],
+        }
+    )
+    role = FakeRole(
+        [reply("", [tool_call("shout", {"text": "hey"})]), reply("", [tool_call("answer", {"answer": "ok"})])]
+    )
     res = arun(s(sample, make_ctx(FakeModels(subject=role))[0]))
     assert res.output == "ok"
     assert [m["content"] for m in res.messages if m["role"] == "tool"][0] == "HEY!!"
-    s2 = agent_solver({"tools": [{"type": "custom", "path": f"{tmp_path / 'mytools.py'}:Shout", "options": {"suffix": "."}}]})
+    s2 = agent_solver(
+        {"tools": [{"type": "custom", "path": f"{tmp_path / 'mytools.py'}:Shout", "options": {"suffix": "."}}]}
+    )
     assert s2.tools["shout"].suffix == "."  # type: ignore[attr-defined]
     assert json.loads(json.dumps(s2.schemas))[0]["function"]["name"] == "shout"

@@ -47,10 +47,24 @@ def test_orchestra_runs_through_the_server_in_private_mode(tmp_path: Path) -> No
             env = {k: v for k, v in os.environ.items() if k != "TAVILY_API_KEY"}
             env["PROCTOR_TOKEN"] = token
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proctor", "submit", str(tmp_path / "spec.yaml"), "--server", server_url,
+                sys.executable,
+                "-m",
+                "proctor",
+                "submit",
+                str(tmp_path / "spec.yaml"),
+                "--server",
+                server_url,
                 # No --base-url: each private role's local URL comes from the spec, and stays here.
-                "--private", "--private-role", "subject", "--private-role", "coder", "--out", str(out),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+                "--private",
+                "--private-role",
+                "subject",
+                "--private-role",
+                "coder",
+                "--out",
+                str(out),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
                 env=env,
             )
             try:

@@ -59,7 +59,9 @@ def test_parent_secret_is_not_visible(monkeypatch) -> None:
 
 def test_runaway_loop_is_killed_at_the_wall_limit() -> None:
     marker = _marker()
-    code = f"import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\nprint('spinning', flush=True)\nwhile True: pass"
+    code = (
+        f"import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\nprint('spinning', flush=True)\nwhile True: pass"
+    )
     res = arun(run_python(code, PythonOptions(timeout=1.5)))
     assert res.timed_out and res.returncode is None and "spinning" in res.stdout
     assert _with_marker(marker) == []
@@ -96,9 +98,16 @@ def test_background_child_of_a_finished_program_is_killed_without_waiting() -> N
 
 
 def test_memory_and_file_size_limits() -> None:
-    res = arun(run_python("x = bytearray(1024 * 1024 * 1024)\nprint('allocated')", PythonOptions(memory_mb=256, timeout=20)))
+    res = arun(
+        run_python("x = bytearray(1024 * 1024 * 1024)\nprint('allocated')", PythonOptions(memory_mb=256, timeout=20))
+    )
     assert "MemoryError" in res.stderr and "allocated" not in res.stdout
-    res = arun(run_python("open('big','wb').write(b'x' * 3 * 1024 * 1024)\nprint('written')", PythonOptions(file_size_mb=1, timeout=20)))
+    res = arun(
+        run_python(
+            "open('big','wb').write(b'x' * 3 * 1024 * 1024)\nprint('written')",
+            PythonOptions(file_size_mb=1, timeout=20),
+        )
+    )
     assert "written" not in res.stdout and res.returncode != 0
 
 

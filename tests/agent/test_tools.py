@@ -40,11 +40,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def call(tools_spec: list[Any], name: str, args: dict[str, Any], models: Any = None, sample: Sample | None = None) -> tuple[ToolOutcome, list[dict[str, Any]]]:
+async def call(
+    tools_spec: list[Any], name: str, args: dict[str, Any], models: Any = None, sample: Sample | None = None
+) -> tuple[ToolOutcome, list[dict[str, Any]]]:
     tools = {t.name: t for t in build_tools(tools_spec)}
     ctx, events = make_ctx(models or FakeModels())
     try:
-        out = await invoke_tool(tools, ToolCall("c1", name, args), ToolCallContext(sample or Sample(id="s", input="Who created Python?"), ctx), turn=1)
+        out = await invoke_tool(
+            tools,
+            ToolCall("c1", name, args),
+            ToolCallContext(sample or Sample(id="s", input="Who created Python?"), ctx),
+            turn=1,
+        )
     finally:
         await close_sessions()
     return out, events.tools()
@@ -74,7 +81,9 @@ def test_retrieval_server_protocol(tmp_path: Path) -> None:
 def test_retrieve_tool(tmp_path: Path) -> None:
     async def go() -> None:
         async with RetrievalServer.from_file(write_corpus(tmp_path / "c.jsonl")) as srv:
-            out, events = await call([{"type": "retrieve", "url": srv.url, "topk": 2}], "retrieve", {"query": "Guido Python"})
+            out, events = await call(
+                [{"type": "retrieve", "url": srv.url, "topk": 2}], "retrieve", {"query": "Guido Python"}
+            )
             assert out.status == "ok" and out.content.startswith("[1] (id=d3)")
             assert events[0]["steps"]["retrieval"] >= 0 and events[0]["sample_id"] == "s"
 
@@ -101,7 +110,9 @@ def test_tavily_adapter_sends_the_key_only_in_a_header(monkeypatch) -> None:
     async def search(request: web.Request) -> web.Response:
         body = await request.json()
         seen.append({"auth": request.headers.get("Authorization"), "body": body})
-        return web.json_response({"results": [{"title": "Python", "url": "https://python.org", "content": "Guido van Rossum"}]})
+        return web.json_response(
+            {"results": [{"title": "Python", "url": "https://python.org", "content": "Guido van Rossum"}]}
+        )
 
     async def go() -> tuple[ToolOutcome, list[dict[str, Any]]]:
         app = web.Application()
@@ -125,7 +136,15 @@ def test_tavily_adapter_sends_the_key_only_in_a_header(monkeypatch) -> None:
 
 def test_expert_answer_mode_is_final_and_names_the_expert() -> None:
     expert = FakeRole([reply("Answer: Guido van Rossum")])
-    spec = [{"type": "ask_expert", "name": "answer", "role": "oracle", "final": True, "prompt": "Q={question} T={task} {json: 1}"}]
+    spec = [
+        {
+            "type": "ask_expert",
+            "name": "answer",
+            "role": "oracle",
+            "final": True,
+            "prompt": "Q={question} T={task} {json: 1}",
+        }
+    ]
     out, events = arun(call(spec, "answer", {"task": "I think it is Guido"}, FakeModels(oracle=expert)))
     assert out.final and out.content == "Answer: Guido van Rossum"
     assert expert.calls[0]["messages"][0]["content"] == "Q=Who created Python? T=I think it is Guido {json: 1}"
@@ -136,7 +155,14 @@ def test_expert_answer_mode_is_final_and_names_the_expert() -> None:
 def test_expert_python_mode_runs_the_written_code() -> None:
     expert = FakeRole([reply("Here:\n```python\nprint(sum(int(d) for d in str(2**100)))\n```")])
     spec = [{"type": "ask_expert", "name": "enhance_reasoning", "roles": ["coder", "other"], "mode": "python"}]
-    out, events = arun(call(spec, "enhance_reasoning", {"task": "digit sum of 2**100", "model": "coder"}, FakeModels(coder=expert, other=FakeRole())))
+    out, events = arun(
+        call(
+            spec,
+            "enhance_reasoning",
+            {"task": "digit sum of 2**100", "model": "coder"},
+            FakeModels(coder=expert, other=FakeRole()),
+        )
+    )
     assert out.status == "ok" and out.content.rstrip().endswith("115")
     assert set(events[0]["steps"]) == {"code_writing", "execution"} and events[0]["expert_role"] == "coder"
     bad, _ = arun(call(spec, "enhance_reasoning", {"task": "x", "model": "nobody"}, FakeModels(coder=expert)))
@@ -149,7 +175,16 @@ def test_expert_retrieve_mode_with_unavailable_fallback(tmp_path: Path, monkeypa
 
     async def go() -> None:
         async with RetrievalServer.from_file(write_corpus(tmp_path / "c.jsonl")) as srv:
-            spec = [{"type": "ask_expert", "name": "search", "role": "searcher", "mode": "retrieve", "retrieve": {"url": srv.url}, "web_search": {}}]
+            spec = [
+                {
+                    "type": "ask_expert",
+                    "name": "search",
+                    "role": "searcher",
+                    "mode": "retrieve",
+                    "retrieve": {"url": srv.url},
+                    "web_search": {},
+                }
+            ]
             out, events = await call(spec, "search", {"task": "height of Everest"}, FakeModels(searcher=expert))
             assert out.content.startswith("Query: highest mountain\nResults:\n[1] (id=d2)")
             assert set(events[0]["steps"]) == {"query_writing", "retrieval"}
@@ -169,7 +204,9 @@ def test_expert_infra_error_propagates_and_is_recorded() -> None:
 
 def test_tool_timeout_and_crash_become_messages() -> None:
     slow = FakeRole(responder=lambda m, k: asyncio.sleep(30))
-    out, events = arun(call([{"type": "ask_expert", "role": "e", "timeout": 0.2}], "ask_expert", {"task": "x"}, FakeModels(e=slow)))
+    out, events = arun(
+        call([{"type": "ask_expert", "role": "e", "timeout": 0.2}], "ask_expert", {"task": "x"}, FakeModels(e=slow))
+    )
     assert out.status == "timeout" and "timed out" in out.content and events[0]["status"] == "timeout"
     broken = FakeRole(responder=lambda m, k: RuntimeError("bug in tool"))
     out, _ = arun(call([{"type": "ask_expert", "role": "e"}], "ask_expert", {"task": "x"}, FakeModels(e=broken)))

@@ -29,9 +29,13 @@ def test_serve_on_a_port_in_use_names_the_port_and_what_to_do(tmp_path: Path) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "proctor", "serve", "--port", str(port), "--data",
-                                 str(tmp_path / "data")], capture_output=True, text=True, timeout=60,
-                                stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            [sys.executable, "-m", "proctor", "serve", "--port", str(port), "--data", str(tmp_path / "data")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
     assert _one_error_line(result) == f"Error: port {port} on 127.0.0.1 is already in use"
     assert "choose another port with --port" in result.stderr
 

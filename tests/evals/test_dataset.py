@@ -30,8 +30,11 @@ def test_every_format_loads_the_same_samples(tmp_path: Path, fmt: str) -> None:
     elif fmt == "json":
         write(tmp_path, name, json.dumps({"data": ROWS}))
     elif fmt == "csv":
-        write(tmp_path, name, "id,question,answer,cat\n" + "".join(
-            f"{r['id']},{r['question']},{r['answer']},{r['cat']}\n" for r in ROWS))
+        write(
+            tmp_path,
+            name,
+            "id,question,answer,cat\n" + "".join(f"{r['id']},{r['question']},{r['answer']},{r['cat']}\n" for r in ROWS),
+        )
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -82,18 +85,31 @@ def test_limit_shuffle_and_shards(tmp_path: Path) -> None:
     b = [s.id for s in load_dataset(config("d.jsonl", shuffle=True, seed=1), base_dir=tmp_path).samples]
     c = [s.id for s in load_dataset(config("d.jsonl", shuffle=True, seed=2), base_dir=tmp_path).samples]
     assert a == b and a != c and sorted(a) == sorted(r["id"] for r in ROWS)
-    shards = [[s.id for s in load_dataset(config("d.jsonl", shard=f"{i}/3"), base_dir=tmp_path).samples]
-              for i in range(3)]
+    shards = [
+        [s.id for s in load_dataset(config("d.jsonl", shard=f"{i}/3"), base_dir=tmp_path).samples] for i in range(3)
+    ]
     assert sorted(sum(shards, [])) == sorted(r["id"] for r in ROWS)
     assert not set(shards[0]) & set(shards[1])
 
 
 def test_alternative_field_names_and_choices_and_images(tmp_path: Path) -> None:
-    rows = [{"_id": "h1", "question": "q", "answer": "B", "choices": ["x", "y"], "image": ""},
-            {"_id": "h2", "question": "q", "answer": "A", "choices": '["x", "y"]', "image": "data:image/png;base64,AA"}]
+    rows = [
+        {"_id": "h1", "question": "q", "answer": "B", "choices": ["x", "y"], "image": ""},
+        {"_id": "h2", "question": "q", "answer": "A", "choices": '["x", "y"]', "image": "data:image/png;base64,AA"},
+    ]
     write(tmp_path, "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    cfg = DatasetConfig.model_validate({"path": "d.jsonl", "fields": {
-        "id": ["id", "_id"], "input": "question", "target": "answer", "choices": "choices", "images": "image"}})
+    cfg = DatasetConfig.model_validate(
+        {
+            "path": "d.jsonl",
+            "fields": {
+                "id": ["id", "_id"],
+                "input": "question",
+                "target": "answer",
+                "choices": "choices",
+                "images": "image",
+            },
+        }
+    )
     samples = load_dataset(cfg, base_dir=tmp_path).samples
     assert [s.id for s in samples] == ["h1", "h2"]
     assert samples[1].choices == ["x", "y"]

@@ -101,8 +101,13 @@ def scenario(example: str, with_model: bool, tmp_path: Path) -> Iterator[tuple[P
     """
     if example == "orchestra":
         with orchestra_fakes() as urls:
-            roles = {"subject": "orchestrator", "searcher": "searcher", "coder": "coder", "answerer": "answerer",
-                     "judge": "judge"}
+            roles = {
+                "subject": "orchestrator",
+                "searcher": "searcher",
+                "coder": "coder",
+                "answerer": "answerer",
+                "judge": "judge",
+            }
 
             def edit(spec: dict[str, Any]) -> None:
                 for tool in spec["solver"]["tools"]:
@@ -125,6 +130,7 @@ def scenario(example: str, with_model: bool, tmp_path: Path) -> Iterator[tuple[P
         if with_model:
             yield EXAMPLES / example / "spec.yaml", [f"--model=subject={llm.base_url}@fake"], llm.base_url
         else:
+
             def point(spec: dict[str, Any]) -> None:
                 spec["models"]["subject"]["base_url"] = llm.base_url
 
@@ -148,25 +154,47 @@ def _started(watch_url: str | None, ledger: Path) -> bool:
 # Without --model, demo and pycalc launch the real small model: see the README on --realmodel.
 REAL = pytest.mark.realmodel
 CASES = [
-    pytest.param("arith", True, id="arith-model"), pytest.param("arith", False, id="arith-spec"),
-    pytest.param("mcq", True, id="mcq-model"), pytest.param("mcq", False, id="mcq-spec"),
-    pytest.param("orchestra", True, id="orchestra-model"), pytest.param("orchestra", False, id="orchestra-spec"),
-    pytest.param("demo", True, id="demo-model"), pytest.param("demo", False, id="demo-spec", marks=REAL),
-    pytest.param("pycalc", True, id="pycalc-model"), pytest.param("pycalc", False, id="pycalc-spec", marks=REAL),
+    pytest.param("arith", True, id="arith-model"),
+    pytest.param("arith", False, id="arith-spec"),
+    pytest.param("mcq", True, id="mcq-model"),
+    pytest.param("mcq", False, id="mcq-spec"),
+    pytest.param("orchestra", True, id="orchestra-model"),
+    pytest.param("orchestra", False, id="orchestra-spec"),
+    pytest.param("demo", True, id="demo-model"),
+    pytest.param("demo", False, id="demo-spec", marks=REAL),
+    pytest.param("pycalc", True, id="pycalc-model"),
+    pytest.param("pycalc", False, id="pycalc-spec", marks=REAL),
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("example", "with_model"), CASES)
 def test_example_interrupted_then_resumed_by_the_printed_command_then_rescored(
-        tmp_path: Path, example: str, with_model: bool) -> None:
+    tmp_path: Path, example: str, with_model: bool
+) -> None:
     out = tmp_path / "run dir"  # a space: the printed command must quote it
     env = {k: v for k, v in os.environ.items() if k != "TAVILY_API_KEY"}
     with scenario(example, with_model, tmp_path) as (spec, extra, watch_url):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "--concurrency", "1",
-             "--progress", "plain", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "run",
+                str(spec),
+                "--out",
+                str(out),
+                "--concurrency",
+                "1",
+                "--progress",
+                "plain",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         try:
             deadline = time.monotonic() + (60 if watch_url else 600)  # a real model starts in minutes
             while not _started(watch_url, out / "ledger.sqlite") and proc.poll() is None:
@@ -186,8 +214,13 @@ def test_example_interrupted_then_resumed_by_the_printed_command_then_rescored(
         stats = json.loads((out / "eval_stats.json").read_text())
         assert stats["counts"]["pending"] + stats["counts"]["running"] > 0  # it really stopped mid-run
 
-        resumed = subprocess.run([sys.executable, "-m", "proctor", *argv[1:]],
-                                 capture_output=True, text=True, timeout=180 if watch_url else 1800, env=env)
+        resumed = subprocess.run(
+            [sys.executable, "-m", "proctor", *argv[1:]],
+            capture_output=True,
+            text=True,
+            timeout=180 if watch_url else 1800,
+            env=env,
+        )
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         rescored = run_proctor("rescore", out, env=env, timeout=180)
         assert rescored.returncode == 0, rescored.stdout + rescored.stderr

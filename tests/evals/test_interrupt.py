@@ -20,9 +20,12 @@ from proctor.testing import FakeLLMConfig, FakeLLMProcess, FakeLLMThread
 
 
 def start(spec: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out),
-                             "--progress", "plain", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "--progress", "plain", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(condition, timeout: float = 60.0, interval: float = 0.01) -> None:  # type: ignore[no-untyped-def]

@@ -63,8 +63,15 @@ def test_generation_round_trip(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite")
     ledger.add_samples(samples(1))
     ledger.start_writer()
-    result = SolveResult(output="x", messages=[{"role": "assistant", "content": "x"}], tokens_in=3, tokens_out=1,
-                         model_calls=1, outcome="truncated", extra={"turns": 1})
+    result = SolveResult(
+        output="x",
+        messages=[{"role": "assistant", "content": "x"}],
+        tokens_in=3,
+        tokens_out=1,
+        model_calls=1,
+        outcome="truncated",
+        extra={"turns": 1},
+    )
     ledger.record_generation("s0", result, 0.5)
     ledger.flush()
     assert ledger.generation("s0") == result

@@ -19,9 +19,24 @@ def test_reports_are_refreshed_during_the_run(tmp_path: Path) -> None:
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.1)) as llm:
         spec = write_spec(tmp_path, llm.base_url, n=60, concurrency=2)
         out = tmp_path / "run"
-        proc = subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out),
-                                 "--report-interval", "0.3", "--progress", "none"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "run",
+                str(spec),
+                "--out",
+                str(out),
+                "--report-interval",
+                "0.3",
+                "--progress",
+                "none",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         seen_partial = None
         try:
             deadline = time.monotonic() + 60
@@ -70,6 +85,7 @@ def test_analyze_tables_json_and_plots(tmp_path: Path, fake_llm: FakeLLMThread) 
 def test_shipped_examples_run_against_a_fake_that_knows_some_answers() -> None:
     for name, field in (("arith", "answer"), ("mcq", "answer")):
         rows = read_jsonl(EXAMPLES / name / "data.jsonl")
+
         # The fake answers the first half right and says "I don't know" to the rest.
         def key(r: dict) -> str:  # unique per sample (some MCQ questions share their text)
             return f"A) {r['choices'][0]}\nB) {r['choices'][1]}" if "choices" in r else r["question"]
@@ -78,8 +94,9 @@ def test_shipped_examples_run_against_a_fake_that_knows_some_answers() -> None:
         with FakeLLMThread(FakeLLMConfig(reply="I don't know", answers=answers)) as llm:
             with __import__("tempfile").TemporaryDirectory() as tmp:
                 out = Path(tmp) / "run"
-                result = run_proctor("run", EXAMPLES / name / "spec.yaml", "--out", out,
-                                     "--model", f"subject={llm.base_url}@fake")
+                result = run_proctor(
+                    "run", EXAMPLES / name / "spec.yaml", "--out", out, "--model", f"subject={llm.base_url}@fake"
+                )
                 assert result.returncode == 0, (name, result.stderr)
                 stats = json.loads((out / "eval_stats.json").read_text())
         assert stats["counts"]["scored"] == len(rows) <= 200

@@ -9,16 +9,20 @@ from helpers import arith_rows, read_jsonl, run_proctor, write_spec
 
 from proctor.testing import FakeLLMThread
 
-FAST_RETRY = "\n".join([
-    "    retry: {max_attempts: 2, backoff_base: 0.01, backoff_max: 0.02}",
-    "    health: {check_at_start: false}",
-])
+FAST_RETRY = "\n".join(
+    [
+        "    retry: {max_attempts: 2, backoff_base: 0.01, backoff_max: 0.02}",
+        "    health: {check_at_start: false}",
+    ]
+)
 
 
 def spec_with_retry(tmp_path: Path, base_url: str, **kw: object) -> Path:
     spec = write_spec(tmp_path, base_url, **kw)  # type: ignore[arg-type]
-    text = spec.read_text().replace(f"  subject: {{base_url: {base_url}, model: fake}}",
-                                    f"  subject:\n    base_url: {base_url}\n    model: fake\n{FAST_RETRY}")
+    text = spec.read_text().replace(
+        f"  subject: {{base_url: {base_url}, model: fake}}",
+        f"  subject:\n    base_url: {base_url}\n    model: fake\n{FAST_RETRY}",
+    )
     spec.write_text(text)
     return spec
 
@@ -45,8 +49,9 @@ def test_run_writes_every_output(tmp_path: Path, fake_llm: FakeLLMThread) -> Non
     assert trajs[0]["messages"][-1]["role"] == "assistant"
     events = read_jsonl(out / "events.jsonl")
     assert len(events) == 30
-    assert {"role", "model", "endpoint", "start", "duration", "tokens_in", "tokens_out", "retries",
-            "status"} <= set(events[0])
+    assert {"role", "model", "endpoint", "start", "duration", "tokens_in", "tokens_out", "retries", "status"} <= set(
+        events[0]
+    )
     assert events[0]["role"] == "subject" and events[0]["status"] == "ok"
     assert "run arith: 30 samples" in (out / "run.log").read_text()
     assert "api_key" not in (out / "spec.yaml").read_text()
@@ -57,7 +62,10 @@ def test_bad_datasets_exit_2_before_any_request(tmp_path: Path, fake_llm: FakeLL
     rows = arith_rows(5)
     cases = {
         "duplicate": ([*rows, rows[1]], "1 duplicate sample id(s): 'q1' (line 2, line 6)"),
-        "missing_field": ([*rows[:3], {"id": "x", "answer": "1"}], "line 4: field 'question' (mapped to input) is missing"),
+        "missing_field": (
+            [*rows[:3], {"id": "x", "answer": "1"}],
+            "line 4: field 'question' (mapped to input) is missing",
+        ),
     }
     for name, (data, message) in cases.items():
         case_dir = tmp_path / name
@@ -120,7 +128,11 @@ def test_infra_errors_are_kept_apart_and_retried_on_request(tmp_path: Path, fake
     assert "--retry-errors" in result.stdout
     stats = json.loads((out / "eval_stats.json").read_text())
     assert stats["counts"]["scored"] == 11 and stats["errors"] == {
-        "total": 1, "infra": 1, "other": 0, "by_class": {"http_5xx": 1}}
+        "total": 1,
+        "infra": 1,
+        "other": 0,
+        "by_class": {"http_5xx": 1},
+    }
     assert stats["accuracy"]["denominator"] == 11  # the infra error is not a wrong answer
     record = next(s for s in read_jsonl(out / "samples.jsonl") if s["id"] == "q1")
     assert record["error"]["class"] == "http_5xx" and record["error"]["infra"] is True and record["score"] is None
@@ -171,8 +183,9 @@ def test_rescore_calls_no_model(tmp_path: Path) -> None:
 def test_progress_json_lines(tmp_path: Path, fake_llm: FakeLLMThread) -> None:
     spec = write_spec(tmp_path, fake_llm.base_url, n=5)
     result = run_proctor("run", spec, "--out", tmp_path / "run", env={"PROCTOR_PROGRESS": "json"})
-    lines = [json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines()
-             if line.startswith("PROCTOR_PROGRESS ")]
+    lines = [
+        json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("PROCTOR_PROGRESS ")
+    ]
     assert lines and lines[-1]["done"] == 5 and lines[-1]["total"] == 5
     assert set(lines[-1]) == {"done", "total", "errors", "accuracy", "rate", "eta"}
 
@@ -189,8 +202,9 @@ def test_progress_after_a_resume_shows_the_accuracy_of_the_whole_run(tmp_path: P
     assert result.returncode == 0, result.stderr
     stats = json.loads((out / "eval_stats.json").read_text())
     assert stats["resumed_samples"] == 10 and stats["accuracy"]["value"] == round(20 / 30, 4)
-    records = [json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines()
-               if line.startswith("PROCTOR_PROGRESS ")]
+    records = [
+        json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("PROCTOR_PROGRESS ")
+    ]
     assert records[-1]["done"] == 30 and records[-1]["accuracy"] == stats["accuracy"]["value"]
     plain = [line for line in result.stdout.splitlines() if line.startswith("progress: ")]
     assert plain[-1].startswith("progress: 30/30 (100%), 0 errors, acc 66.7%,"), plain
@@ -230,22 +244,33 @@ def test_rejected_key_aborts_the_run(tmp_path: Path) -> None:
 
 def test_prompt_and_generation_parameters_reach_the_wire(tmp_path: Path) -> None:
     with FakeLLMThread() as llm:  # echo
-        spec = write_spec(tmp_path, llm.base_url, n=1, extra="""generate:
+        spec = write_spec(
+            tmp_path,
+            llm.base_url,
+            n=1,
+            extra="""generate:
   temperature: 0.2
   max_tokens: 64
   stop: ["\\n\\n"]
   extra_body: {chat_template_kwargs: {enable_thinking: false}}
-""")
-        spec.write_text(spec.read_text().replace(
-            "solver: generate", 'solver: {type: generate, system_prompt: "Be brief.", template: "Q: {input} ({category})"}'))
+""",
+        )
+        spec.write_text(
+            spec.read_text().replace(
+                "solver: generate",
+                'solver: {type: generate, system_prompt: "Be brief.", template: "Q: {input} ({category})"}',
+            )
+        )
         result = run_proctor("run", spec, "--out", tmp_path / "run")
         assert result.returncode == 0, result.stderr
         body = llm.stats()["last_request"]
     assert body["model"] == "fake"
     assert body["temperature"] == 0.2 and body["max_tokens"] == 64 and body["stop"] == ["\n\n"]
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
-    assert body["messages"] == [{"role": "system", "content": "Be brief."},
-                                {"role": "user", "content": "Q: What is 1 + 3? (even)"}]
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q: What is 1 + 3? (even)"},
+    ]
     (record,) = read_jsonl(tmp_path / "run" / "samples.jsonl")
     assert record["output"] == "Q: What is 1 + 3? (even)"
 

@@ -39,8 +39,13 @@ def _error(data: dict) -> str:
 
 
 def base() -> dict:
-    return {"name": "x", "dataset": {"path": "d.jsonl"}, "solver": "generate", "scorer": "exact",
-            "models": {"subject": {"base_url": "http://127.0.0.1:1/v1", "model": "m"}}}
+    return {
+        "name": "x",
+        "dataset": {"path": "d.jsonl"},
+        "solver": "generate",
+        "scorer": "exact",
+        "models": {"subject": {"base_url": "http://127.0.0.1:1/v1", "model": "m"}},
+    }
 
 
 def test_unknown_key_is_named() -> None:
@@ -117,8 +122,9 @@ def test_model_override_of_a_role_the_spec_never_uses_names_the_roles_it_uses() 
     with pytest.raises(SpecError) as err:
         apply_model_override(spec, "judg=http://127.0.0.1:7/v1@x")
     assert err.value.exit_code == 2
-    assert str(err.value) == ("--model 'judg=http://127.0.0.1:7/v1@x': the spec uses no role 'judg'; "
-                              "its roles are: coder, judge, subject")
+    assert str(err.value) == (
+        "--model 'judg=http://127.0.0.1:7/v1@x': the spec uses no role 'judg'; its roles are: coder, judge, subject"
+    )
     assert apply_model_override(spec, "coder=http://127.0.0.1:7/v1@c").models["coder"].model == "c"
 
 
@@ -147,8 +153,11 @@ def test_dump_keeps_every_ordinary_setting_so_the_run_directory_spec_loads_back_
     data = base()
     data["generate"] = {"max_tokens": 256, "temperature": 0}
     data["models"]["subject"]["params"] = {"max_tokens": 16, "extra_body": {"max_completion_tokens": 8}}
-    data["solver"] = {"type": "agent", "max_total_tokens": 1000, "tools": [
-        {"type": "web_search", "api_key_env": "TAVILY_API_KEY"}, {"type": "python"}]}
+    data["solver"] = {
+        "type": "agent",
+        "max_total_tokens": 1000,
+        "tools": [{"type": "web_search", "api_key_env": "TAVILY_API_KEY"}, {"type": "python"}],
+    }
     spec = apply_model_override(parse_spec(data, source="s"), "subject=http://127.0.0.1:9/v1@other")
     dumped = tmp_path / "spec.yaml"
     dumped.write_text(dump_spec(spec, dataset_path=tmp_path / "d.jsonl"))
@@ -165,15 +174,32 @@ def test_values_typed_as_secrets_are_redacted_wherever_they_are() -> None:
     from proctor.evals.spec import REDACTED, _redact
 
     assert _redact({"anything": SecretStr("s3cret"), "list": [SecretStr("x")]}) == {
-        "anything": REDACTED, "list": [REDACTED]}
+        "anything": REDACTED,
+        "list": [REDACTED],
+    }
 
 
-@pytest.mark.parametrize(("name", "secret"), [
-    ("max_tokens", False), ("max_completion_tokens", False), ("max_total_tokens", False), ("api_key_env", False),
-    ("token_budget", False), ("tokens", False),
-    ("api_key", True), ("apiKey", True), ("APIKEY", True), ("OPENAI_API_KEY", True), ("x-api-key", True),
-    ("HF_TOKEN", True), ("token", True), ("client_secret", True), ("password", True), ("Authorization", True),
-])
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("max_tokens", False),
+        ("max_completion_tokens", False),
+        ("max_total_tokens", False),
+        ("api_key_env", False),
+        ("token_budget", False),
+        ("tokens", False),
+        ("api_key", True),
+        ("apiKey", True),
+        ("APIKEY", True),
+        ("OPENAI_API_KEY", True),
+        ("x-api-key", True),
+        ("HF_TOKEN", True),
+        ("token", True),
+        ("client_secret", True),
+        ("password", True),
+        ("Authorization", True),
+    ],
+)
 def test_secret_names_are_whole_words_not_substrings(name: str, secret: bool) -> None:
     from proctor.evals.spec import is_secret_name
 

@@ -18,8 +18,12 @@ def test_the_continuation_is_the_tokens_after_the_context_and_before_the_generat
 
 def test_a_token_straddling_the_boundary_counts_as_the_continuations() -> None:
     # The server merged "ab" across the boundary between context "xa" and continuation "b c".
-    logprobs = {"tokens": ["x", "ab", " c"], "text_offset": [0, 1, 3], "token_logprobs": [None, -1.0, -2.0],
-                "top_logprobs": [None, {"ab": -1.0}, {" d": -0.5}]}
+    logprobs = {
+        "tokens": ["x", "ab", " c"],
+        "text_offset": [0, 1, 3],
+        "token_logprobs": [None, -1.0, -2.0],
+        "top_logprobs": [None, {"ab": -1.0}, {" d": -0.5}],
+    }
     assert continuation_logprob(logprobs, 2, 5) == (pytest.approx(-3.0), False)
 
 

@@ -44,8 +44,11 @@ def expected_metrics() -> dict[tuple[str, str], float]:
     gen_right = sum(arith(r["question"]) == r["answer"] for r in gen) / len(gen)
     mc_right = sum(r["choices"].index(arith(r["question"])) == r["gold"] for r in mc) / len(mc)
     assert 0 < gen_right < 1 and 0 < mc_right < 1  # the data makes the metrics informative
-    return {("proctor_arith", "exact_match"): gen_right, ("proctor_arith_mc", "acc"): mc_right,
-            ("proctor_arith_mc", "acc_norm"): mc_right}
+    return {
+        ("proctor_arith", "exact_match"): gen_right,
+        ("proctor_arith_mc", "acc"): mc_right,
+        ("proctor_arith_mc", "acc_norm"): mc_right,
+    }
 
 
 def metrics(out: Path) -> dict[tuple[str, str], float]:
@@ -97,8 +100,21 @@ def test_kill_9_at_random_moments_then_resume_redoes_no_answered_request(tmp_pat
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.03, jitter=0.01)) as llm:
         spec = copy_example(tmp_path)
         out = tmp_path / "run"
-        argv = [sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "-c", str(concurrency),
-                "-m", f"subject={llm.base_url}@fake", "--progress", "none"]
+        argv = [
+            sys.executable,
+            "-m",
+            "proctor",
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "-c",
+            str(concurrency),
+            "-m",
+            f"subject={llm.base_url}@fake",
+            "--progress",
+            "none",
+        ]
         durable: dict[str, int] = {}
         kills = 0
         for _ in range(2):
@@ -129,8 +145,10 @@ def test_kill_9_at_random_moments_then_resume_redoes_no_answered_request(tmp_pat
 def test_a_request_that_keeps_failing_withholds_the_metrics_and_retry_errors_redoes_only_it(tmp_path: Path) -> None:
     failing = "proctor_arith/3/0"
     cfg = FakeLLMConfig(reply="arith", fail_samples={failing: -1})
-    models = ("  subject:\n    base_url: http://127.0.0.1:8000/v1\n    model: fake\n"
-              "    retry: {max_attempts: 2, backoff_base: 0.01, backoff_max: 0.02}")
+    models = (
+        "  subject:\n    base_url: http://127.0.0.1:8000/v1\n    model: fake\n"
+        "    retry: {max_attempts: 2, backoff_base: 0.01, backoff_max: 0.02}"
+    )
     with FakeLLMThread(cfg) as llm:
         spec = copy_example(tmp_path, models)
         out = tmp_path / "run"
@@ -163,8 +181,10 @@ def test_a_request_that_keeps_failing_withholds_the_metrics_and_retry_errors_red
 
 def test_without_lm_eval_the_run_says_how_to_install_it(tmp_path: Path) -> None:
     spec = copy_example(tmp_path)
-    code = ("import sys; sys.modules['lm_eval'] = None; from proctor.cli.main import main; "
-            f"sys.argv = ['proctor', 'run', {str(spec)!r}, '--out', {str(tmp_path / 'run')!r}]; main()")
+    code = (
+        "import sys; sys.modules['lm_eval'] = None; from proctor.cli.main import main; "
+        f"sys.argv = ['proctor', 'run', {str(spec)!r}, '--out', {str(tmp_path / 'run')!r}]; main()"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
@@ -183,9 +203,26 @@ def test_sigterm_lets_requests_in_flight_finish_and_the_printed_command_resumes(
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.2)) as llm:
         spec = copy_example(tmp_path)
         out = tmp_path / "run"
-        proc = subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "-c", "2",
-                                 "-m", f"subject={llm.base_url}@fake", "--progress", "none"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "run",
+                str(spec),
+                "--out",
+                str(out),
+                "-c",
+                "2",
+                "-m",
+                f"subject={llm.base_url}@fake",
+                "--progress",
+                "none",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 60
             while llm.stats()["requests"] < 6 and proc.poll() is None and time.monotonic() < deadline:
@@ -213,18 +250,43 @@ def test_the_metrics_equal_lm_evals_own_cli_against_the_same_server(tmp_path: Pa
     tasks = "proctor_arith,proctor_arith_mc"
     with FakeLLMThread(FakeLLMConfig(reply="arith")) as llm:
         spec = copy_example(tmp_path)
-        ours = run_proctor("run", spec, "--out", tmp_path / "run", "-m", f"subject={llm.base_url}@fake",
-                           "--progress", "none")
+        ours = run_proctor(
+            "run", spec, "--out", tmp_path / "run", "-m", f"subject={llm.base_url}@fake", "--progress", "none"
+        )
         assert ours.returncode == 0, ours.stderr
         # lm-eval's own API model, with the test server's vLLM-style tokenizer endpoints.
-        model_args = (f"base_url={llm.base_url}/completions,model=fake,tokenizer_backend=remote,"
-                      "tokenized_requests=False,num_concurrent=8")
+        model_args = (
+            f"base_url={llm.base_url}/completions,model=fake,tokenizer_backend=remote,"
+            "tokenized_requests=False,num_concurrent=8"
+        )
         env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-        theirs = subprocess.run([sys.executable, "-m", "lm_eval", "run", "--model", "local-completions",
-                                 "--model_args", model_args, "--tasks", tasks, "--include_path",
-                                 str(tmp_path / "tasks"), "--num_fewshot", "0", "--gen_kwargs", "temperature=0",
-                                 "--output_path", str(tmp_path / "cli")],
-                                capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        theirs = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lm_eval",
+                "run",
+                "--model",
+                "local-completions",
+                "--model_args",
+                model_args,
+                "--tasks",
+                tasks,
+                "--include_path",
+                str(tmp_path / "tasks"),
+                "--num_fewshot",
+                "0",
+                "--gen_kwargs",
+                "temperature=0",
+                "--output_path",
+                str(tmp_path / "cli"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            cwd=tmp_path,
+        )
         assert theirs.returncode == 0, theirs.stderr[-2000:]
     (cli_file,) = (tmp_path / "cli" / "fake").glob("results_*.json")
     (our_file,) = (tmp_path / "run" / "lm_eval" / "fake").glob("results_*.json")
@@ -237,11 +299,15 @@ def test_the_metrics_equal_lm_evals_own_cli_against_the_same_server(tmp_path: Pa
 
 def test_apply_chat_template_sends_generation_as_chat_messages(tmp_path: Path) -> None:
     spec = copy_example(tmp_path)
-    spec.write_text(spec.read_text().replace("tasks: [proctor_arith, proctor_arith_mc]", "tasks: [proctor_arith]")
-                    .replace("apply_chat_template: false", "apply_chat_template: true"))
+    spec.write_text(
+        spec.read_text()
+        .replace("tasks: [proctor_arith, proctor_arith_mc]", "tasks: [proctor_arith]")
+        .replace("apply_chat_template: false", "apply_chat_template: true")
+    )
     with FakeLLMThread(FakeLLMConfig(reply="arith")) as llm:
-        result = run_proctor("run", spec, "--out", tmp_path / "run", "-m", f"subject={llm.base_url}@fake",
-                             "--progress", "none")
+        result = run_proctor(
+            "run", spec, "--out", tmp_path / "run", "-m", f"subject={llm.base_url}@fake", "--progress", "none"
+        )
         assert result.returncode == 0, result.stderr
         body = llm.server.last_request
     assert body is not None and "prompt" not in body

@@ -103,4 +103,3 @@ class StubLLM:
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
-

@@ -138,7 +138,14 @@ def test_build_argv_command_fills_placeholders_and_keeps_literal_braces() -> Non
         extra_args=["--verbose"],
     )  # fmt: skip
     assert build_argv(cfg) == [
-        "server", "--listen=127.0.0.1:9001", "/m/x.gguf", "--name", "x", '{"a": 1}', "{other}", "--verbose"
+        "server",
+        "--listen=127.0.0.1:9001",
+        "/m/x.gguf",
+        "--name",
+        "x",
+        '{"a": 1}',
+        "{other}",
+        "--verbose",
     ]
 
 

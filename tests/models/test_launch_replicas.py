@@ -76,20 +76,31 @@ def vllm_env(tmp_path: Path) -> dict[str, str]:
 
 
 def subject(port: int, env: dict[str, str], **launch: object) -> dict[str, ModelConfig]:
-    cfg = LaunchConfig(kind="vllm", model_path="m", port=port, replicas=3, gpus_per_replica=1, stagger=0.1, env=env, **launch)  # type: ignore[arg-type]
+    cfg = LaunchConfig(
+        kind="vllm", model_path="m", port=port, replicas=3, gpus_per_replica=1, stagger=0.1, env=env, **launch
+    )  # type: ignore[arg-type]
     return {"subject": ModelConfig(model="m", launch=cfg)}
 
 
 def test_replica_configs_spread_ports_and_gpus() -> None:
     four = replica_configs(LaunchConfig(kind="vllm", model_path="m", port=1800, replicas=4, gpus_per_replica=1))
-    assert [(c.port, c.gpus, c.replicas) for c in four] == [(1800, "0", 1), (1801, "1", 1), (1802, "2", 1), (1803, "3", 1)]
-    pairs = replica_configs(LaunchConfig(kind="vllm", model_path="m", port=9000, replicas=2, gpus_per_replica=2, gpus="4,5,6,7"))
+    assert [(c.port, c.gpus, c.replicas) for c in four] == [
+        (1800, "0", 1),
+        (1801, "1", 1),
+        (1802, "2", 1),
+        (1803, "3", 1),
+    ]
+    pairs = replica_configs(
+        LaunchConfig(kind="vllm", model_path="m", port=9000, replicas=2, gpus_per_replica=2, gpus="4,5,6,7")
+    )
     assert [c.gpus for c in pairs] == ["4,5", "6,7"]
     with pytest.raises(ValidationError, match="gpus lists 2 device"):
         LaunchConfig(kind="vllm", model_path="m", port=9000, replicas=2, gpus_per_replica=2, gpus="0,1")
 
 
-def test_replicas_start_staggered_each_with_its_gpu_and_log_and_form_the_pool(tmp_path: Path, vllm_env: dict[str, str]) -> None:
+def test_replicas_start_staggered_each_with_its_gpu_and_log_and_form_the_pool(
+    tmp_path: Path, vllm_env: dict[str, str]
+) -> None:
     base = free_ports(3)
 
     async def go() -> list[str]:
@@ -104,9 +115,13 @@ def test_replicas_start_staggered_each_with_its_gpu_and_log_and_form_the_pool(tm
     assert not any(healthy(base + i) for i in range(3))
 
 
-def test_a_healthy_replica_is_reused_and_a_failing_one_is_named_with_its_log(tmp_path: Path, vllm_env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+def test_a_healthy_replica_is_reused_and_a_failing_one_is_named_with_its_log(
+    tmp_path: Path, vllm_env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     base = free_ports(3)
-    own = subprocess.Popen([sys.executable, str(FAKE), "--port", str(base + 1), "--served-model-name", "m"], stdout=subprocess.DEVNULL)
+    own = subprocess.Popen(
+        [sys.executable, str(FAKE), "--port", str(base + 1), "--served-model-name", "m"], stdout=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while not healthy(base + 1) and time.monotonic() < deadline:

@@ -12,7 +12,14 @@ from proctor.models.client import AttemptFailure, classify_status, parse_complet
 
 
 def classify(status: int, body: str = "{}", **kw: object) -> Exception:
-    return classify_status(status, body, url="http://h:1/v1/chat/completions", model="m", api_key_env=kw.get("env"), retry_after=kw.get("ra"))  # type: ignore[arg-type]
+    return classify_status(
+        status,
+        body,
+        url="http://h:1/v1/chat/completions",
+        model="m",
+        api_key_env=kw.get("env"),
+        retry_after=kw.get("ra"),
+    )  # type: ignore[arg-type]
 
 
 def test_retry_after_seconds_date_and_garbage() -> None:

@@ -34,7 +34,11 @@ def test_per_replica_cap_queues_calls_and_bounds_sockets() -> None:
                     peak = max(peak, open_fds())
 
                 await asyncio.gather(*(one(i) for i in range(calls)))  # 200 at once, 16 slots
-            return a.max_in_flight + b.max_in_flight, peak - baseline, sum(a.successes.values()) + sum(b.successes.values())
+            return (
+                a.max_in_flight + b.max_in_flight,
+                peak - baseline,
+                sum(a.successes.values()) + sum(b.successes.values()),
+            )
 
     max_in_flight, extra_fds, done = asyncio.run(main())
     assert done == calls  # nobody failed for lack of a slot
@@ -97,9 +101,13 @@ def test_adaptive_concurrency_lowers_the_share_of_429s(caplog: pytest.LogCapture
 def test_fixed_concurrency_when_adaptation_is_off() -> None:
     async def main() -> int:
         async with FakeLLM(FakeLLMConfig(rate_limit_rate=1.0, retry_after=0.0)) as llm:
-            cfg = fast_config(base_url=llm.base_url, max_connections=16, adaptive_concurrency=False, retry={"max_attempts": 3})
+            cfg = fast_config(
+                base_url=llm.base_url, max_connections=16, adaptive_concurrency=False, retry={"max_attempts": 3}
+            )
             async with ModelRouter({"subject": cfg}) as router:
-                results = await asyncio.gather(*(router.role("subject").chat(user()) for _ in range(5)), return_exceptions=True)
+                results = await asyncio.gather(
+                    *(router.role("subject").chat(user()) for _ in range(5)), return_exceptions=True
+                )
                 assert all(getattr(r, "error_class", None) == "rate_limited" for r in results)
                 return router.role("subject").pool.replicas[0].cap
 

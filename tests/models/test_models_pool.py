@@ -16,7 +16,9 @@ from proctor.models.pool import Replica, ReplicaPool, replica_urls
 
 def make_pool(n: int = 3, *, cap: int = 8, adaptive: bool = True, threshold: int = 3) -> ReplicaPool:
     urls = [f"http://10.0.0.{i}:8000/v1" for i in range(n)]
-    return ReplicaPool("subject", urls, max_connections=cap, health=HealthConfig(failure_threshold=threshold), adaptive=adaptive)
+    return ReplicaPool(
+        "subject", urls, max_connections=cap, health=HealthConfig(failure_threshold=threshold), adaptive=adaptive
+    )
 
 
 # -- sources -----------------------------------------------------------------------------------
@@ -39,7 +41,9 @@ def test_replica_sources() -> None:
 
 def test_pool_file(tmp_path: Path) -> None:
     path = tmp_path / "pool.json"
-    path.write_text(json.dumps({"qwen": [{"ip_addr": "node1", "port": 1800}, {"ip_addr": "node2", "port": 1801}], "other": []}))
+    path.write_text(
+        json.dumps({"qwen": [{"ip_addr": "node1", "port": 1800}, {"ip_addr": "node2", "port": 1801}], "other": []})
+    )
     cfg = ModelConfig(model="qwen", pool_file="pool.json")
     assert replica_urls(cfg, base_dir=tmp_path) == ["http://node1:1800/v1", "http://node2:1801/v1"]
 

@@ -298,7 +298,12 @@ def test_one_event_per_call_whatever_the_outcome() -> None:
                     role.chat(user("y" * 80), sample_id="long"),
                     return_exceptions=True,
                 )
-        assert [type(o).__name__ for o in outcomes] == ["ChatResult", "ChatResult", "InfraError", "ContextOverflowError"]
+        assert [type(o).__name__ for o in outcomes] == [
+            "ChatResult",
+            "ChatResult",
+            "InfraError",
+            "ContextOverflowError",
+        ]
         by_sample = {e["sample_id"]: e for e in events}
         assert len(events) == 4 and len(by_sample) == 4
         assert by_sample["fine"]["status"] == "ok" and by_sample["fine"]["attempts"] == 1

@@ -34,7 +34,14 @@ def test_stream_content_usage_and_ttft() -> None:
 
 def test_stream_tool_calls_are_assembled() -> None:
     async def main() -> None:
-        script = [{"tool_calls": [{"name": "python", "arguments": {"code": "print(6*7)"}}, {"name": "answer", "arguments": {"text": "42"}}]}]
+        script = [
+            {
+                "tool_calls": [
+                    {"name": "python", "arguments": {"code": "print(6*7)"}},
+                    {"name": "answer", "arguments": {"text": "42"}},
+                ]
+            }
+        ]
         async with FakeLLM(FakeLLMConfig(script=script)) as llm:
             async with ModelRouter({"subject": fast_config(base_url=llm.base_url)}) as router:
                 streamed = await router.role("subject").chat(user(), params=STREAM)

@@ -67,12 +67,28 @@ def test_the_torn_last_line_of_a_run_in_progress_is_skipped() -> None:
 
 def test_latency_table_per_role_and_replica() -> None:
     groups = _groups(analyze_events(read_events(FIXTURE), Options()))
-    assert set(groups) == {("tool", "search", ""), ("tool", "python", ""), ("expert", "search", "m-search"),
-                           ("model", "orchestrator", R1), ("model", "orchestrator", R2), ("model", "searcher", R3)}
+    assert set(groups) == {
+        ("tool", "search", ""),
+        ("tool", "python", ""),
+        ("expert", "search", "m-search"),
+        ("model", "orchestrator", R1),
+        ("model", "orchestrator", R2),
+        ("model", "searcher", R3),
+    }
     r1 = groups[("model", "orchestrator", R1)]
     assert {k: r1[k] for k in ("count", "mean", "std", "min", "max", "p10", "p25", "p50", "p90", "p95", "p99")} == {
-        "count": 8, "mean": 5.0, "std": 2.0, "min": 2.0, "max": 9.0,
-        "p10": 3.4, "p25": 4.0, "p50": 4.5, "p90": 7.6, "p95": 8.3, "p99": 8.86}
+        "count": 8,
+        "mean": 5.0,
+        "std": 2.0,
+        "min": 2.0,
+        "max": 9.0,
+        "p10": 3.4,
+        "p25": 4.0,
+        "p50": 4.5,
+        "p90": 7.6,
+        "p95": 8.3,
+        "p99": 8.86,
+    }
     assert r1["under_share"] == 0.5 and r1["over_long"] == 0
     assert r1["errors"] == 1 and r1["retries"] == 3
     assert r1["slowest"][:2] == [{"sample_id": "s4", "duration": 9.0}, {"sample_id": "s3", "duration": 7.0}]
@@ -103,9 +119,11 @@ def test_tools_end_to_end_and_each_experts_own_calls() -> None:
 
 
 def test_a_role_shared_by_two_tools_is_named_after_both() -> None:
-    events = [{"kind": "tool", "tool": "search", "expert_role": "helper"},
-              {"kind": "tool", "tool": "code", "expert_role": "helper"},
-              {"kind": "tool", "tool": "python"}]
+    events = [
+        {"kind": "tool", "tool": "search", "expert_role": "helper"},
+        {"kind": "tool", "tool": "code", "expert_role": "helper"},
+        {"kind": "tool", "tool": "python"},
+    ]
     assert expert_tools(events) == {"helper": "code+search"}
 
 
@@ -114,7 +132,11 @@ def test_samples_table_with_limits_and_the_slowest() -> None:
     assert s["count"] == 4 and s["finished"] == 3
     assert s["limits_hit"] == {"turn_limit": 1, "time_limit": 1}
     assert [(r["sample_id"], r["wall_s"], r["turns"], r["tool_calls"]) for r in s["slowest"]] == [
-        ("s2", 400.0, 5, 4), ("s4", 379.0, 3, 1), ("s3", 320.0, 2, 1), ("s1", 30.0, 3, 2)]
+        ("s2", 400.0, 5, 4),
+        ("s4", 379.0, 3, 1),
+        ("s3", 320.0, 2, 1),
+        ("s1", 30.0, 3, 2),
+    ]
     assert s["turns"]["mean"] == 3.25 and s["tool_calls"]["mean"] == 2.0
     assert s["wall_s"]["p50"] == 349.5 and s["wall_s"]["over_long"] == 3
 
@@ -180,8 +202,9 @@ def test_cli_json_csv_two_runs_and_plots(run_dir: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stderr  # stdout stays pure JSON
     data = json.loads(result.stdout)
-    assert data == json.loads(json.dumps({"run": str(run_dir),
-                                          **analyze_events(read_events(FIXTURE), Options(2.5, 6.0, 4))}))
+    assert data == json.loads(
+        json.dumps({"run": str(run_dir), **analyze_events(read_events(FIXTURE), Options(2.5, 6.0, 4))})
+    )
 
     result = run_proctor("analyze", run_dir, "--csv")
     assert result.returncode == 0, result.stderr
@@ -192,8 +215,9 @@ def test_cli_json_csv_two_runs_and_plots(run_dir: Path, tmp_path: Path) -> None:
 
     run_b = tmp_path / "run_b"
     run_b.mkdir()
-    (run_b / "events.jsonl").write_text("".join(json.dumps(dict(e, duration=e["duration"] + 1)) + "\n"
-                                                for e in read_events(FIXTURE)))
+    (run_b / "events.jsonl").write_text(
+        "".join(json.dumps(dict(e, duration=e["duration"] + 1)) + "\n" for e in read_events(FIXTURE))
+    )
     result = run_proctor("analyze", run_dir, run_b, "--csv")
     assert result.returncode == 0, result.stderr
     deltas = [r for r in csv.DictReader(io.StringIO(result.stdout)) if r["run"] == "delta"]
@@ -205,15 +229,28 @@ def test_cli_json_csv_two_runs_and_plots(run_dir: Path, tmp_path: Path) -> None:
 
     result = run_proctor("analyze", run_dir)  # the plots are from the first call's --plots
     assert result.returncode == 0, result.stderr
-    for table in ("Tools, end to end", "Expert models inside tools", "Model calls per role and replica",
-                  "Slowest samples", "Time split", "Retries and errors by class", "log scale"):
+    for table in (
+        "Tools, end to end",
+        "Expert models inside tools",
+        "Model calls per role and replica",
+        "Slowest samples",
+        "Time split",
+        "Retries and errors by class",
+        "log scale",
+    ):
         assert table in result.stdout, table
     assert "(running)" in result.stdout  # s4 has no sample record yet
     pngs = {p.name for p in (run_dir / "analysis").glob("*.png")}
-    assert pngs == {"concurrency.png", "hist-samples.png", "hist-tool-search.png", "hist-tool-python.png",
-                    "hist-expert-search-m-search.png", "hist-model-orchestrator-http-127-0-0-1-9101-v1.png",
-                    "hist-model-orchestrator-http-127-0-0-1-9102-v1.png",
-                    "hist-model-searcher-http-127-0-0-1-9103-v1.png"}, pngs
+    assert pngs == {
+        "concurrency.png",
+        "hist-samples.png",
+        "hist-tool-search.png",
+        "hist-tool-python.png",
+        "hist-expert-search-m-search.png",
+        "hist-model-orchestrator-http-127-0-0-1-9101-v1.png",
+        "hist-model-orchestrator-http-127-0-0-1-9102-v1.png",
+        "hist-model-searcher-http-127-0-0-1-9103-v1.png",
+    }, pngs
     assert all((run_dir / "analysis" / name).stat().st_size > 5000 for name in pngs)
 
 
@@ -221,8 +258,11 @@ def test_a_run_still_in_progress_can_be_analysed(tmp_path: Path) -> None:
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.25)) as llm:
         spec = write_spec(tmp_path, llm.base_url, n=60, concurrency=2)  # 60 calls, two at a time: >= 7.5 s
         out = tmp_path / "run"
-        proc = subprocess.Popen([sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out),
-                                 "--progress", "none"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proctor", "run", str(spec), "--out", str(out), "--progress", "none"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 60
             events = out / "events.jsonl"
@@ -250,11 +290,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
         return lines[0]
 
-    assert one_error(tmp_path / "missing") == f"Error: {tmp_path / 'missing'} is not a directory: " \
-                                              "give a run directory made by `proctor run`"
+    assert (
+        one_error(tmp_path / "missing") == f"Error: {tmp_path / 'missing'} is not a directory: "
+        "give a run directory made by `proctor run`"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "events.jsonl").write_bytes(b"\xff\xfe not json\n{\"kind\": \"sample\"}\n[1, 2]\n")
+    (empty / "events.jsonl").write_bytes(b'\xff\xfe not json\n{"kind": "sample"}\n[1, 2]\n')
     assert one_error(empty) == f"Error: {empty / 'events.jsonl'} has no model or tool calls yet: nothing to analyse"
     # A socket where the log should be: not a file anyone can read.
     odd = tmp_path / "odd"

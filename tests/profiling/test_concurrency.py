@@ -35,8 +35,9 @@ def test_in_flight_is_an_exact_integer_step_function_with_the_true_peak() -> Non
     python = timelines["python"]
     assert python.times == [0.0, 1.0, 2.0, 2.5, 3.0, 4.0] and python.counts == [1, 2, 3, 2, 1, 0]
     for target, line in timelines.items():
-        spans = [(e["start"], e["start"] + e["duration"]) for e in events
-                 if (e.get("endpoint") or e.get("tool")) == target]
+        spans = [
+            (e["start"], e["start"] + e["duration"]) for e in events if (e.get("endpoint") or e.get("tool")) == target
+        ]
         assert all(type(c) is int for c in line.counts)
         assert line.counts[-1] == 0 and line.times == sorted(line.times)
         # Every step equals the count of overlapping calls at that moment, and nothing between

@@ -26,7 +26,9 @@ def corpus_rows() -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def index_dir(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, corpus_rows: list[dict[str, str]]) -> Iterator[Path]:
+def index_dir(
+    tmp_path_factory: pytest.TempPathFactory, encoder: Encoder, corpus_rows: list[dict[str, str]]
+) -> Iterator[Path]:
     """A dense + BM25 index of 52 documents."""
     out = tmp_path_factory.mktemp("index") / "idx"
     docs = [Document(r["id"], r["content"], r.get("title", "")) for r in corpus_rows]

@@ -21,7 +21,9 @@ QUERIES = [
 ]
 
 
-def _queue_then_start(batcher: MicroBatcher, texts: list[str], topk: int, allowed: list[int] | None = None) -> list[list[Hit] | BaseException]:
+def _queue_then_start(
+    batcher: MicroBatcher, texts: list[str], topk: int, allowed: list[int] | None = None
+) -> list[list[Hit] | BaseException]:
     """Queue every query *before* the worker starts, so the worker takes them as one batch."""
 
     async def go() -> list[list[Hit] | BaseException]:

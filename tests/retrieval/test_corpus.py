@@ -25,7 +25,9 @@ def test_reads_jsonl_csv_json_and_parquet_with_a_field_mapping(tmp_path: Path) -
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
     for name in ("c.jsonl", "c.json", "c.csv", "c.parquet"):
         docs = load_corpus(tmp_path / name, fields=fields)
-        assert [(d.id, d.title, d.content) for d in docs] == [("a", "Alpha", "first text"), ("b", "Beta", "second")], name
+        assert [(d.id, d.title, d.content) for d in docs] == [("a", "Alpha", "first text"), ("b", "Beta", "second")], (
+            name
+        )
         assert docs[0].text == "Alpha\nfirst text"
 
 
@@ -33,8 +35,14 @@ def test_reads_jsonl_csv_json_and_parquet_with_a_field_mapping(tmp_path: Path) -
     ("content", "message"),
     [
         ("", "holds no documents"),
-        ('{"id": "x", "content": "one"}\n{"id": "x", "content": "two"}\n', "duplicate document id(s): 'x' (line 1, line 2)"),
-        ('{"id": "x", "content": "one"}\n{"id": "y", "text_": "two"}\n', "line 2: field 'content' or 'contents' or 'text'"),
+        (
+            '{"id": "x", "content": "one"}\n{"id": "x", "content": "two"}\n',
+            "duplicate document id(s): 'x' (line 1, line 2)",
+        ),
+        (
+            '{"id": "x", "content": "one"}\n{"id": "y", "text_": "two"}\n',
+            "line 2: field 'content' or 'contents' or 'text'",
+        ),
         ('{"id": "x", "content": "one"}\n{not json\n', "line 2 is not valid JSON"),
     ],
     ids=["empty", "duplicate-ids", "missing-field", "bad-json"],

@@ -56,8 +56,19 @@ def test_frames_mini_runs_with_the_real_service_and_a_fake_model(tmp_path: Path)
         {"content": '<tool_call>{"name": "answer", "arguments": {"answer": "1767"}}</tool_call>'},
     ]
     with FakeLLMThread(FakeLLMConfig(model="orch", script=script)) as llm:
-        result = run_proctor("run", _spec_copy(tmp_path, bm25_only=True), "--model", f"subject={llm.base_url}@orch", "--limit", "2",
-                             "--out", tmp_path / "run", "--progress", "none", timeout=300)
+        result = run_proctor(
+            "run",
+            _spec_copy(tmp_path, bm25_only=True),
+            "--model",
+            f"subject={llm.base_url}@orch",
+            "--limit",
+            "2",
+            "--out",
+            tmp_path / "run",
+            "--progress",
+            "none",
+            timeout=300,
+        )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     trajectories = read_jsonl(tmp_path / "run" / "traj_log_all.jsonl")
     tools = [m["content"] for m in trajectories[0]["messages"] if m["role"] == "tool"]
@@ -80,4 +91,6 @@ def test_frames_mini_with_the_real_small_model(tmp_path: Path) -> None:
     retrieved = sum(1 for t in trajectories for m in t["messages"] if m["role"] == "tool" and "(id=" in m["content"])
     assert retrieved > 0, "the model never used the retrieval tool"
     stats = json.loads((tmp_path / "run" / "eval_stats.json").read_text())
-    print(f"frames-mini, real model, 10 questions: accuracy {stats['accuracy']}, tool results with documents: {retrieved}")
+    print(
+        f"frames-mini, real model, 10 questions: accuracy {stats['accuracy']}, tool results with documents: {retrieved}"
+    )

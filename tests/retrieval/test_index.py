@@ -33,7 +33,9 @@ def test_an_allow_list_restricts_the_search(index_dir: Path, encoder: Encoder) -
     vector = encoder.encode(["When was the Eiffel Tower completed?"])[0]
     hits = index.search_dense_within(vector, allowed, 5)
     assert sorted(index.documents[h.index]["id"] for h in hits) == ["everest", "python"]
-    assert [index.documents[h.index]["id"] for h in index.search_bm25(["Eiffel python"], 5, within=[allowed])[0]] == ["python"]
+    assert [index.documents[h.index]["id"] for h in index.search_bm25(["Eiffel python"], 5, within=[allowed])[0]] == [
+        "python"
+    ]
 
 
 def test_approximate_index_builds_and_searches(tmp_path: Path, encoder: Encoder) -> None:

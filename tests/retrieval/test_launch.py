@@ -80,7 +80,9 @@ def ensure(service: RetrievalLaunch, tmp_path: Path, during: Callable[[], None])
     asyncio.run(go())
 
 
-def test_starts_waits_for_health_and_stops_on_exit(bm25_index: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_starts_waits_for_health_and_stops_on_exit(
+    bm25_index: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     port = free_port()
     service = RetrievalLaunch(kind="retrieval", index=str(bm25_index), port=port)
     seen: dict[str, object] = {}
@@ -100,10 +102,16 @@ def test_starts_waits_for_health_and_stops_on_exit(bm25_index: Path, tmp_path: P
     assert "starting the retrieval service" in caplog.text and "retrieval server of role" in caplog.text
     assert "healthy after" in caplog.text and "stopped the server" in caplog.text
     assert not listening(port)
-    assert wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in seen["pids"]))  # type: ignore[attr-defined]
+    assert wait_until(
+        lambda: (
+            not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in seen["pids"])
+        )
+    )  # type: ignore[attr-defined]
 
 
-def test_reuses_a_healthy_service_and_leaves_it_running(bm25_index: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_reuses_a_healthy_service_and_leaves_it_running(
+    bm25_index: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with ServerThread(create_app(ServiceSettings(index_dir=bm25_index, web=None)), ready_path="/health") as own:
         service = RetrievalLaunch(kind="retrieval", index="does-not-matter", port=own.port)
         with caplog.at_level(logging.INFO, logger=LOG.name):
@@ -156,7 +164,9 @@ _HOLDER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "ctrl-c"])
-def test_no_orphan_service_when_proctor_is_killed_or_interrupted(bm25_index: Path, tmp_path: Path, sig: signal.Signals) -> None:
+def test_no_orphan_service_when_proctor_is_killed_or_interrupted(
+    bm25_index: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
     script = tmp_path / "holder.py"
     script.write_text(_HOLDER)
     port = free_port()
@@ -169,7 +179,12 @@ def test_no_orphan_service_when_proctor_is_killed_or_interrupted(bm25_index: Pat
         proc.send_signal(sig)
         proc.wait(timeout=30)
         # Design target: gone within 5 s of proctor; this bounded wait is a safety net, not a timing assertion.
-        assert wait_until(lambda: not listening(port) and not any(d.is_running() and d.status() != psutil.STATUS_ZOMBIE for d in descendants))
+        assert wait_until(
+            lambda: (
+                not listening(port)
+                and not any(d.is_running() and d.status() != psutil.STATUS_ZOMBIE for d in descendants)
+            )
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -186,9 +201,12 @@ def test_proctor_run_launches_the_service_for_a_retrieve_tool(bm25_index: Path, 
         {"tool_calls": [{"name": "retrieve", "arguments": {"query": "Eiffel Tower completed"}}]},
         {"tool_calls": [{"name": "answer", "arguments": {"answer": "1889"}}]},
     ]
-    write_jsonl(tmp_path / "data.jsonl", [{"id": "q1", "question": "When was the Eiffel Tower completed?", "answer": "1889"}])
+    write_jsonl(
+        tmp_path / "data.jsonl", [{"id": "q1", "question": "When was the Eiffel Tower completed?", "answer": "1889"}]
+    )
     with FakeLLMThread(FakeLLMConfig(model="orch", script=script)) as llm:
-        (tmp_path / "spec.yaml").write_text(textwrap.dedent(f"""
+        (tmp_path / "spec.yaml").write_text(
+            textwrap.dedent(f"""
             name: launch-retrieval
             dataset: {{path: data.jsonl, fields: {{id: id, input: question, target: answer}}}}
             models:
@@ -199,11 +217,14 @@ def test_proctor_run_launches_the_service_for_a_retrieve_tool(bm25_index: Path, 
                 - {{type: retrieve, topk: 1, launch: {{kind: retrieval, index: "{bm25_index}", port: {port}}}}}
                 - answer
             scorer: exact
-            """))
+            """)
+        )
         dry = run_proctor("run", tmp_path / "spec.yaml", "--dry-run", timeout=120)
         assert f"retrieval service http://127.0.0.1:{port}/retrieve: not running" in dry.stdout
         assert "would start:" in dry.stdout and "retrieval serve" in dry.stdout
-        result = run_proctor("run", tmp_path / "spec.yaml", "--out", tmp_path / "run", "--progress", "none", timeout=180)
+        result = run_proctor(
+            "run", tmp_path / "spec.yaml", "--out", tmp_path / "run", "--progress", "none", timeout=180
+        )
     assert result.returncode == 0, result.stdout + result.stderr
     trajectory = read_jsonl(tmp_path / "run" / "traj_log_all.jsonl")[0]
     assert "(id=eiffel)" in json.dumps(trajectory)
@@ -212,10 +233,14 @@ def test_proctor_run_launches_the_service_for_a_retrieve_tool(bm25_index: Path, 
     assert not listening(port)
 
 
-def test_an_index_is_built_from_its_corpus_once_and_again_when_the_corpus_changes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_an_index_is_built_from_its_corpus_once_and_again_when_the_corpus_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text(ORCHESTRA_CORPUS.read_text())
-    service = RetrievalLaunch(kind="retrieval", index="idx", corpus="corpus.jsonl", index_args=["--bm25", "--no-dense"], port=free_port())
+    service = RetrievalLaunch(
+        kind="retrieval", index="idx", corpus="corpus.jsonl", index_args=["--bm25", "--no-dense"], port=free_port()
+    )
     with caplog.at_level(logging.INFO, logger=LOG.name):
         ensure(service, tmp_path, lambda: None)
         assert "building the retrieval index" in caplog.text and (tmp_path / "idx" / "manifest.json").is_file()

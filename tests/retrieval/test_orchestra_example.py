@@ -36,8 +36,19 @@ def test_orchestra_runs_against_the_launched_real_service(tmp_path: Path) -> Non
             (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
             env = {k: v for k, v in os.environ.items() if k != "TAVILY_API_KEY"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proctor", "run", str(tmp_path / "spec.yaml"), "--out", str(tmp_path / "run"),
-                "--progress", "none", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env)
+                sys.executable,
+                "-m",
+                "proctor",
+                "run",
+                str(tmp_path / "spec.yaml"),
+                "--out",
+                str(tmp_path / "run"),
+                "--progress",
+                "none",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+            )
             try:
                 out, _ = await asyncio.wait_for(proc.communicate(), 300)
             except TimeoutError:

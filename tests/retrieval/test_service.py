@@ -37,7 +37,10 @@ def test_toolorchestra_shape_simple_form_health_and_metrics(index_dir: Path, enc
     with service(index_dir, encoder, mode="dense", web=None) as srv:
         health = httpx.get(srv.url + "/health").json()
         assert health["ok"] and health["status"] == "ready" and health["documents"] == 52
-        r = httpx.post(srv.url + "/retrieve", json={"queries": ["Eiffel Tower year", "Python creator"], "topk": 2, "return_scores": True, "eid": 7})
+        r = httpx.post(
+            srv.url + "/retrieve",
+            json={"queries": ["Eiffel Tower year", "Python creator"], "topk": 2, "return_scores": True, "eid": 7},
+        )
         assert r.status_code == 200
         body = r.json()
         assert len(body) == 2 and all(len(hits) == 2 for hits in body)
@@ -53,15 +56,26 @@ def test_toolorchestra_shape_simple_form_health_and_metrics(index_dir: Path, enc
         assert "/retrieve" in httpx.get(srv.url + "/openapi.json").json()["paths"]
 
 
-def test_web_hits_follow_local_ones_and_the_key_stays_secret(index_dir: Path, encoder: Encoder, tavily: tuple[FakeTavily, ServerThread], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+def test_web_hits_follow_local_ones_and_the_key_stays_secret(
+    index_dir: Path,
+    encoder: Encoder,
+    tavily: tuple[FakeTavily, ServerThread],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     fake, server = tavily
     monkeypatch.setenv(KEY_ENV, SECRET)
     web = TavilyClient(key_env=KEY_ENV, base_url=server.url, max_results=2)
     with service(index_dir, encoder, mode="dense", web=web) as srv:
-        r = httpx.post(srv.url + "/retrieve", json={"queries": ["quantum chromodynamics of neutron stars"], "topk": 3}, timeout=60)
+        r = httpx.post(
+            srv.url + "/retrieve", json={"queries": ["quantum chromodynamics of neutron stars"], "topk": 3}, timeout=60
+        )
     hits = r.json()[0]
     assert [h["source"] for h in hits] == ["local"] * 3 + ["web"] * 2
-    assert hits[3]["document"] == {"id": "https://web.example/0", "content": "Web 0\nfull page text of https://web.example/0"}
+    assert hits[3]["document"] == {
+        "id": "https://web.example/0",
+        "content": "Web 0\nfull page text of https://web.example/0",
+    }
     assert [c[0] for c in fake.calls] == ["search", "extract"]
     assert fake.calls[0][1] == {"query": "quantum chromodynamics of neutron stars", "max_results": 2}
     assert all(c[2] == f"Bearer {SECRET}" for c in fake.calls)
@@ -69,16 +83,24 @@ def test_web_hits_follow_local_ones_and_the_key_stays_secret(index_dir: Path, en
     assert SECRET not in r.text + json.dumps(dict(r.headers)) + out + err
 
 
-def test_enough_local_hits_mean_no_web_call(index_dir: Path, encoder: Encoder, tavily: tuple[FakeTavily, ServerThread], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_enough_local_hits_mean_no_web_call(
+    index_dir: Path, encoder: Encoder, tavily: tuple[FakeTavily, ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake, server = tavily
     monkeypatch.setenv(KEY_ENV, SECRET)
     rule = FallbackRule(min_good=1, min_chars=50)
-    with service(index_dir, encoder, mode="dense", rule=rule, web=TavilyClient(key_env=KEY_ENV, base_url=server.url)) as srv:
-        hits = httpx.post(srv.url + "/retrieve", json={"queries": ["When was the Eiffel Tower completed?"], "topk": 3}, timeout=60).json()[0]
+    with service(
+        index_dir, encoder, mode="dense", rule=rule, web=TavilyClient(key_env=KEY_ENV, base_url=server.url)
+    ) as srv:
+        hits = httpx.post(
+            srv.url + "/retrieve", json={"queries": ["When was the Eiffel Tower completed?"], "topk": 3}, timeout=60
+        ).json()[0]
     assert [h["source"] for h in hits] == ["local"] * 3 and fake.calls == []
 
 
-def test_without_a_key_there_is_no_fallback_and_a_note(index_dir: Path, encoder: Encoder, tavily: tuple[FakeTavily, ServerThread], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_a_key_there_is_no_fallback_and_a_note(
+    index_dir: Path, encoder: Encoder, tavily: tuple[FakeTavily, ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake, server = tavily
     monkeypatch.delenv(KEY_ENV, raising=False)
     with service(index_dir, encoder, mode="dense", web=TavilyClient(key_env=KEY_ENV, base_url=server.url)) as srv:
@@ -89,7 +111,9 @@ def test_without_a_key_there_is_no_fallback_and_a_note(index_dir: Path, encoder:
     assert all(h["source"] == "local" for h in r.json()[0]) and fake.calls == []
 
 
-def test_a_slow_fallback_does_not_delay_other_queries(index_dir: Path, encoder: Encoder, tavily: tuple[FakeTavily, ServerThread], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_slow_fallback_does_not_delay_other_queries(
+    index_dir: Path, encoder: Encoder, tavily: tuple[FakeTavily, ServerThread], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The held query's web search waits until the other query has been answered."""
     fake, server = tavily
     monkeypatch.setenv(KEY_ENV, SECRET)
@@ -97,7 +121,9 @@ def test_a_slow_fallback_does_not_delay_other_queries(index_dir: Path, encoder: 
         slow: dict[str, Any] = {}
 
         def ask_slow() -> None:
-            slow["response"] = httpx.post(srv.url + "/retrieve", json={"queries": ["hold: deep sea vents"], "topk": 3}, timeout=60)
+            slow["response"] = httpx.post(
+                srv.url + "/retrieve", json={"queries": ["hold: deep sea vents"], "topk": 3}, timeout=60
+            )
 
         thread = threading.Thread(target=ask_slow)
         thread.start()
@@ -117,7 +143,9 @@ def test_an_eid_allow_list_limits_the_documents(index_dir: Path, encoder: Encode
     allow = tmp_path / "eids.json"
     allow.write_text(json.dumps({"q1": ["everest", "python"]}))
     with service(index_dir, encoder, mode="hybrid", web=None, eid_file=allow) as srv:
-        restricted = httpx.post(srv.url + "/retrieve", json={"queries": ["Eiffel Tower"], "topk": 5, "eid": "q1"}).json()[0]
+        restricted = httpx.post(
+            srv.url + "/retrieve", json={"queries": ["Eiffel Tower"], "topk": 5, "eid": "q1"}
+        ).json()[0]
         other = httpx.post(srv.url + "/retrieve", json={"queries": ["Eiffel Tower"], "topk": 5, "eid": "q2"}).json()[0]
     assert sorted(h["document"]["id"] for h in restricted) == ["everest", "python"]
     assert other[0]["document"]["id"] == "eiffel"
@@ -125,9 +153,15 @@ def test_an_eid_allow_list_limits_the_documents(index_dir: Path, encoder: Encode
 
 def test_a_bad_query_fails_its_request_only(index_dir: Path, encoder: Encoder) -> None:
     with service(index_dir, encoder, mode="dense", web=None) as srv:
-        bad = httpx.post(srv.url + "/retrieve", content=b'{"queries": ["ok", "bad \\ud800"], "topk": 2}', headers={"content-type": "application/json"})
+        bad = httpx.post(
+            srv.url + "/retrieve",
+            content=b'{"queries": ["ok", "bad \\ud800"], "topk": 2}',
+            headers={"content-type": "application/json"},
+        )
         good = httpx.post(srv.url + "/retrieve", json={"queries": ["Python creator"], "topk": 1})
-    assert bad.status_code == 400 and bad.json()["ok"] is False and "query 1 could not be searched" in bad.json()["error"]
+    assert (
+        bad.status_code == 400 and bad.json()["ok"] is False and "query 1 could not be searched" in bad.json()["error"]
+    )
     assert good.status_code == 200 and good.json()[0][0]["document"]["id"] == "python"
 
 

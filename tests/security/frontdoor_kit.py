@@ -91,11 +91,15 @@ def served(
     """
     data = tmp_path / "srv"
     data.mkdir(exist_ok=True)
-    tokens = {"alice": create_token(data, "alice"), "bob": create_token(data, "bob"),
-              "root": create_token(data, "root", admin=True)}
+    tokens = {
+        "alice": create_token(data, "alice"),
+        "bob": create_token(data, "bob"),
+        "root": create_token(data, "root", admin=True),
+    }
     cfg = tmp_path / "server.yaml"
     cfg.write_text(yaml.safe_dump(config or {}), encoding="utf-8")
     log = tmp_path / "server.err"
+
     def limit() -> None:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)

@@ -86,8 +86,10 @@ def main() -> int:
         import resource
         import subprocess
 
-        limits = {name: resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[1]
-                  for name in ("AS", "NPROC", "FSIZE", "NOFILE")}
+        limits = {
+            name: resource.getrlimit(getattr(resource, f"RLIMIT_{name}"))[1]
+            for name in ("AS", "NPROC", "FSIZE", "NOFILE")
+        }
         started = []
         for _ in range(300):
             try:

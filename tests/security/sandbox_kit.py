@@ -69,8 +69,11 @@ def start_secure_server(tmp_path: Path, index: int, monkeypatch: Any, **config: 
         "templates": {
             "probe": {
                 "argv": [sys.executable, PROBE, "{mode}", "{a}", "{b}"],
-                "params": {"mode": {"pattern": "^(look|fork|alloc|sleep|limits|steal)$"}, "a": {"default": "0"},
-                           "b": {"default": "0"}},
+                "params": {
+                    "mode": {"pattern": "^(look|fork|alloc|sleep|limits|steal)$"},
+                    "a": {"default": "0"},
+                    "b": {"default": "0"},
+                },
             }
         },
         "kill_grace": 2,
@@ -93,21 +96,27 @@ DATA = "".join(json.dumps(r) + "\n" for r in ROWS)
 
 def spec_text(base_url: str, *, solver: Any = "generate", scorer: Any = "numeric", extra: str = "") -> str:
     """A small arithmetic spec for the fake LLM at ``base_url``."""
-    return yaml.safe_dump(
-        {
-            "name": "attack",
-            "dataset": {"path": "data.jsonl", "fields": {"id": "id", "input": "question", "target": "answer"}},
-            "solver": solver,
-            "scorer": scorer,
-            "models": {"subject": {"base_url": base_url, "model": "fake"}},
-            "concurrency": 2,
-        },
-        sort_keys=False,
-    ) + extra
+    return (
+        yaml.safe_dump(
+            {
+                "name": "attack",
+                "dataset": {"path": "data.jsonl", "fields": {"id": "id", "input": "question", "target": "answer"}},
+                "solver": solver,
+                "scorer": scorer,
+                "models": {"subject": {"base_url": base_url, "model": "fake"}},
+                "concurrency": 2,
+            },
+            sort_keys=False,
+        )
+        + extra
+    )
 
 
 def spec_job(spec: str, files: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"kind": "proctor", "spec": spec,
-                            "files": {"data.jsonl": {"content": DATA}, **{k: {"content": v} for k, v in (files or {}).items()}}}
+    body: dict[str, Any] = {
+        "kind": "proctor",
+        "spec": spec,
+        "files": {"data.jsonl": {"content": DATA}, **{k: {"content": v} for k, v in (files or {}).items()}},
+    }
     body.update(extra)
     return body

@@ -88,12 +88,14 @@ def test_results_keeps_each_artifact_at_its_own_path(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
         assert {p: (out / p).read_bytes() for p in artifacts} == artifacts
         one = tmp_path / "one"
-        done = run_proctor("results", JOB, "--out", one, "--file", "out/spec.yaml", "--server", server.url,
-                           env=_env(tmp_path / "home"))
+        done = run_proctor(
+            "results", JOB, "--out", one, "--file", "out/spec.yaml", "--server", server.url, env=_env(tmp_path / "home")
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert _files(one) == {"out/spec.yaml"} and (one / "out" / "spec.yaml").read_bytes() == b"as run"
-        done = run_proctor("results", JOB, "--out", one, "--file", "../../x", "--server", server.url,
-                           env=_env(tmp_path / "home"))
+        done = run_proctor(
+            "results", JOB, "--out", one, "--file", "../../x", "--server", server.url, env=_env(tmp_path / "home")
+        )
         assert done.returncode != 0 and "refusing artifact path" in done.stderr, done.stderr
 
 
@@ -114,8 +116,19 @@ def test_submit_refuses_a_hostile_listing_and_keeps_paths(tmp_path: Path) -> Non
     stats = b'{"accuracy": 0.5}'
     listing = {"spec.yaml": b"as uploaded", "out/spec.yaml": b"as run", "out/eval_stats.json": stats, "job.log": b"log"}
     with HostileProctor(JOB, listing) as server:
-        done = run_proctor("submit", spec, "--server", server.url, "--out", out,
-                           "--output-file", tmp_path / "stats.json", "--server-log", tmp_path / "job.log", env=env)
+        done = run_proctor(
+            "submit",
+            spec,
+            "--server",
+            server.url,
+            "--out",
+            out,
+            "--output-file",
+            tmp_path / "stats.json",
+            "--server-log",
+            tmp_path / "job.log",
+            env=env,
+        )
     assert done.returncode == 0, done.stdout + done.stderr
     assert {p: (out / p).read_bytes() for p in listing} == listing
     assert (tmp_path / "stats.json").read_bytes() == stats and (tmp_path / "job.log").read_bytes() == b"log"

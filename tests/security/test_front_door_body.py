@@ -17,7 +17,9 @@ from security.frontdoor_kit import answer_complete, proctor_job, raw_request, se
 MIB = 1024 * 1024
 
 
-def head(method: str, path: str, *, token: str | None = None, length: int | None = None, chunked: bool = False) -> bytes:
+def head(
+    method: str, path: str, *, token: str | None = None, length: int | None = None, chunked: bool = False
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
     if token:
         lines.append(f"Authorization: Bearer {token}")

@@ -53,18 +53,33 @@ def test_header_timeout_spares_streams_and_tunnels(tmp_path: Path) -> None:
 
     import websockets
 
-    script = {"argv": [sys.executable, str(Path(__file__).parents[1] / "server" / "jobscript.py"), "sleep", "{arg}"],
-              "params": {"arg": {"pattern": "^[0-9.]+$"}}}
+    script = {
+        "argv": [sys.executable, str(Path(__file__).parents[1] / "server" / "jobscript.py"), "sleep", "{arg}"],
+        "params": {"arg": {"pattern": "^[0-9.]+$"}},
+    }
     with served(tmp_path, {"header_timeout": 1, "templates": {"script": script}}) as srv, srv.client() as alice:
-        job_id = alice.post("/v1/jobs", json={"kind": "command", "template": "script", "params": {"arg": "3"}}).json()["job"]["id"]
+        job_id = alice.post("/v1/jobs", json={"kind": "command", "template": "script", "params": {"arg": "3"}}).json()[
+            "job"
+        ]["id"]
         with alice.stream("GET", f"/v1/jobs/{job_id}/logs", params={"follow": 1}) as stream:
             events = [line for line in stream.iter_lines() if line.startswith("event:")]
         assert events[-1] == "event: end"  # the stream lasted 3 s and ended normally
-        private = alice.post("/v1/jobs", json={"kind": "command", "template": "script", "params": {"arg": "30"},
-                                               "private": True, "models": {"subject": {"model": "m"}}}).json()
+        private = alice.post(
+            "/v1/jobs",
+            json={
+                "kind": "command",
+                "template": "script",
+                "params": {"arg": "30"},
+                "private": True,
+                "models": {"subject": {"model": "m"}},
+            },
+        ).json()
 
         async def hold() -> None:
-            headers = {"Authorization": f"Bearer {srv.tokens['alice']}", "x-proctor-tunnel-secret": private["tunnel_secret"]}
+            headers = {
+                "Authorization": f"Bearer {srv.tokens['alice']}",
+                "x-proctor-tunnel-secret": private["tunnel_secret"],
+            }
             url = srv.url.replace("http", "ws") + f"/v1/jobs/{private['job']['id']}/tunnel"
             async with websockets.connect(url, additional_headers=headers, ping_interval=None) as ws:
                 await asyncio.sleep(2.5)

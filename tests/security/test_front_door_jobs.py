@@ -14,8 +14,10 @@ import httpx
 from security.frontdoor_kit import served
 
 JOBSCRIPT = str(Path(__file__).parents[1] / "server" / "jobscript.py")
-SCRIPT = {"argv": [sys.executable, JOBSCRIPT, "{mode}", "{arg}"],
-          "params": {"mode": {"pattern": "^(sleep|exit)$"}, "arg": {"default": "0"}}}
+SCRIPT = {
+    "argv": [sys.executable, JOBSCRIPT, "{mode}", "{arg}"],
+    "params": {"mode": {"pattern": "^(sleep|exit)$"}, "arg": {"default": "0"}},
+}
 
 
 def job(mode: str, arg: str = "0") -> dict[str, Any]:

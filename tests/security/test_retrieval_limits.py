@@ -29,7 +29,9 @@ def bm25_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def url(bm25_index: Path) -> Iterator[str]:
-    settings = ServiceSettings(index_dir=bm25_index, port=0, web=None, max_queries=8, max_query_chars=200, max_topk=20, max_body_bytes=4096)
+    settings = ServiceSettings(
+        index_dir=bm25_index, port=0, web=None, max_queries=8, max_query_chars=200, max_topk=20, max_body_bytes=4096
+    )
     with ServerThread(create_app(settings), ready_path="/health") as srv:
         yield srv.url + "/retrieve"
 
@@ -48,7 +50,9 @@ def test_a_query_that_is_too_long(url: str) -> None:
     _refused(httpx.post(url, json={"queries": ["x" * 201]}), 400, "query 0 has 201 characters; at most 200")
 
 
-@pytest.mark.parametrize(("topk", "status", "words"), [(21, 400, "topk 21 is over the limit of 20"), (0, 422, "topk"), ("many", 422, "topk")])
+@pytest.mark.parametrize(
+    ("topk", "status", "words"), [(21, 400, "topk 21 is over the limit of 20"), (0, 422, "topk"), ("many", 422, "topk")]
+)
 def test_bad_topk(url: str, topk: object, status: int, words: str) -> None:
     _refused(httpx.post(url, json={"queries": ["a"], "topk": topk}), status, words)
 
@@ -68,7 +72,13 @@ def test_an_oversized_body_is_refused_before_parsing(url: str) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"not json", b'{"topk": 3}', b'{"queries": [], "topk": 3}', b'{"queries": ["a"], "query": "b"}', b'{"queries": [1, 2]}'],
+    [
+        b"not json",
+        b'{"topk": 3}',
+        b'{"queries": [], "topk": 3}',
+        b'{"queries": ["a"], "query": "b"}',
+        b'{"queries": [1, 2]}',
+    ],
     ids=["not-json", "no-query", "empty", "both-forms", "not-strings"],
 )
 def test_malformed_requests_get_a_4xx_in_the_error_shape(url: str, body: bytes) -> None:
@@ -78,13 +88,21 @@ def test_malformed_requests_get_a_4xx_in_the_error_shape(url: str, body: bytes) 
 
 def test_serve_binds_loopback_by_default(bm25_index: Path, tmp_path: Path) -> None:
     with open(tmp_path / "serve.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "proctor", "retrieval", "serve", str(bm25_index), "--port", "0"],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proctor", "retrieval", "serve", str(bm25_index), "--port", "0"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         listening: list[str] = []
         deadline = time.monotonic() + 60
         while not listening and time.monotonic() < deadline and proc.poll() is None:
-            listening = [c.laddr.ip for c in psutil.Process(proc.pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            listening = [
+                c.laddr.ip
+                for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
             time.sleep(0.1)
         assert listening == ["127.0.0.1"], (tmp_path / "serve.log").read_text()
     finally:

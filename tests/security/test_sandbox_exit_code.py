@@ -30,7 +30,8 @@ def test_a_crashed_engine_fails_the_job_with_the_error_in_its_note(secure_server
 
 def test_proctor_run_exits_with_the_crash_code(tmp_path: Path) -> None:
     (tmp_path / "crashscore.py").write_text(
-        "def factory(options):\n    raise RuntimeError('scorer exploded')\n", encoding="utf-8")
+        "def factory(options):\n    raise RuntimeError('scorer exploded')\n", encoding="utf-8"
+    )
     spec = write_spec(tmp_path, "http://127.0.0.1:9/v1", n=3, scorer="crashscore.factory")
     out = run_proctor("run", spec, "--out", tmp_path / "out", cwd=tmp_path)
     assert out.returncode == CRASH_EXIT_CODE, (out.returncode, out.stderr[-2000:])

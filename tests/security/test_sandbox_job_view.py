@@ -13,14 +13,20 @@ from sandbox_kit import SERVER_SECRET, VICTIM_KEY, probe_job, wait_for
 def _findings(log: str) -> dict:
     lines = [ln for ln in log.splitlines() if ln.startswith("PROBE ")]
     assert lines, log[-2000:]
-    return json.loads(lines[-1][len("PROBE "):])
+    return json.loads(lines[-1][len("PROBE ") :])
 
 
 def test_a_job_sees_no_other_process_no_store_and_runs_unprivileged(secure_server) -> None:
     srv = secure_server()
     bob, mallory = srv.client("bob"), srv.client("mallory")
-    victim = bob.post("/v1/jobs", json=probe_job("sleep", "120", models={
-        "subject": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": VICTIM_KEY}})).json()["job"]["id"]
+    victim = bob.post(
+        "/v1/jobs",
+        json=probe_job(
+            "sleep",
+            "120",
+            models={"subject": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key": VICTIM_KEY}},
+        ),
+    ).json()["job"]["id"]
     wait_for(bob, victim, {"running"})
     attack = mallory.post("/v1/jobs", json=probe_job("look", str(srv.data.resolve()), str(srv.pid)))
     assert attack.status_code == 201, attack.text

@@ -16,8 +16,11 @@ from sandbox_kit import probe_job, wait_for
 
 def _with_marker(marker: str) -> list[int]:
     """Live processes of the job's sleepers (and, while the job runs, bwrap and the probe itself)."""
-    return [p.pid for p in psutil.process_iter(["cmdline", "status"])
-            if marker in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline", "status"])
+        if marker in (p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
 
 
 def _sleepers(marker: str) -> int:

@@ -14,7 +14,7 @@ def _limits(srv, client, body) -> dict:
     job = wait_for(client, job_id, {"succeeded", "failed"})
     lines = [ln for ln in srv.log(job_id).splitlines() if ln.startswith("LIMITS ")]
     assert job["state"] == "succeeded" and lines, srv.log(job_id)[-2000:]
-    return json.loads(lines[-1][len("LIMITS "):])
+    return json.loads(lines[-1][len("LIMITS ") :])
 
 
 def test_ceilings_apply_and_a_submission_may_lower_them(secure_server) -> None:

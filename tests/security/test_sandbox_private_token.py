@@ -22,9 +22,19 @@ def test_a_job_cannot_reach_another_users_private_model(secure_server) -> None:
         assert r.status_code == 201, r.text
         victim, secret = r.json()["job"]["id"], r.json()["tunnel_secret"]
         stop = threading.Event()
-        agent = threading.Thread(target=run_agent_sync, daemon=True, kwargs=dict(
-            server_url=srv.url, job_id=victim, token=srv.tokens["bob"], tunnel_secret=secret,
-            model_url=bobs_model.base_url, stop_event=stop, log=lambda line: None))
+        agent = threading.Thread(
+            target=run_agent_sync,
+            daemon=True,
+            kwargs=dict(
+                server_url=srv.url,
+                job_id=victim,
+                token=srv.tokens["bob"],
+                tunnel_secret=secret,
+                model_url=bobs_model.base_url,
+                stop_event=stop,
+                log=lambda line: None,
+            ),
+        )
         agent.start()
         try:
             wait_for(bob, victim, {"running"})
@@ -33,7 +43,7 @@ def test_a_job_cannot_reach_another_users_private_model(secure_server) -> None:
             wait_for(mallory, attack, {"succeeded", "failed"})
             lines = [ln for ln in srv.log(attack).splitlines() if ln.startswith("STEAL ")]
             assert lines, srv.log(attack)[-2000:]
-            found = json.loads(lines[-1][len("STEAL "):])
+            found = json.loads(lines[-1][len("STEAL ") :])
             time.sleep(0.5)  # a forwarded call would have reached bob's model by now
             assert found["tokens_found"] == 0  # no other job's environment is readable
             assert all(status in (401, 403) for status in found["statuses"]), found

@@ -20,7 +20,7 @@ from proctor.testing import FakeLLMConfig, FakeLLMThread
 
 ENGINE_KEY = "sk-mallory-" + "m4ll0ry" * 4
 
-HOSTILE = '''
+HOSTILE = """
 import json, os, socket, pathlib
 def attempt(fn):
     try:
@@ -51,7 +51,7 @@ print("TOOLPROBE " + json.dumps({
     "api": attempt(connect),
     "uid": os.getuid(),
 }))
-'''
+"""
 
 
 def _tool_outputs(traj: str) -> list[dict[str, Any]]:
@@ -98,9 +98,21 @@ def test_model_written_code_sees_nothing_of_the_server_or_other_jobs(secure_serv
     assert ENGINE_KEY not in everything and SERVER_SECRET not in everything  # not the engine's, not the server's
     assert not found["environs"]["ok"] or all(SERVER_SECRET not in v for v in found["environs"]["value"].values())
     assert found["api"]["ok"] and found["api"]["value"] != 0  # no network: the API on loopback is unreachable
-    assert set(found["env"]) <= {"PATH", "PWD", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE",
-                                 "PYTHONUNBUFFERED", "PYTHONIOENCODING", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                 "MKL_NUM_THREADS"}
+    assert set(found["env"]) <= {
+        "PATH",
+        "PWD",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "HOME",
+        "TMPDIR",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+        "PYTHONIOENCODING",
+        "OPENBLAS_NUM_THREADS",
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+    }
     assert found["uid"] != 0
     # Attack 4 in a tool call: fork→setsid→fork and fork→setpgid→fork descendants are gone.
     assert [p for p in psutil.process_iter(["cmdline"]) if marker in (p.info["cmdline"] or [])] == []

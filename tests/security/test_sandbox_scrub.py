@@ -23,8 +23,9 @@ KEY = "sk-scrub-" + "5crub" * 6
 def test_scrubbing_the_key_keeps_every_scored_sample(secure_server) -> None:
     srv = secure_server(kill_grace=0)
     mallory = srv.client("mallory")
-    rows = "".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
-                   for i in range(200))
+    rows = "".join(
+        json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(200)
+    )
     with FakeLLMThread(FakeLLMConfig(reply=f"the answer is {KEY}", latency=0.01)) as llm:
         body = spec_job(spec_text(llm.base_url, scorer="includes"), models={"subject": {"api_key": KEY}})
         body["files"]["data.jsonl"] = {"content": rows}

@@ -13,8 +13,14 @@ from helpers import start_server, stop_process
 
 def test_serve_refuses_to_start_without_bubblewrap(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path / "empty")}  # no bwrap on PATH
-    out = subprocess.run([sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(tmp_path / "d")],
-                         capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [sys.executable, "-m", "proctor", "serve", "--port", "0", "--data", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.returncode == 2
     assert "bubblewrap" in out.stderr and "Traceback" not in out.stderr
     assert "--no-sandbox" in out.stderr

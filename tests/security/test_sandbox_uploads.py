@@ -33,25 +33,56 @@ def test_uploaded_proctor_and_yaml_are_never_imported(secure_server) -> None:
 @pytest.mark.parametrize(
     ("solver", "scorer", "files", "key"),
     [
-        ({"type": "agent", "tools": [{"type": "custom", "path": "evil.py:make"}, "answer"]}, "numeric",
-         {"evil.py": EVIL}, "solver.tools[0].path"),
+        (
+            {"type": "agent", "tools": [{"type": "custom", "path": "evil.py:make"}, "answer"]},
+            "numeric",
+            {"evil.py": EVIL},
+            "solver.tools[0].path",
+        ),
         ("generate", {"type": "evilscore.factory"}, {"evilscore.py": EVIL}, "scorer.type"),
         ({"type": "evilsolver:make"}, "numeric", {"evilsolver.py": EVIL}, "solver.type"),
         ({"type": "agent", "base_dir": "/", "tools": ["answer"]}, "numeric", {}, "solver.base_dir"),
-        ({"type": "agent", "tools": [{"type": "python", "interpreter": "/bin/sh"}, "answer"]}, "numeric", {},
-         "solver.tools[0].interpreter"),
-        ({"type": "agent", "tools": [{"type": "python", "network": True}, "answer"]}, "numeric", {},
-         "solver.tools[0].network"),
-        ({"type": "agent", "tools": [{"type": "python", "memory_mb": None}, "answer"]}, "numeric", {},
-         "solver.tools[0].memory_mb"),
-        ({"type": "agent", "tools": [{"type": "python", "timeout": 1e6}, "answer"]}, "numeric", {},
-         "solver.tools[0].timeout"),
-        ({"type": "agent", "tools": [{"type": "ask_expert", "role": "subject", "mode": "python",
-                                      "python": {"network": True}}, "answer"]}, "numeric", {},
-         "solver.tools[0].python.network"),
+        (
+            {"type": "agent", "tools": [{"type": "python", "interpreter": "/bin/sh"}, "answer"]},
+            "numeric",
+            {},
+            "solver.tools[0].interpreter",
+        ),
+        (
+            {"type": "agent", "tools": [{"type": "python", "network": True}, "answer"]},
+            "numeric",
+            {},
+            "solver.tools[0].network",
+        ),
+        (
+            {"type": "agent", "tools": [{"type": "python", "memory_mb": None}, "answer"]},
+            "numeric",
+            {},
+            "solver.tools[0].memory_mb",
+        ),
+        (
+            {"type": "agent", "tools": [{"type": "python", "timeout": 1e6}, "answer"]},
+            "numeric",
+            {},
+            "solver.tools[0].timeout",
+        ),
+        (
+            {
+                "type": "agent",
+                "tools": [
+                    {"type": "ask_expert", "role": "subject", "mode": "python", "python": {"network": True}},
+                    "answer",
+                ],
+            },
+            "numeric",
+            {},
+            "solver.tools[0].python.network",
+        ),
     ],
 )
-def test_plugin_code_and_raised_ceilings_are_refused_naming_the_key(shared_secure_server, solver, scorer, files, key) -> None:
+def test_plugin_code_and_raised_ceilings_are_refused_naming_the_key(
+    shared_secure_server, solver, scorer, files, key
+) -> None:
     srv = shared_secure_server
     mallory = srv.client("mallory")
     r = mallory.post("/v1/jobs", json=spec_job(spec_text("http://127.0.0.1:9/v1", solver=solver, scorer=scorer), files))
@@ -71,7 +102,9 @@ def test_job_limits_above_the_servers_ceilings_are_refused(secure_server) -> Non
 def test_the_admin_may_allow_a_plugin_and_tool_network(secure_server) -> None:
     srv = secure_server(sandbox={"plugins": ["proctor.evals.scorers:numeric"], "tool_network": True})
     mallory = srv.client("mallory")
-    r = mallory.post("/v1/jobs", json=spec_job(spec_text("http://127.0.0.1:9/v1", scorer={"type": "proctor.evals.scorers:numeric"})))
+    r = mallory.post(
+        "/v1/jobs", json=spec_job(spec_text("http://127.0.0.1:9/v1", scorer={"type": "proctor.evals.scorers:numeric"}))
+    )
     assert r.status_code == 201, r.text
     solver = {"type": "agent", "tools": [{"type": "python", "network": True}, "answer"]}
     r = mallory.post("/v1/jobs", json=spec_job(spec_text("http://127.0.0.1:9/v1", solver=solver)))
@@ -84,10 +117,17 @@ def test_an_lm_eval_spec_with_uploaded_task_code_is_refused(shared_secure_server
     a spec must not run on a server at all."""
     srv = shared_secure_server
     mallory = srv.client("mallory")
-    spec = yaml.safe_dump({"name": "attack", "lm_eval": {"tasks": ["pwn"], "include_path": "tasks"},
-                           "models": {"subject": {"base_url": "http://127.0.0.1:9/v1", "model": "fake"}}})
-    files = {"tasks/pwn.yaml": "task: pwn\nprocess_docs: !function utils.pwn\n",
-             "tasks/utils.py": "import os\ndef pwn(docs):\n    os.system('touch /tmp/pwned')\n    return docs\n"}
+    spec = yaml.safe_dump(
+        {
+            "name": "attack",
+            "lm_eval": {"tasks": ["pwn"], "include_path": "tasks"},
+            "models": {"subject": {"base_url": "http://127.0.0.1:9/v1", "model": "fake"}},
+        }
+    )
+    files = {
+        "tasks/pwn.yaml": "task: pwn\nprocess_docs: !function utils.pwn\n",
+        "tasks/utils.py": "import os\ndef pwn(docs):\n    os.system('touch /tmp/pwned')\n    return docs\n",
+    }
     r = mallory.post("/v1/jobs", json=spec_job(spec, files))
     assert r.status_code == 400, r.text
     assert r.json()["ok"] is False and "lm_eval" in r.json()["error"]

@@ -16,20 +16,37 @@ import pytest
 from security.frontdoor_kit import ECHO_ARGV, Served, python, served
 
 LM_EVAL = {
-    "argv": [python(), ECHO_ARGV, "--model", "local-chat-completions", "--tasks", "{tasks}",
-             "--model_args", "model={model},base_url={base_url}/chat/completions",
-             "--output_path", "{out_dir}", "{extra}"],
+    "argv": [
+        python(),
+        ECHO_ARGV,
+        "--model",
+        "local-chat-completions",
+        "--tasks",
+        "{tasks}",
+        "--model_args",
+        "model={model},base_url={base_url}/chat/completions",
+        "--output_path",
+        "{out_dir}",
+        "{extra}",
+    ],
     "params": {"tasks": {"pattern": "^[a-z0-9_,]+$", "default": "gsm8k"}, "extra": {"default": "x"}},
 }
-DASHED = {"argv": [python(), ECHO_ARGV, "--limit", "{limit}"],
-          "params": {"limit": {"pattern": "^-?[0-9]+$", "allow_dash": True}}}
+DASHED = {
+    "argv": [python(), ECHO_ARGV, "--limit", "{limit}"],
+    "params": {"limit": {"pattern": "^-?[0-9]+$", "allow_dash": True}},
+}
 CONFIG = {"templates": {"lm-eval": LM_EVAL, "dashed": DASHED}}
 
 
-def command(template: str = "lm-eval", *, model: str = "fake", base_url: str = "http://127.0.0.1:9/v1",
-            **extra: Any) -> dict[str, Any]:
-    return {"kind": "command", "template": template,
-            "models": {"subject": {"model": model, "base_url": base_url}}, **extra}
+def command(
+    template: str = "lm-eval", *, model: str = "fake", base_url: str = "http://127.0.0.1:9/v1", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "kind": "command",
+        "template": template,
+        "models": {"subject": {"model": model, "base_url": base_url}},
+        **extra,
+    }
 
 
 def wait_done(client: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -77,7 +94,10 @@ def test_legitimate_values_reach_argv_exactly(server: Served) -> None:
         job_id = ok.json()["job"]["id"]
         assert wait_done(alice, job_id)["state"] == "succeeded"
         argv = json.loads(alice.get(f"/v1/jobs/{job_id}/artifacts/out/argv.json").text)
-        assert argv[argv.index("--model_args") + 1] == "model=org/Model-7B:q4,base_url=http://127.0.0.1:9/v1/chat/completions"
+        assert (
+            argv[argv.index("--model_args") + 1]
+            == "model=org/Model-7B:q4,base_url=http://127.0.0.1:9/v1/chat/completions"
+        )
         assert argv[-1] == "x"
 
 

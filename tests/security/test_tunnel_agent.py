@@ -51,12 +51,29 @@ ALLOWED_CALLS = [
 async def _serve_hostile_hub(tmp_path: Path) -> tuple[HostileHub, RecordingModel, int, str]:
     model = await RecordingModel().start()
     hub = await HostileHub("job-x", HOSTILE_CALLS + ALLOWED_CALLS).start()
-    env = {**os.environ, "HOME": str(tmp_path), "PROCTOR_TOKEN": "pt-user-token",
-           "PROCTOR_TUNNEL_SECRET": "the-tunnel-secret", "MY_MODEL_KEY": MODEL_KEY}
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "PROCTOR_TOKEN": "pt-user-token",
+        "PROCTOR_TUNNEL_SECRET": "the-tunnel-secret",
+        "MY_MODEL_KEY": MODEL_KEY,
+    }
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proctor", "tunnel", "job-x", "--model", model.url, "--api-key-env", "MY_MODEL_KEY",
-        "--server", hub.url, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proctor",
+        "tunnel",
+        "job-x",
+        "--model",
+        model.url,
+        "--api-key-env",
+        "MY_MODEL_KEY",
+        "--server",
+        hub.url,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         try:
@@ -121,8 +138,16 @@ def test_the_agent_caps_request_bodies_the_server_never_finishes() -> None:
     async def body() -> tuple[HostileHub, RecordingModel, AgentStats]:
         model = await RecordingModel().start()
         hub = await HostileHub("job-y", [], frames, answers=3).start()
-        agent = TunnelAgent(hub.url, "job-y", "tok", "secret", model.url, log=lambda _line: None,
-                            max_request_body=1024 * 1024, max_partial_bytes=2 * 1024 * 1024)
+        agent = TunnelAgent(
+            hub.url,
+            "job-y",
+            "tok",
+            "secret",
+            model.url,
+            log=lambda _line: None,
+            max_request_body=1024 * 1024,
+            max_partial_bytes=2 * 1024 * 1024,
+        )
         try:
             stats = await agent.run()  # ends when the hub ends the job
         finally:

@@ -30,8 +30,11 @@ async def _facade_call(server: HubServer, job: str, internal: str, body: bytes) 
         http.post(
             f"{server.facade(job)}/chat/completions",
             data=body,
-            headers={"Authorization": f"Bearer {internal}", "Content-Type": "application/json",
-                     "X-Proctor-Deadline": "20"},
+            headers={
+                "Authorization": f"Bearer {internal}",
+                "Content-Type": "application/json",
+                "X-Proctor-Deadline": "20",
+            },
         ) as resp,
     ):
         return resp.status, await resp.read()
@@ -85,7 +88,9 @@ def test_an_answer_that_never_ends_is_refused_as_it_arrives(via: str) -> None:
                 await _cancelled(ws, {request.rid})  # the agent is told to stop sending
                 await wait_until(lambda: server.hub.stats("job-cap")["held_bytes"] == 0, what="bytes given back")
                 # The connection is still good for the next call.
-                call = asyncio.create_task(CALLERS[via](server, "job-cap", internal, json.dumps(chat("again")).encode()))
+                call = asyncio.create_task(
+                    CALLERS[via](server, "job-cap", internal, json.dumps(chat("again")).encode())
+                )
                 (request,) = await next_requests(ws)
                 await ws.send_bytes(protocol.encode(Kind.RESPONSE, request.rid, {"s": 200, "h": {}}, b'{"ok": 1}'))
                 assert await call == (200, b'{"ok": 1}')

@@ -38,7 +38,9 @@ def test_server_refuses_alias_bomb_and_deep_nesting_at_submission(tmp_path: Path
         bomb = alice.post("/v1/jobs", json=proctor_job(spec_text(alias_bomb())))
         assert bomb.status_code == 400, bomb.text
         assert bomb.json()["ok"] is False and "alias" in bomb.json()["error"]
-        deep = alice.post("/v1/jobs", json=proctor_job(spec_text("generate:\n  extra_body: {x: " + "[" * 3000 + "]" * 3000 + "}\n")))
+        deep = alice.post(
+            "/v1/jobs", json=proctor_job(spec_text("generate:\n  extra_body: {x: " + "[" * 3000 + "]" * 3000 + "}\n"))
+        )
         assert deep.status_code == 400, deep.text
         assert "deeper than" in deep.json()["error"]
         assert alice.get("/v1/jobs").json()["jobs"] == []  # nothing was queued

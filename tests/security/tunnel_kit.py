@@ -44,7 +44,9 @@ def ws_url(server_url: str, job_id: str) -> str:
 
 
 @asynccontextmanager
-async def raw_agent(server_url: str, job_id: str, token: str, secret: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+async def raw_agent(
+    server_url: str, job_id: str, token: str, secret: str
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
     """An authenticated tunnel connection that the test drives envelope by envelope."""
     headers = {"Authorization": f"Bearer {token}", protocol.SECRET_HEADER: secret}
     async with (
@@ -106,8 +108,12 @@ class RecordingModel:
     async def start(self) -> RecordingModel:
         async def handler(request: web.Request) -> web.Response:
             self.seen.append(
-                {"method": request.method, "path": request.path, "query": request.query_string,
-                 "authorization": request.headers.get("Authorization")}
+                {
+                    "method": request.method,
+                    "path": request.path,
+                    "query": request.query_string,
+                    "authorization": request.headers.get("Authorization"),
+                }
             )
             return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
 

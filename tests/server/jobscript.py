@@ -1,13 +1,13 @@
 """A stand-in job for server tests: behaviours chosen by argv, no model needed.
 
-    jobscript.py sleep SECONDS          print a line, sleep, print done
-    jobscript.py lines N [DELAY]        print N numbered lines (with PROCTOR_PROGRESS lines)
-    jobscript.py family PIDFILE         start a grandchild in the same group, write both pids, sleep
-                                        (PIDFILE relative to the job directory, e.g. out/pids: pids in
-                                        the job's own PID namespace)
-    jobscript.py gate FILE              wait until FILE exists (bounded), then exit 0
-    jobscript.py exit CODE              exit with CODE
-    jobscript.py env                    say which model variables are set (never their values)
+jobscript.py sleep SECONDS          print a line, sleep, print done
+jobscript.py lines N [DELAY]        print N numbered lines (with PROCTOR_PROGRESS lines)
+jobscript.py family PIDFILE         start a grandchild in the same group, write both pids, sleep
+                                    (PIDFILE relative to the job directory, e.g. out/pids: pids in
+                                    the job's own PID namespace)
+jobscript.py gate FILE              wait until FILE exists (bounded), then exit 0
+jobscript.py exit CODE              exit with CODE
+jobscript.py env                    say which model variables are set (never their values)
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def main() -> int:
         delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
         for i in range(n):
             print(f"line {i}", flush=True)
-            print("PROCTOR_PROGRESS " + json.dumps({"done": i + 1, "total": n, "errors": 0, "accuracy": None}), flush=True)
+            print(
+                "PROCTOR_PROGRESS " + json.dumps({"done": i + 1, "total": n, "errors": 0, "accuracy": None}), flush=True
+            )
             if delay:
                 time.sleep(delay)
     elif mode == "family":

@@ -11,8 +11,13 @@ def test_owner_other_admin(make_server) -> None:
     alice, bob, root, anon = srv.client("alice"), srv.client("bob"), srv.client("root"), srv.client(None)
     job_id = alice.post("/v1/jobs", json=script_job("lines", "3")).json()["job"]["id"]
     wait_state(alice, job_id, {"succeeded"})
-    paths = [f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/logs", f"/v1/jobs/{job_id}/artifacts",
-             f"/v1/jobs/{job_id}/artifacts/job.log", f"/v1/jobs/{job_id}/results.tar.gz"]
+    paths = [
+        f"/v1/jobs/{job_id}",
+        f"/v1/jobs/{job_id}/logs",
+        f"/v1/jobs/{job_id}/artifacts",
+        f"/v1/jobs/{job_id}/artifacts/job.log",
+        f"/v1/jobs/{job_id}/results.tar.gz",
+    ]
     for path in paths:
         assert alice.get(path).status_code == 200, path
         assert root.get(path).status_code == 200, path
@@ -81,10 +86,20 @@ def test_errors_have_one_shape(make_server) -> None:
     alice = srv.client("alice")
     r = alice.post("/v1/jobs", json={"kind": "command", "template": "nope"})
     assert r.status_code == 400
-    assert r.json() == {"ok": False, "error": "no command template 'nope' on this server (registered: script)", "status": 400}
+    assert r.json() == {
+        "ok": False,
+        "error": "no command template 'nope' on this server (registered: script)",
+        "status": 400,
+    }
     r = alice.post("/v1/jobs", json=script_job("rm -rf /"))
     assert r.status_code == 400 and "must match" in r.json()["error"]
-    r = alice.post("/v1/jobs", json={"kind": "proctor", "spec": "name: x\nmodels: {subject: {model: m, launch: {kind: command, port: 1, argv: [sh]}}}\n"})
+    r = alice.post(
+        "/v1/jobs",
+        json={
+            "kind": "proctor",
+            "spec": "name: x\nmodels: {subject: {model: m, launch: {kind: command, port: 1, argv: [sh]}}}\n",
+        },
+    )
     assert r.status_code == 400 and "launch is not allowed" in r.json()["error"]
     r = alice.get("/v1/jobs/nonexistent")
     assert r.json() == {"ok": False, "error": "no job 'nonexistent'", "status": 404}
@@ -112,7 +127,11 @@ def test_private_submission_registers_tunnel(make_server) -> None:
     for path in srv.settings.data_dir.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            assert b"sk-local-only" not in data and b"10.9.8.7" not in data and r.json()["tunnel_secret"].encode() not in data
+            assert (
+                b"sk-local-only" not in data
+                and b"10.9.8.7" not in data
+                and r.json()["tunnel_secret"].encode() not in data
+            )
 
 
 def test_a_revoked_token_is_refused_by_the_running_server(make_server) -> None:
@@ -124,18 +143,30 @@ def test_a_revoked_token_is_refused_by_the_running_server(make_server) -> None:
     bob = srv.client("bob")
     assert bob.get("/v1/jobs").status_code == 200  # now cached
     data, store = str(srv.settings.data_dir), store_args(srv.settings.data_dir)
-    listed = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "list", "--data", data, *store],
-                            capture_output=True, text=True, timeout=60)
+    listed = subprocess.run(
+        [sys.executable, "-m", "proctor", "server", "token", "list", "--data", data, *store],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert listed.returncode == 0 and "bob\tuser" in listed.stdout and "root\tadmin" in listed.stdout
     assert srv.tokens["bob"] not in listed.stdout + listed.stderr  # only names are shown
-    revoked = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data, *store],
-                             capture_output=True, text=True, timeout=60)
+    revoked = subprocess.run(
+        [sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data, *store],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert revoked.returncode == 0, revoked.stderr
     deadline = time.monotonic() + 10
     while bob.get("/v1/jobs").status_code == 200 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert bob.get("/v1/jobs").status_code == 401
     assert srv.client("alice").get("/v1/jobs").status_code == 200
-    again = subprocess.run([sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data, *store],
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "proctor", "server", "token", "revoke", "bob", "--data", data, *store],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 1 and "no token named 'bob'" in again.stderr

@@ -26,9 +26,26 @@ def test_submit_follow_results_and_friends(make_server, tmp_path: Path, monkeypa
     monkeypatch.setenv("MY_KEY", "sk-cli-secret-value")
     runner, app = CliRunner(), _app()
     out = tmp_path / "res"
-    r = runner.invoke(app, ["submit", "--template", "script", "-p", "mode=env", "--base-url", "http://127.0.0.1:9/v1",
-                            "--model-name", "m", "--api-key-env", "MY_KEY", "--out", str(out),
-                            "--server-log", str(tmp_path / "server.log")])
+    r = runner.invoke(
+        app,
+        [
+            "submit",
+            "--template",
+            "script",
+            "-p",
+            "mode=env",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--model-name",
+            "m",
+            "--api-key-env",
+            "MY_KEY",
+            "--out",
+            str(out),
+            "--server-log",
+            str(tmp_path / "server.log"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "sk-cli-secret-value" not in r.output
     assert "OPENAI_API_KEY set" in r.output and "base_url=http://127.0.0.1:9/v1" in r.output
@@ -41,7 +58,10 @@ def test_submit_follow_results_and_friends(make_server, tmp_path: Path, monkeypa
     assert r.exit_code == 0 and "busy" in r.output and "you are alice" in r.output
     assert runner.invoke(app, ["status", job_id]).output.count("succeeded") == 1
     assert job_id in runner.invoke(app, ["list"]).output
-    assert "line" not in runner.invoke(app, ["logs", job_id]).output and "done" in runner.invoke(app, ["logs", job_id]).output
+    assert (
+        "line" not in runner.invoke(app, ["logs", job_id]).output
+        and "done" in runner.invoke(app, ["logs", job_id]).output
+    )
     r = runner.invoke(app, ["cancel", sleeper])
     assert r.exit_code == 0 and "cancelled" in r.output
     r = runner.invoke(app, ["results", job_id, "--tar", "--out", str(tmp_path / "tar")])

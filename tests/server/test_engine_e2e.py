@@ -108,7 +108,10 @@ def test_sigkill_restart_resumes_and_key_never_written(tmp_path: Path) -> None:
                 env = dict(os.environ, ARITH_KEY=KEY, PROCTOR_SERVER=server.url, PROCTOR_TOKEN=token)
                 out = subprocess.run(
                     [sys.executable, "-m", "proctor", "resume", job_id, "--api-key-env", "ARITH_KEY"],
-                    capture_output=True, text=True, env=env, timeout=60,
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    timeout=60,
                 )
                 assert out.returncode == 0, out.stderr
                 assert KEY not in out.stdout + out.stderr

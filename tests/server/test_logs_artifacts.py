@@ -73,8 +73,14 @@ def test_artifacts_and_traversal(make_server, tmp_path: Path) -> None:
     assert alice.get(f"/v1/jobs/{job_id}/artifacts/out/eval_stats.json").json() == {"accuracy": 1}
     raw = httpx.Client(base_url=srv.url, headers=alice.headers)
     base = f"{srv.url}/v1/jobs/{job_id}/artifacts/"
-    for attempt in ["..%2F..%2F..%2Fproctor.sqlite", "%2E%2E/%2E%2E/proctor.sqlite", "%2Fetc%2Fpasswd",
-                    "out/link.txt", "out/..%2F..%2F..%2Fserver.log", "out%5C..%5C..%5Cproctor.sqlite"]:
+    for attempt in [
+        "..%2F..%2F..%2Fproctor.sqlite",
+        "%2E%2E/%2E%2E/proctor.sqlite",
+        "%2Fetc%2Fpasswd",
+        "out/link.txt",
+        "out/..%2F..%2F..%2Fserver.log",
+        "out%5C..%5C..%5Cproctor.sqlite",
+    ]:
         r = raw.send(httpx.Request("GET", httpx.URL(base + attempt), headers=alice.headers))
         assert r.status_code in (403, 404), (attempt, r.status_code)
         assert "not yours" not in r.text and "SQLite" not in r.text

@@ -153,7 +153,12 @@ def test_submit_private_validates_before_queueing(tmp_path: Path) -> None:
         for path, needle in ((nourl, "local model's URL"), (keyed, "UNSET_KEY_VAR_X")):
             done = subprocess.run(
                 [sys.executable, "-m", "proctor", "submit", str(path), "--private", "-d"],
-                capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL, check=False,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+                check=False,
             )
             assert done.returncode == 2, done.stdout + done.stderr
             assert needle in done.stderr and "Traceback" not in done.stderr, done.stderr
@@ -214,10 +219,27 @@ def test_resume_serves_a_private_job_after_a_restart(tmp_path: Path) -> None:
         http = srv.client("alice")
         wait_state(http, job_id, {"waiting_for_tunnel"})
         with FakeLLMThread(FakeLLMConfig(reply="arith", require_key="sk-local-resume-key")) as llm:
-            env = dict(os.environ, PROCTOR_SERVER=srv.url, PROCTOR_TOKEN=tokens["alice"], LOCAL_KEY="sk-local-resume-key")
+            env = dict(
+                os.environ, PROCTOR_SERVER=srv.url, PROCTOR_TOKEN=tokens["alice"], LOCAL_KEY="sk-local-resume-key"
+            )
             done = subprocess.run(
-                [sys.executable, "-m", "proctor", "resume", job_id, "--base-url", llm.base_url, "--api-key-env", "LOCAL_KEY"],
-                capture_output=True, text=True, env=env, timeout=180, stdin=subprocess.DEVNULL, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "proctor",
+                    "resume",
+                    job_id,
+                    "--base-url",
+                    llm.base_url,
+                    "--api-key-env",
+                    "LOCAL_KEY",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=180,
+                stdin=subprocess.DEVNULL,
+                check=False,
             )
             assert done.returncode == 0, done.stdout + done.stderr
             assert sorted(llm.successes.values()) == [1] * N
@@ -226,7 +248,12 @@ def test_resume_serves_a_private_job_after_a_restart(tmp_path: Path) -> None:
         # A public job does not take a local model on resume: a clear error, no traceback.
         bad = subprocess.run(
             [sys.executable, "-m", "proctor", "resume", "nosuchjob123", "--base-url", "http://127.0.0.1:9/v1"],
-            capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL, check=False,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
         )
         assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
     finally:

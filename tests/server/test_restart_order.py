@@ -43,7 +43,9 @@ def test_a_store_from_an_older_release_gains_the_new_columns(tmp_path: Path) -> 
 
     path = tmp_path / "proctor.sqlite"
     store = JobStore(f"sqlite:///{path}")
-    store.insert_job(JobRow(id="old-job", owner="alice", kind="proctor", state="queued", priority=1, seq=0, created_at=1.0))
+    store.insert_job(
+        JobRow(id="old-job", owner="alice", kind="proctor", state="queued", priority=1, seq=0, created_at=1.0)
+    )
     store.close()
     with sqlite3.connect(path) as db:  # what the previous release created
         db.execute("ALTER TABLE jobs DROP COLUMN tunnel_digest")

@@ -23,8 +23,15 @@ N = 12
 
 
 def _proctor(*args: str | Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "proctor", *map(str, args)], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, **env}, stdin=subprocess.DEVNULL, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "proctor", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
 
 
 @pytest.mark.slow
@@ -37,8 +44,9 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
     rows = (ROOT / "examples" / "arith" / "data.jsonl").read_text().splitlines()[:N]
     (spec_dir / "data.jsonl").write_text("\n".join(rows) + "\n")
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.02)) as llm:
-        (spec_dir / "spec.yaml").write_text((ROOT / "examples" / "arith" / "spec.yaml").read_text()
-                                            .replace("http://127.0.0.1:8000/v1", llm.base_url))
+        (spec_dir / "spec.yaml").write_text(
+            (ROOT / "examples" / "arith" / "spec.yaml").read_text().replace("http://127.0.0.1:8000/v1", llm.base_url)
+        )
         proc, url = start_server(data, server_err)
         try:
             env = {"PROCTOR_SERVER": url, "PROCTOR_TOKEN": token}
@@ -47,7 +55,9 @@ def test_submit_status_logs_read_as_text_and_the_server_logs_its_start_and_stop(
             refused = _proctor("submit", spec_dir / "spec.yaml", "--out", afile, env=env, cwd=tmp_path)
             assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
             assert f"Error: download directory (--out) {afile} is a file, not a directory" in refused.stderr
-            refused = _proctor("submit", spec_dir / "spec.yaml", "--model", f"judg={llm.base_url}@j", env=env, cwd=tmp_path)
+            refused = _proctor(
+                "submit", spec_dir / "spec.yaml", "--model", f"judg={llm.base_url}@j", env=env, cwd=tmp_path
+            )
             assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
             assert "Error: the spec uses no role 'judg'; its roles are: subject" in refused.stderr
             with Client(url, token) as client:

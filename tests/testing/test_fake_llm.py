@@ -63,7 +63,7 @@ async def ask(session: aiohttp.ClientSession, llm: FakeLLM, *messages: Any, **ex
 
 
 def sse_events(text: str) -> list[Any]:
-    lines = [line[len("data: "):] for line in text.split("\n\n") if line.startswith("data: ")]
+    lines = [line[len("data: ") :] for line in text.split("\n\n") if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     return [json.loads(line) for line in lines[:-1]]
 
@@ -136,7 +136,10 @@ def test_max_tokens_truncates_with_length_and_stop_cuts() -> None:
         assert data["choices"][0]["finish_reason"] == "stop"
         data = await ask(s, llm, "short", max_tokens=100, stop="zz")
         assert data["choices"][0] == {
-            "index": 0, "message": {"role": "assistant", "content": "short"}, "logprobs": None, "finish_reason": "stop"
+            "index": 0,
+            "message": {"role": "assistant", "content": "short"},
+            "logprobs": None,
+            "finish_reason": "stop",
         }
 
     run(FakeLLMConfig(), check)
@@ -211,7 +214,10 @@ def test_script_turns_follow_the_number_of_assistant_messages() -> None:
         history += [second, {"role": "tool", "tool_call_id": "x", "content": "ok"}, "so 6 * 7 is?"]
         third = await ask(s, llm, *history)
         assert third["choices"][0] == {
-            "index": 0, "message": {"role": "assistant", "content": "42"}, "logprobs": None, "finish_reason": "stop"
+            "index": 0,
+            "message": {"role": "assistant", "content": "42"},
+            "logprobs": None,
+            "finish_reason": "stop",
         }
         # Past the end of the script the last entry repeats.
         fourth = await ask(s, llm, *history, {"role": "assistant", "content": None}, "3 + 4")
@@ -282,8 +288,9 @@ def test_hang_replies_after_hang_seconds_and_a_client_timeout_frees_the_slot() -
 
         llm.reconfigure(hang_seconds=3600.0)
         with pytest.raises(asyncio.TimeoutError):
-            await s.post(llm.base_url + "/chat/completions", json=chat_body("forever"),
-                         timeout=aiohttp.ClientTimeout(total=0.3))
+            await s.post(
+                llm.base_url + "/chat/completions", json=chat_body("forever"), timeout=aiohttp.ClientTimeout(total=0.3)
+            )
         for _ in range(100):  # the server notices the disconnect and cancels the handler
             if llm.stats()["in_flight"] == 0:
                 break
@@ -350,7 +357,8 @@ def test_context_limit_auth_and_unknown_model_errors() -> None:
         async with s.get(llm.base_url + "/models", headers=auth) as resp:
             assert resp.status == 200
             assert await resp.json() == {
-                "object": "list", "data": [{"id": "m1", "object": "model", "owned_by": "proctor-testing"}]
+                "object": "list",
+                "data": [{"id": "m1", "object": "model", "owned_by": "proctor-testing"}],
             }
 
         status, data, _ = await post(s, llm, "/chat/completions", {**chat_body("hi"), "model": "gpt-x"}, auth)
@@ -398,8 +406,13 @@ def test_stats_reset_and_config_endpoints() -> None:
         last = stats.pop("last_request")
         assert last["messages"] == [{"role": "user", "content": "one"}]
         assert stats == {
-            "requests": 1, "ok": 1, "errors": {}, "counts": {"one": 1}, "successes": {"one": 1},
-            "max_in_flight": 1, "in_flight": 0,
+            "requests": 1,
+            "ok": 1,
+            "errors": {},
+            "counts": {"one": 1},
+            "successes": {"one": 1},
+            "max_in_flight": 1,
+            "in_flight": 0,
         }
         async with s.post(root + "/_config", json={"reply": "changed", "answers": {"k": "v"}}) as resp:
             assert resp.status == 200 and (await resp.json())["reply"] == "changed"
@@ -432,8 +445,11 @@ def test_config_validation_raises_input_error() -> None:
 
 
 def _get_json(url: str, data: dict[str, Any] | None = None, headers: dict[str, str] | None = None) -> Any:
-    req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=None if data is None else json.dumps(data).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -444,7 +460,10 @@ def test_thread_variant_serves_sync_callers() -> None:
         assert data["choices"][0]["message"]["content"] == "4"
         assert llm.counts == {"k": 1} and llm.successes == {"k": 1} and llm.stats()["ok"] == 1
         llm.reconfigure(reply="fixed")
-        assert _get_json(llm.base_url + "/chat/completions", chat_body("2 + 2"))["choices"][0]["message"]["content"] == "fixed"
+        assert (
+            _get_json(llm.base_url + "/chat/completions", chat_body("2 + 2"))["choices"][0]["message"]["content"]
+            == "fixed"
+        )
         llm.reset()
         assert llm.stats()["requests"] == 0
 
@@ -477,9 +496,23 @@ def test_cli_serve_writes_port_file_and_exits_cleanly_on_sigterm(tmp_path: Path)
     config.write_text(json.dumps({"model": "cli-model", "reply": "arith", "latency": 0.5}))
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proctor.testing", "serve", "--port", "0", "--latency", "0",
-         "--config", str(config), "--port-file", str(port_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "proctor.testing",
+            "serve",
+            "--port",
+            "0",
+            "--latency",
+            "0",
+            "--config",
+            str(config),
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         for _ in range(750):  # 15 s at most
@@ -505,7 +538,9 @@ def test_cli_rejects_a_bad_config_file_with_exit_code_2(tmp_path: Path) -> None:
     config.write_text(json.dumps({"fail_rate": "often"}))
     result = subprocess.run(
         [sys.executable, "-m", "proctor.testing", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2 and "fail_rate" in result.stderr
 
@@ -513,9 +548,12 @@ def test_cli_rejects_a_bad_config_file_with_exit_code_2(tmp_path: Path) -> None:
 def _serve_fake(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
     port_file = tmp_path / "port"
     port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "proctor.testing", "serve", "--port", "0", "--port-file",
-                             str(port_file), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proctor.testing", "serve", "--port", "0", "--port-file", str(port_file), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     for _ in range(750):  # 15 s at most
         if port_file.exists() or proc.poll() is not None:
             break
@@ -537,19 +575,36 @@ def _stop_fake(proc: subprocess.Popen[bytes]) -> str:
             proc.wait(5)
 
 
-@pytest.mark.parametrize(("args", "accuracy", "banner"), [
-    ((), (0.0, 0.05), "so a scorer finds no answer and a run scores near 0%; --answers-from DATA.jsonl"),
-    (("--answers-from", "examples/arith/data.jsonl"), (1.0, 1.0), "replies: the known answers of 150 question(s)"),
-])
+@pytest.mark.parametrize(
+    ("args", "accuracy", "banner"),
+    [
+        ((), (0.0, 0.05), "so a scorer finds no answer and a run scores near 0%; --answers-from DATA.jsonl"),
+        (("--answers-from", "examples/arith/data.jsonl"), (1.0, 1.0), "replies: the known answers of 150 question(s)"),
+    ],
+)
 def test_the_arith_example_against_the_cli_fake_scores_what_its_banner_says(
-        tmp_path: Path, args: tuple[str, ...], accuracy: tuple[float, float], banner: str) -> None:
+    tmp_path: Path, args: tuple[str, ...], accuracy: tuple[float, float], banner: str
+) -> None:
     root = Path(__file__).resolve().parents[2]
     proc, base = _serve_fake(tmp_path, *[str(root / a) if a.endswith(".jsonl") else a for a in args])
     try:
         out = tmp_path / "run"
-        result = subprocess.run([sys.executable, "-m", "proctor", "run", str(root / "examples/arith/spec.yaml"),
-                                 "--model", f"subject={base}@fake", "--out", str(out)],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "proctor",
+                "run",
+                str(root / "examples/arith/spec.yaml"),
+                "--model",
+                f"subject={base}@fake",
+                "--out",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
     finally:
         output = _stop_fake(proc)
@@ -561,7 +616,11 @@ def test_the_arith_example_against_the_cli_fake_scores_what_its_banner_says(
 def test_answers_from_a_dataset_missing_its_fields_exits_2(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text('{"q": "x", "a": "1"}\n')
-    result = subprocess.run([sys.executable, "-m", "proctor.testing", "serve", "--answers-from", str(data)],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "proctor.testing", "serve", "--answers-from", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert f"--answers-from {data}, line 1: needs the fields 'question' and 'answer'" in result.stderr

@@ -153,8 +153,9 @@ def test_engine_streams_over_the_channel_and_a_lost_agent_cuts_the_stream(hub_se
     secret, internal = server.hub.register_job("job-cut", owner="alice")
 
     async def body() -> None:
-        async with FakeLLM(FakeLLMConfig(reply="a b c d e f")) as llm, running_agent(
-            server, "job-cut", secret, llm.base_url
+        async with (
+            FakeLLM(FakeLLMConfig(reply="a b c d e f")) as llm,
+            running_agent(server, "job-cut", secret, llm.base_url),
         ):
             async with _router(server, "job-cut", internal) as router:
                 result = await router.role("subject").chat(_messages("s"), params=GenerateParams(stream=True))

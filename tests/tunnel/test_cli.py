@@ -82,7 +82,12 @@ def test_tunnel_command_serves_each_private_role_from_its_own_model(hub_server: 
         FakeLLMThread(FakeLLMConfig(reply="echo", model="subject-model", require_key="k-subject")) as subject,
         FakeLLMThread(FakeLLMConfig(reply="echo", model="judge-model", require_key="k-judge")) as judge,
     ):
-        env = {"PROCTOR_TOKEN": "tok-alice", "PROCTOR_TUNNEL_SECRET": secret, "K_SUBJECT": "k-subject", "K_JUDGE": "k-judge"}
+        env = {
+            "PROCTOR_TOKEN": "tok-alice",
+            "PROCTOR_TUNNEL_SECRET": secret,
+            "K_SUBJECT": "k-subject",
+            "K_JUDGE": "k-judge",
+        }
         proc = _spawn(
             server.url, "job-roles", f"subject={subject.base_url}", env,
             "--model", f"judge={judge.base_url}", "--api-key-env", "judge=K_JUDGE", key_env="subject=K_SUBJECT",

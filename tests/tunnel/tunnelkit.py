@@ -121,7 +121,9 @@ async def gated_stream_server(gate: asyncio.Event, sent_first: asyncio.Event) ->
 
 
 @contextlib.asynccontextmanager
-async def running_agent(server: HubServer, job: str, secret: str, model_url: str, **kw: Any) -> AsyncIterator[TunnelAgent]:
+async def running_agent(
+    server: HubServer, job: str, secret: str, model_url: str, **kw: Any
+) -> AsyncIterator[TunnelAgent]:
     """Alice's agent for ``job`` serving ``model_url`` for the duration of the block."""
     agent = TunnelAgent(server.url, job, "tok-alice", secret, model_url, **kw)
     stop = asyncio.Event()

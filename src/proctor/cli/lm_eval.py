@@ -106,19 +106,26 @@ def build_spec(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if unknown:
         raise InputError(f"proctor lm-eval: unsupported argument(s): {' '.join(unknown)}", hint=HINT)
     if args.model not in MODEL_TYPES:
-        raise InputError(f"proctor lm-eval: --model {args.model} is not supported; "
-                         f"use one of {', '.join(MODEL_TYPES)} against an OpenAI-compatible server",
-                         hint="to evaluate local weights, serve them (e.g. vLLM) and use local-completions")
+        raise InputError(
+            f"proctor lm-eval: --model {args.model} is not supported; "
+            f"use one of {', '.join(MODEL_TYPES)} against an OpenAI-compatible server",
+            hint="to evaluate local weights, serve them (e.g. vLLM) and use local-completions",
+        )
     chat, default_base, key_env = MODEL_TYPES[args.model]
     margs = parse_kv(args.model_args, "--model_args")
-    unsupported = sorted(set(margs) - IGNORED_MODEL_ARGS -
-                         {"model", "base_url", "num_concurrent", "max_retries", "tokenized_requests"})
+    unsupported = sorted(
+        set(margs) - IGNORED_MODEL_ARGS - {"model", "base_url", "num_concurrent", "max_retries", "tokenized_requests"}
+    )
     if unsupported:
-        raise InputError(f"proctor lm-eval: --model_args {', '.join(unsupported)} not supported",
-                         hint="supported: model, base_url, num_concurrent, max_retries, tokenized_requests, tokenizer")
+        raise InputError(
+            f"proctor lm-eval: --model_args {', '.join(unsupported)} not supported",
+            hint="supported: model, base_url, num_concurrent, max_retries, tokenized_requests, tokenizer",
+        )
     if margs.get("tokenized_requests") is True:
-        raise InputError("proctor lm-eval: tokenized_requests=True is not supported; proctor sends text",
-                         hint="use tokenized_requests=False (proctor needs no tokenizer)")
+        raise InputError(
+            "proctor lm-eval: tokenized_requests=True is not supported; proctor sends text",
+            hint="use tokenized_requests=False (proctor needs no tokenizer)",
+        )
     base_url = margs.get("base_url") or default_base
     if not base_url or not str(base_url).startswith(("http://", "https://")):
         raise InputError("proctor lm-eval: --model_args needs base_url=http://HOST:PORT/v1/completions")
@@ -130,8 +137,10 @@ def build_spec(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if "max_retries" in margs:
         subject["retry"] = {"max_attempts": int(margs["max_retries"])}
     if args.limit is not None and (args.limit != int(args.limit) or args.limit < 1):
-        raise InputError("proctor lm-eval: --limit must be a whole number of documents",
-                         hint="lm-eval's fractional --limit is not supported")
+        raise InputError(
+            "proctor lm-eval: --limit must be a whole number of documents",
+            hint="lm-eval's fractional --limit is not supported",
+        )
     seed: int | None = None
     if args.seed is not None:
         seeds = {s.strip() for s in str(args.seed).split(",")}
@@ -139,8 +148,11 @@ def build_spec(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
             raise InputError(f"proctor lm-eval: --seed {args.seed}: give one whole number (used for every seed)")
         seed = int(next(iter(seeds)))
     apply_chat = args.apply_chat_template not in (False, "false", "False")
-    cfg: dict[str, Any] = {"tasks": args.tasks, "apply_chat_template": chat or apply_chat,
-                           "gen_kwargs": parse_kv(args.gen_kwargs, "--gen_kwargs")}
+    cfg: dict[str, Any] = {
+        "tasks": args.tasks,
+        "apply_chat_template": chat or apply_chat,
+        "gen_kwargs": parse_kv(args.gen_kwargs, "--gen_kwargs"),
+    }
     if args.include_path:
         cfg["include_path"] = str(Path(args.include_path).resolve())
     if args.num_fewshot is not None:
@@ -153,8 +165,12 @@ def build_spec(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     data: dict[str, Any] = {"name": name, "lm_eval": cfg, "models": {"subject": subject}}
     if "num_concurrent" in margs:
         data["concurrency"] = int(margs["num_concurrent"])
-    options = {"out": Path(args.output_path) if args.output_path else None, "retry_errors": args.retry_errors,
-               "force_new": args.force_new, "progress": args.progress}
+    options = {
+        "out": Path(args.output_path) if args.output_path else None,
+        "retry_errors": args.retry_errors,
+        "force_new": args.force_new,
+        "progress": args.progress,
+    }
     return data, options
 
 
@@ -171,10 +187,20 @@ def lm_eval_cmd(ctx: typer.Context) -> None:
     out = options.pop("out")
     # The spec "lives" in the working directory: relative paths are the command line's.
     spec_path = Path.cwd() / "proctor-lm-eval-command"
-    raise typer.Exit(_run_lm_eval(data, spec_path, out=out, model=[], limit=None, concurrency=None,
-                                  options={**options, "grace": 30.0, "report_interval": 10.0}))
+    raise typer.Exit(
+        _run_lm_eval(
+            data,
+            spec_path,
+            out=out,
+            model=[],
+            limit=None,
+            concurrency=None,
+            options={**options, "grace": 30.0, "report_interval": 10.0},
+        )
+    )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-                no_args_is_help=True)(lm_eval_cmd)
+    app.command(
+        "lm-eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, no_args_is_help=True
+    )(lm_eval_cmd)

@@ -65,8 +65,9 @@ def report_error(exc: ProctorError) -> None:
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    console.print(f"[bold red]Error:[/bold red] {exc.message}", markup=True) if "[" not in exc.message else \
-        console.print(f"Error: {exc.message}", markup=False)
+    console.print(
+        f"[bold red]Error:[/bold red] {exc.message}", markup=True
+    ) if "[" not in exc.message else console.print(f"Error: {exc.message}", markup=False)
     if exc.hint:
         console.print(f"  hint: {exc.hint}", markup=False)
 

@@ -101,11 +101,15 @@ def submit(
     api_key_env: Annotated[
         list[str], typer.Option("--api-key-env", help="[ROLE=]VAR: send the key held in env var VAR.")
     ] = [],  # noqa: B006
-    mode: Annotated[str, typer.Option("--mode", help="public (server calls the model) or private (tunnel).")] = "public",
+    mode: Annotated[
+        str, typer.Option("--mode", help="public (server calls the model) or private (tunnel).")
+    ] = "public",
     private: Annotated[bool, typer.Option("--private", help="Same as --mode private.")] = False,
     private_role: Annotated[
         list[str],
-        typer.Option("--private-role", help="Role served through the tunnel (repeatable; each may be its own local model)."),
+        typer.Option(
+            "--private-role", help="Role served through the tunnel (repeatable; each may be its own local model)."
+        ),
     ] = [],  # noqa: B006
     workers: Annotated[int | None, typer.Option("--workers", "--concurrency", help="Samples in flight.")] = None,
     limit: Annotated[int | None, typer.Option(help="Run only the first N samples.")] = None,
@@ -221,8 +225,10 @@ def _check_roles(spec: Path, roles: list[str]) -> None:
         return
     unknown = [role for role in dict.fromkeys(roles) if role not in used]
     if unknown:
-        raise InputError(f"the spec uses no role {', '.join(map(repr, unknown))}; its roles are: {', '.join(used)}",
-                         hint="check --model ROLE=..., --api-key-env ROLE=VAR and --private-role")
+        raise InputError(
+            f"the spec uses no role {', '.join(map(repr, unknown))}; its roles are: {', '.join(used)}",
+            hint="check --model ROLE=..., --api-key-env ROLE=VAR and --private-role",
+        )
 
 
 def _tunnel_stopped(job_id: str) -> str:
@@ -512,7 +518,14 @@ def list_jobs(
 
     table = Table("job", "state", "kind", "owner", "exit", "note")
     for job in jobs:
-        table.add_row(job["id"], job["state"], job["kind"], job["owner"], "" if job.get("exit_code") is None else str(job["exit_code"]), job.get("note") or "")
+        table.add_row(
+            job["id"],
+            job["state"],
+            job["kind"],
+            job["owner"],
+            "" if job.get("exit_code") is None else str(job["exit_code"]),
+            job.get("note") or "",
+        )
     console.print(table)
 
 
@@ -539,7 +552,9 @@ def resume(
     spec: Annotated[
         Path | None, typer.Option("--spec", help="Private job: read the local model's URL and key variable here.")
     ] = None,
-    log_file: Annotated[Path | None, typer.Option("--log-file", help="Private job: write the followed log here.")] = None,
+    log_file: Annotated[
+        Path | None, typer.Option("--log-file", help="Private job: write the followed log here.")
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:

@@ -35,11 +35,17 @@ def index(
     out: Path = typer.Option(..., "--out", help="Index directory to write (replaced if it holds an index)."),
     dense: bool = typer.Option(True, "--dense/--no-dense", help="Build the dense (MiniLM + faiss) index."),
     bm25: bool = typer.Option(False, "--bm25/--no-bm25", help="Build a BM25 index (bm25s)."),
-    approximate: bool = typer.Option(False, "--approximate", help="faiss HNSW instead of exact search (large corpora)."),
+    approximate: bool = typer.Option(
+        False, "--approximate", help="faiss HNSW instead of exact search (large corpora)."
+    ),
     fmt: str | None = typer.Option(None, "--format", help="jsonl, json, csv or parquet (default: from the extension)."),
-    id_field: str | None = typer.Option(None, "--id-field", help="Column(s) holding the id, comma-separated [id,_id,doc_id]."),
+    id_field: str | None = typer.Option(
+        None, "--id-field", help="Column(s) holding the id, comma-separated [id,_id,doc_id]."
+    ),
     title_field: str | None = typer.Option(None, "--title-field", help="Column(s) holding the title [title]."),
-    content_field: str | None = typer.Option(None, "--content-field", help="Column(s) holding the text [content,contents,text]."),
+    content_field: str | None = typer.Option(
+        None, "--content-field", help="Column(s) holding the text [content,contents,text]."
+    ),
 ) -> None:
     """Check the corpus (ids unique, fields present), then build the index into --out."""
     _check_installed()
@@ -63,8 +69,14 @@ def index(
     columns = (TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("indexing", total=len(docs))
-        stats = build_index(docs, out, kinds=kinds, approximate=approximate, progress=lambda n: bar.advance(task, n),
-                            corpus_sha256=file_sha256(corpus))
+        stats = build_index(
+            docs,
+            out,
+            kinds=kinds,
+            approximate=approximate,
+            progress=lambda n: bar.advance(task, n),
+            corpus_sha256=file_sha256(corpus),
+        )
     m = stats.manifest
     what = " + ".join(f"{k}{f' ({m.faiss})' if k == 'dense' else ''}" for k in m.kinds)
     print(f"indexed {stats.documents} documents ({what}) into {out} in {stats.seconds:.1f} s")
@@ -80,11 +92,17 @@ def serve(
     max_queries: int = typer.Option(64, "--max-queries", min=1, help="Queries accepted in one request."),
     max_topk: int = typer.Option(100, "--max-topk", min=1, help="Largest topk accepted."),
     max_query_chars: int = typer.Option(4096, "--max-query-chars", min=1, help="Longest query accepted."),
-    min_good: int = typer.Option(3, "--fallback-min-good", min=0, help="Fall back when fewer good local hits than this."),
+    min_good: int = typer.Option(
+        3, "--fallback-min-good", min=0, help="Fall back when fewer good local hits than this."
+    ),
     min_chars: int = typer.Option(100, "--fallback-min-chars", min=0, help="A good hit has more characters than this."),
-    min_score: float | None = typer.Option(None, "--fallback-min-score", help="A good hit scores above this [0.1; bm25: 5.0]."),
+    min_score: float | None = typer.Option(
+        None, "--fallback-min-score", help="A good hit scores above this [0.1; bm25: 5.0]."
+    ),
     web: bool = typer.Option(True, "--web/--no-web", help="Fall back to web search (Tavily) when local hits are thin."),
-    web_key_env: str = typer.Option("TAVILY_API_KEY", "--web-key-env", help="Environment variable holding the Tavily key."),
+    web_key_env: str = typer.Option(
+        "TAVILY_API_KEY", "--web-key-env", help="Environment variable holding the Tavily key."
+    ),
     web_url: str = typer.Option("https://api.tavily.com", "--web-url", help="Tavily's API base URL."),
     web_results: int = typer.Option(3, "--web-results", min=1, max=20, help="Web results added per fallback."),
     eid_file: Path | None = typer.Option(None, "--eid-file", help="JSON {eid: [doc ids]}: per-question allow-lists."),

@@ -23,11 +23,16 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
     acc = stats["accuracy"]
     if acc["value"] is not None:
         lo, hi = acc["ci95"]
-        table.add_row("accuracy", f"{acc['value']:.1%}  ({acc['correct']:g}/{acc['denominator']}, 95% CI {lo:.1%}–{hi:.1%})")
+        table.add_row(
+            "accuracy", f"{acc['value']:.1%}  ({acc['correct']:g}/{acc['denominator']}, 95% CI {lo:.1%}–{hi:.1%})"
+        )
     else:
         table.add_row("accuracy", "-  (nothing scored yet)")
-    table.add_row("samples", f"{counts['total']} total: {counts['scored']} scored, {stats['errors']['total']} errors, "
-                             f"{counts['skipped']} skipped, {counts['pending'] + counts['running']} not run")
+    table.add_row(
+        "samples",
+        f"{counts['total']} total: {counts['scored']} scored, {stats['errors']['total']} errors, "
+        f"{counts['skipped']} skipped, {counts['pending'] + counts['running']} not run",
+    )
     errors = stats["errors"]
     if errors["total"]:
         classes = ", ".join(f"{k} {v}" for k, v in errors["by_class"].items())
@@ -44,8 +49,11 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
     session = " this session" if stats.get("resumed_samples") else ""
     latency = stats["latency"]["model_call_s"]
     if latency:
-        table.add_row("model calls", f"{latency['n']}{session}, p50 {latency['p50']:.3f} s, "
-                                     f"p90 {latency['p90']:.3f} s, p99 {latency['p99']:.3f} s")
+        table.add_row(
+            "model calls",
+            f"{latency['n']}{session}, p50 {latency['p50']:.3f} s, "
+            f"p90 {latency['p90']:.3f} s, p99 {latency['p99']:.3f} s",
+        )
     wall = f"{stats['wall_time_s']:.1f} s"
     if session:
         wall += f" this session ({stats['resumed_samples']} samples were finished before)"
@@ -59,21 +67,35 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
 
 def run(
     spec: Path = typer.Argument(..., help="Task spec (YAML).", show_default=False),
-    out: Path = typer.Option(None, "--out", "-o", help="Run directory (default: runs/SPEC-NAME). "
-                             "Running again into the same directory resumes."),
-    model: list[str] = typer.Option([], "--model", "-m", metavar="ROLE=URL@NAME",
-                                    help="Send a role's requests elsewhere, e.g. subject=http://127.0.0.1:8000/v1@qwen."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Run directory (default: runs/SPEC-NAME). Running again into the same directory resumes.",
+    ),
+    model: list[str] = typer.Option(
+        [],
+        "--model",
+        "-m",
+        metavar="ROLE=URL@NAME",
+        help="Send a role's requests elsewhere, e.g. subject=http://127.0.0.1:8000/v1@qwen.",
+    ),
     limit: int = typer.Option(None, "--limit", "-n", min=1, help="Run at most N samples."),
     concurrency: int = typer.Option(None, "--concurrency", "-c", min=1, help="Samples in flight at once."),
     retry_errors: bool = typer.Option(False, "--retry-errors", help="Run the samples that errored again."),
-    force_new: bool = typer.Option(False, "--force-new", help="Start afresh when --out holds an incomparable run "
-                                   "(the old one is moved aside, not deleted)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Show where each role's requests would go, with replica "
-                                 "health; run no sample."),
+    force_new: bool = typer.Option(
+        False,
+        "--force-new",
+        help="Start afresh when --out holds an incomparable run (the old one is moved aside, not deleted).",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show where each role's requests would go, with replica health; run no sample."
+    ),
     progress: str = typer.Option("auto", "--progress", help="auto | rich | plain | none."),
     grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds in-flight samples get after Ctrl-C."),
-    report_interval: float = typer.Option(10.0, "--report-interval", min=0.1,
-                                          help="Seconds between refreshes of the output files during the run."),
+    report_interval: float = typer.Option(
+        10.0, "--report-interval", min=0.1, help="Seconds between refreshes of the output files during the run."
+    ),
 ) -> None:
     """Run an evaluation (resumable: run it again to continue where it stopped).
 
@@ -87,16 +109,36 @@ def run(
         raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
     data = read_spec_data(spec)
     if is_lm_eval_spec(data):
-        raise typer.Exit(_run_lm_eval(data, spec, out=out, model=model, limit=limit, concurrency=concurrency,
-                                      options=dict(retry_errors=retry_errors, force_new=force_new, grace=grace,
-                                                   progress=progress, report_interval=report_interval)))
+        raise typer.Exit(
+            _run_lm_eval(
+                data,
+                spec,
+                out=out,
+                model=model,
+                limit=limit,
+                concurrency=concurrency,
+                options=dict(
+                    retry_errors=retry_errors,
+                    force_new=force_new,
+                    grace=grace,
+                    progress=progress,
+                    report_interval=report_interval,
+                ),
+            )
+        )
     task = apply_overrides(parse_spec(data, source=str(spec)), model, concurrency)
     if dry_run:
         raise typer.Exit(_dry_run(task, spec.parent.resolve()))
     run_dir = (out or Path("runs") / task.name).resolve()
     console = make_console()
-    options = RunOptions(out=run_dir, retry_errors=retry_errors, force_new=force_new, grace=grace, progress=progress,
-                         report_interval=report_interval)
+    options = RunOptions(
+        out=run_dir,
+        retry_errors=retry_errors,
+        force_new=force_new,
+        grace=grace,
+        progress=progress,
+        report_interval=report_interval,
+    )
     runner = Runner(task, spec_dir=spec.parent.resolve(), options=options, limit=limit, console=console)
     result = runner.run()
     if progress != "none" or result.exit_code:
@@ -105,13 +147,24 @@ def run(
     if result.interrupted:
         console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
     elif result.exit_code == 1:
-        console.print(f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
-                      soft_wrap=True, markup=False)
+        console.print(
+            f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
+            soft_wrap=True,
+            markup=False,
+        )
     raise typer.Exit(result.exit_code)
 
 
-def _run_lm_eval(data: dict[str, Any], spec: Path, *, out: Path | None, model: list[str], limit: int | None,
-                 concurrency: int | None, options: dict[str, Any]) -> int:
+def _run_lm_eval(
+    data: dict[str, Any],
+    spec: Path,
+    *,
+    out: Path | None,
+    model: list[str],
+    limit: int | None,
+    concurrency: int | None,
+    options: dict[str, Any],
+) -> int:
     """A spec with ``lm_eval:``: lm-eval's tasks through proctor's model layer (proctor.harness)."""
     from proctor.evals.runner import RunOptions, resume_command
     from proctor.evals.spec import apply_overrides
@@ -123,19 +176,22 @@ def _run_lm_eval(data: dict[str, Any], spec: Path, *, out: Path | None, model: l
         task = task.model_copy(update={"lm_eval": task.lm_eval.model_copy(update={"limit": limit})})
     run_dir = (out or Path("runs") / task.name).resolve()
     console = make_console()
-    result = run_lm_eval(task, spec_dir=spec.parent.resolve(), options=RunOptions(out=run_dir, **options),
-                         console=console)
+    result = run_lm_eval(
+        task, spec_dir=spec.parent.resolve(), options=RunOptions(out=run_dir, **options), console=console
+    )
     for block in result.stats.get("metrics") or []:
         stderr = f" ± {block['stderr']:.4f}" if block["stderr"] is not None else ""
-        console.print(f"{block['task']}  {block['metric']} ({block['filter']}): {block['value']:.4f}{stderr}",
-                      markup=False)
+        console.print(
+            f"{block['task']}  {block['metric']} ({block['filter']}): {block['value']:.4f}{stderr}", markup=False
+        )
     if result.message:
         console.print(result.message, markup=False)
     if result.interrupted:
         console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
     elif result.exit_code == 1:
-        console.print(f"re-run the failed requests with: {resume_command(run_dir)} --retry-errors",
-                      soft_wrap=True, markup=False)
+        console.print(
+            f"re-run the failed requests with: {resume_command(run_dir)} --retry-errors", soft_wrap=True, markup=False
+        )
     return result.exit_code
 
 
@@ -164,9 +220,13 @@ def _dry_run(task: Any, spec_dir: Path) -> int:
         table.add_column(col)
     for role in described:
         for i, rep in enumerate(role["replicas"]):
-            table.add_row(role["role"] if i == 0 else "", role["model"] if i == 0 else "", rep["url"],
-                          "yes" if rep.get("healthy") else f"no ({rep.get('last_error') or 'unreachable'})",
-                          str(rep.get("concurrency_limit", "")))
+            table.add_row(
+                role["role"] if i == 0 else "",
+                role["model"] if i == 0 else "",
+                rep["url"],
+                "yes" if rep.get("healthy") else f"no ({rep.get('last_error') or 'unreachable'})",
+                str(rep.get("concurrency_limit", "")),
+            )
     console = make_console()
     console.print(table)
     _dry_run_services(task, spec_dir, console)
@@ -201,8 +261,9 @@ def _dry_run_services(task: Any, spec_dir: Path, console: Any) -> None:
 def rescore(
     run_dir: Path = typer.Argument(..., help="A run directory made by `proctor run`."),
     scorer: str = typer.Option(None, "--scorer", help="Score with another scorer type (e.g. numeric, boxed)."),
-    judge: str = typer.Option(None, "--judge", metavar="URL@NAME",
-                              help="Re-grade with another judge model (for the judge scorer)."),
+    judge: str = typer.Option(
+        None, "--judge", metavar="URL@NAME", help="Re-grade with another judge model (for the judge scorer)."
+    ),
     concurrency: int = typer.Option(None, "--concurrency", "-c", min=1),
 ) -> None:
     """Score a finished run again, without calling the model under evaluation."""

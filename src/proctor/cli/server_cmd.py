@@ -16,7 +16,9 @@ import typer
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="Server config YAML (templates, datasets, hooks, any setting).")
 ]
-DataOpt = Annotated[Path | None, typer.Option("--data", help="Data directory (job store, job directories, server.log).")]
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Data directory (job store, job directories, server.log).")
+]
 DbOpt = Annotated[
     str | None,
     typer.Option("--database-url", envvar="PROCTOR_DATABASE_URL", help="SQLAlchemy URL (default SQLite in --data)."),
@@ -46,18 +48,22 @@ def serve_command(
     tunnel_grace: Annotated[
         float | None,
         typer.Option(
-            "--tunnel-grace", help="Private mode: seconds without a tunnel client before a job shows waiting_for_tunnel (default 30)."
+            "--tunnel-grace",
+            help="Private mode: seconds without a tunnel client before a job shows waiting_for_tunnel (default 30).",
         ),
     ] = None,
     tunnel_deadline: Annotated[
         float | None,
         typer.Option(
-            "--tunnel-deadline", help="Private mode: seconds a model call may wait for the tunnel and the model (default 900)."
+            "--tunnel-deadline",
+            help="Private mode: seconds a model call may wait for the tunnel and the model (default 900).",
         ),
     ] = None,
     tunnel_max_inflight: Annotated[
         int | None,
-        typer.Option("--tunnel-max-inflight", help="Private mode: model calls forwarded at once per job (default 256)."),
+        typer.Option(
+            "--tunnel-max-inflight", help="Private mode: model calls forwarded at once per job (default 256)."
+        ),
     ] = None,
     config: ConfigOpt = None,
     no_sandbox: Annotated[

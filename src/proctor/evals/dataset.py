@@ -92,11 +92,15 @@ def _read_rows(path: Path, raw: bytes, fmt: str) -> Iterator[tuple[str, dict[str
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+            raise DatasetError(
+                f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+            ) from None
         if isinstance(data, dict):
             lists = [k for k, v in data.items() if isinstance(v, list)]
             if len(lists) != 1:
-                raise DatasetError(f"{path}: expected a JSON list of objects (or an object with exactly one list in it)")
+                raise DatasetError(
+                    f"{path}: expected a JSON list of objects (or an object with exactly one list in it)"
+                )
             data = data[lists[0]]
         if not isinstance(data, list):
             raise DatasetError(f"{path}: expected a JSON list of objects, got a {type(data).__name__}")

@@ -167,7 +167,9 @@ class JudgeScorer:
         self.options = options
         self.template = options.prompt or DEFAULT_JUDGE_PROMPT
         self.prompt_id = (
-            JUDGE_PROMPT_ID if options.prompt is None else "custom-" + hashlib.sha256(options.prompt.encode()).hexdigest()[:12]
+            JUDGE_PROMPT_ID
+            if options.prompt is None
+            else "custom-" + hashlib.sha256(options.prompt.encode()).hexdigest()[:12]
         )
 
     async def __call__(self, sample: Sample, result: SolveResult, ctx: SolveContext) -> Score:
@@ -176,7 +178,9 @@ class JudgeScorer:
         if self.options.exact_match and output.strip():
             norm = _normalise(output)
             if any(norm == _normalise(t) for t in targets):
-                return Score(1.0, answer=output, explanation="exact match", extra={"judge_raw": None, "shortcut": "exact"})
+                return Score(
+                    1.0, answer=output, explanation="exact match", extra={"judge_raw": None, "shortcut": "exact"}
+                )
         values = {"question": question_text(sample), "response": output, "target": " | ".join(targets)}
         prompt = _PLACEHOLDER.sub(lambda m: values[m.group(1)], self.template)
         messages: list[dict[str, Any]] = []

@@ -180,8 +180,15 @@ class Ledger:
     def add_samples(self, samples: list[Sample], start_index: int = 0) -> None:
         """Insert samples the ledger does not know yet as pending."""
         rows = [
-            (s.id, start_index + i, "pending", _dumps(s.input), _dumps(s.target),
-             None if s.choices is None else _dumps(s.choices), s.category)
+            (
+                s.id,
+                start_index + i,
+                "pending",
+                _dumps(s.input),
+                _dumps(s.target),
+                None if s.choices is None else _dumps(s.choices),
+                s.category,
+            )
             for i, s in enumerate(samples)
         ]
         with self._transaction():

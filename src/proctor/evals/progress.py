@@ -46,8 +46,17 @@ def describe(record: dict[str, Any]) -> str:
 class Progress:
     """Tracks done/total, errors, running accuracy and rate; renders them in the chosen mode."""
 
-    def __init__(self, *, total: int, done: int, errors: int, mode: str = "auto", console: Any = None,
-                 plain_interval: float = 5.0, label: str = "samples") -> None:
+    def __init__(
+        self,
+        *,
+        total: int,
+        done: int,
+        errors: int,
+        mode: str = "auto",
+        console: Any = None,
+        plain_interval: float = 5.0,
+        label: str = "samples",
+    ) -> None:
         self.total = total
         self.label = label
         """What is counted: ``samples``, or an lm-eval phase such as ``loglikelihood requests``."""
@@ -112,12 +121,14 @@ class Progress:
                 transient=False,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task(self.label, total=self.total, completed=self.done, errors=self.errors,
-                                            acc="-", rate="-")
+            self._task = self._bar.add_task(
+                self.label, total=self.total, completed=self.done, errors=self.errors, acc="-", rate="-"
+            )
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
             self._bar = None
@@ -128,8 +139,13 @@ class Progress:
         if self.json_lines:
             print(PROGRESS_PREFIX + json.dumps(snap), flush=True)
         if self.mode == "rich" and self._bar is not None:
-            self._bar.update(self._task, completed=done, errors=errors,
-                             acc="-" if accuracy is None else f"{accuracy:.1%}", rate=f"{snap['rate']:.1f}")
+            self._bar.update(
+                self._task,
+                completed=done,
+                errors=errors,
+                acc="-" if accuracy is None else f"{accuracy:.1%}",
+                rate=f"{snap['rate']:.1f}",
+            )
         elif self.mode == "plain":
             now = time.monotonic()
             if final or now - self._last_plain >= self.plain_interval:

@@ -103,7 +103,9 @@ def compute_stats(
             by_category[r.category].append(r.score)  # type: ignore[arg-type]
     error_classes = Counter(r.error_class or "unknown" for r in errors)
     infra = sum(n for c, n in error_classes.items() if c in INFRA_CLASSES)
-    durations = [r.finished - r.started for r in rows if r.finished and r.started and r.state in ("scored", "generated")]
+    durations = [
+        r.finished - r.started for r in rows if r.finished and r.started and r.state in ("scored", "generated")
+    ]
     return {
         "name": name,
         "model": model,
@@ -175,8 +177,9 @@ def write_reports(
 ) -> dict[str, Any]:
     """Rebuild eval_stats.json, samples.jsonl and traj_log_all.jsonl from the ledger."""
     rows = list(ledger.rows())
-    stats = compute_stats(rows, name=name, model=model, wall_time=wall_time, model_durations=model_durations,
-                          resumed=resumed, final=final)
+    stats = compute_stats(
+        rows, name=name, model=model, wall_time=wall_time, model_durations=model_durations, resumed=resumed, final=final
+    )
     atomic_write(run_dir / "samples.jsonl", (_line(_sample_record(r)) for r in rows))
     atomic_write(run_dir / "traj_log_all.jsonl", ledger.trajectory_lines())
     atomic_write(run_dir / "eval_stats.json", json.dumps(stats, indent=2) + "\n")

@@ -21,8 +21,9 @@ from proctor.profiling.events import EventLog
 log = logging.getLogger("proctor.rescore")
 
 
-def rescore_run(run_dir: Path, *, scorer: str | None = None, judge: str | None = None,
-                concurrency: int | None = None) -> dict[str, Any]:
+def rescore_run(
+    run_dir: Path, *, scorer: str | None = None, judge: str | None = None, concurrency: int | None = None
+) -> dict[str, Any]:
     spec_path = run_dir / "spec.yaml"
     ledger_path = run_dir / "ledger.sqlite"
     if not spec_path.exists() or not ledger_path.exists():
@@ -47,14 +48,21 @@ def rescore_run(run_dir: Path, *, scorer: str | None = None, judge: str | None =
             events.close()
             ledger.flush()
         ledger.set_meta("rescored", json.dumps({"scorer": spec.scorer.type, "judge": judge, "at": time.time()}))
-        return write_reports(ledger, run_dir, name=spec.name, model=spec.models["subject"].model,
-                             wall_time=time.monotonic() - started, final=True)
+        return write_reports(
+            ledger,
+            run_dir,
+            name=spec.name,
+            model=spec.models["subject"].model,
+            wall_time=time.monotonic() - started,
+            final=True,
+        )
     finally:
         ledger.close()
 
 
-async def _score_all(rows: list[Any], ledger: Ledger, score_fn: Any, spec: Any, run_dir: Path, events: EventLog,
-                     concurrency: int) -> None:
+async def _score_all(
+    rows: list[Any], ledger: Ledger, score_fn: Any, spec: Any, run_dir: Path, events: EventLog, concurrency: int
+) -> None:
     router = None
     if getattr(score_fn, "needs_models", False):
         from proctor.models.router import ModelRouter
@@ -82,4 +90,3 @@ async def _score_all(rows: list[Any], ledger: Ledger, score_fn: Any, spec: Any, 
     finally:
         if router is not None:
             await router.aclose()
-

@@ -109,19 +109,31 @@ class RunDirectory:
                 problems.append(f"its {', '.join(changed)} differ(s) from this spec")
         missing, altered = ledger.differences(dataset.all_samples)
         if missing:
-            problems.append(f"{len(missing)} of its samples are no longer in {dataset.path.name} "
-                            f"(e.g. {', '.join(map(repr, missing[:3]))})")
+            problems.append(
+                f"{len(missing)} of its samples are no longer in {dataset.path.name} "
+                f"(e.g. {', '.join(map(repr, missing[:3]))})"
+            )
         if altered:
-            problems.append(f"{len(altered)} sample(s) changed their input or target "
-                            f"(e.g. {', '.join(map(repr, altered[:3]))})")
+            problems.append(
+                f"{len(altered)} sample(s) changed their input or target (e.g. {', '.join(map(repr, altered[:3]))})"
+            )
         return problems
 
     def _set_aside(self) -> None:
         """--force-new never deletes finished work: the old run moves to a dated subdirectory."""
         old = self.path / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
         old.mkdir()
-        for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "eval_stats.json", "samples.jsonl",
-                     "traj_log_all.jsonl", "events.jsonl", "run.log", "spec.yaml"):
+        for name in (
+            "ledger.sqlite",
+            "ledger.sqlite-wal",
+            "ledger.sqlite-shm",
+            "eval_stats.json",
+            "samples.jsonl",
+            "traj_log_all.jsonl",
+            "events.jsonl",
+            "run.log",
+            "spec.yaml",
+        ):
             if (self.path / name).exists():
                 shutil.move(str(self.path / name), str(old / name))
         log.warning("set the previous run aside in %s", old)
@@ -140,8 +152,9 @@ class _Counters:
 class Runner:
     """Runs one spec into one run directory."""
 
-    def __init__(self, spec: TaskSpec, *, spec_dir: Path, options: RunOptions, limit: int | None = None,
-                 console: Any = None) -> None:
+    def __init__(
+        self, spec: TaskSpec, *, spec_dir: Path, options: RunOptions, limit: int | None = None, console: Any = None
+    ) -> None:
         self.spec = spec
         self.spec_dir = spec_dir
         self.options = options
@@ -188,7 +201,9 @@ class Runner:
             state, error_class = known.get(sample.id, ("pending", None))
             if state == "scored":
                 already += 1
-            elif state == "generated" or (state == "error" and error_class == "scoring_error" and self.options.retry_errors):
+            elif state == "generated" or (
+                state == "error" and error_class == "scoring_error" and self.options.retry_errors
+            ):
                 work.append((sample, False))
             elif state == "error" and not self.options.retry_errors:
                 already += 1
@@ -205,12 +220,19 @@ class Runner:
             (self.run_dir / "spec.yaml").write_text(dump_spec(self.spec, dataset_path=dataset.path), encoding="utf-8")
             handler = _attach_run_log(self.run_dir / "run.log")
             try:
-                log.info("run %s: %d samples from %s, model %s, concurrency %d", self.spec.name,
-                         len(dataset.samples), dataset.path, self.spec.models["subject"].model, self.spec.concurrency)
+                log.info(
+                    "run %s: %d samples from %s, model %s, concurrency %d",
+                    self.spec.name,
+                    len(dataset.samples),
+                    dataset.path,
+                    self.spec.models["subject"].model,
+                    self.spec.concurrency,
+                )
                 work, already = self.plan(ledger, dataset.samples)
                 if already:
-                    log.info("resuming: %d of %d samples already done, %d to run", already, len(dataset.samples),
-                             len(work))
+                    log.info(
+                        "resuming: %d of %d samples already done, %d to run", already, len(dataset.samples), len(work)
+                    )
                 return run_loop(self._main(ledger, work, already, len(dataset.samples), solver, scorer))
             finally:
                 logging.getLogger("proctor").removeHandler(handler)
@@ -218,16 +240,18 @@ class Runner:
         finally:
             ledger.close()
 
-    async def _main(self, ledger: Ledger, work: deque[tuple[Sample, bool]], already: int, total: int,
-                    solver: Solver, scorer: Scorer) -> RunResult:
+    async def _main(
+        self, ledger: Ledger, work: deque[tuple[Sample, bool]], already: int, total: int, solver: Solver, scorer: Scorer
+    ) -> RunResult:
         from proctor.models.router import ModelRouter  # deferred: keeps `proctor --help` fast
 
         events = EventLog(self.run_dir / "events.jsonl")
         ledger.start_writer()
         self.counters.done = already
         self._resumed = already
-        progress = Progress(total=total, done=already, errors=self.counters.errors, mode=self.options.progress,
-                            console=self.console)
+        progress = Progress(
+            total=total, done=already, errors=self.counters.errors, mode=self.options.progress, console=self.console
+        )
         loop = asyncio.get_running_loop()
         self._install_signals(loop, ledger, events)
         models = self._models_with_params()
@@ -259,9 +283,16 @@ class Runner:
             ledger.flush()
         if self._abort is not None:
             raise self._abort
-        stats = write_reports(ledger, self.run_dir, name=self.spec.name, model=self.spec.models["subject"].model,
-                              wall_time=time.monotonic() - self.wall_start, model_durations=events.model_durations,
-                              resumed=self._resumed, final=not self._interrupted)
+        stats = write_reports(
+            ledger,
+            self.run_dir,
+            name=self.spec.name,
+            model=self.spec.models["subject"].model,
+            wall_time=time.monotonic() - self.wall_start,
+            model_durations=events.model_durations,
+            resumed=self._resumed,
+            final=not self._interrupted,
+        )
         if self._interrupted:
             return RunResult(EXIT_INTERRUPTED, stats, interrupted=True)
         code = EXIT_SAMPLE_ERRORS if stats["errors"]["total"] else EXIT_OK
@@ -282,15 +313,24 @@ class Runner:
         if not services and not any(m.launch for m in models.values()):
             yield models
             return
-        async with launched_servers(models, run_dir=self.run_dir, base_dir=self.spec_dir, log=log,
-                                    services=services) as resolved:
+        async with launched_servers(
+            models, run_dir=self.run_dir, base_dir=self.spec_dir, log=log, services=services
+        ) as resolved:
             yield dict(resolved)
 
-    async def _run_workers(self, work: deque[tuple[Sample, bool]], ledger: Ledger, solver: Solver, scorer: Scorer,
-                           ctx: SolveContext, progress: Progress) -> None:
+    async def _run_workers(
+        self,
+        work: deque[tuple[Sample, bool]],
+        ledger: Ledger,
+        solver: Solver,
+        scorer: Scorer,
+        ctx: SolveContext,
+        progress: Progress,
+    ) -> None:
         n_workers = min(self.spec.concurrency, len(work)) or 1
-        workers = [asyncio.create_task(self._worker(work, ledger, solver, scorer, ctx, progress))
-                   for _ in range(n_workers)]
+        workers = [
+            asyncio.create_task(self._worker(work, ledger, solver, scorer, ctx, progress)) for _ in range(n_workers)
+        ]
         stop_wait = asyncio.create_task(self._stop_dispatch.wait())
         try:
             pending: set[asyncio.Task[object]] = set(workers)
@@ -303,8 +343,11 @@ class Runner:
                     grace = 0.0 if self._abort is not None else self.options.grace
                     if pending:
                         if grace:
-                            log.warning("stopping: waiting up to %.0f s for %d in-flight sample(s)", grace,
-                                        sum(1 for w in pending if not w.done()))
+                            log.warning(
+                                "stopping: waiting up to %.0f s for %d in-flight sample(s)",
+                                grace,
+                                sum(1 for w in pending if not w.done()),
+                            )
                         _, still = await asyncio.wait(pending, timeout=grace) if grace else (set(), pending)
                         for task in still:
                             task.cancel()
@@ -316,18 +359,32 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    async def _worker(self, work: deque[tuple[Sample, bool]], ledger: Ledger, solver: Solver, scorer: Scorer,
-                      ctx: SolveContext, progress: Progress) -> None:
+    async def _worker(
+        self,
+        work: deque[tuple[Sample, bool]],
+        ledger: Ledger,
+        solver: Solver,
+        scorer: Scorer,
+        ctx: SolveContext,
+        progress: Progress,
+    ) -> None:
         time_limit = self.spec.time_limit
         # A solver that stops itself at ctx.deadline (the agent) gets a little longer before the
         # hard cut, so it can return its answer-so-far as a time_limit outcome.
-        hard_limit = None if time_limit is None else time_limit + (5.0 if getattr(solver, "handles_deadline", False) else 0.0)
+        hard_limit = (
+            None if time_limit is None else time_limit + (5.0 if getattr(solver, "handles_deadline", False) else 0.0)
+        )
         while work and not self._stop_dispatch.is_set():
             sample, needs_generation = work.popleft()
             started = time.time()
             ledger.mark_running(sample.id, started)
-            sample_ctx = ctx if time_limit is None else SolveContext(
-                models=ctx.models, emit=ctx.emit, run_dir=ctx.run_dir, deadline=time.monotonic() + time_limit)
+            sample_ctx = (
+                ctx
+                if time_limit is None
+                else SolveContext(
+                    models=ctx.models, emit=ctx.emit, run_dir=ctx.run_dir, deadline=time.monotonic() + time_limit
+                )
+            )
             try:
                 if needs_generation:
                     coro = solver(sample, sample_ctx)
@@ -399,9 +456,16 @@ class Runner:
                 started = time.monotonic()
                 try:
                     await asyncio.to_thread(
-                        write_reports, ledger, self.run_dir, name=self.spec.name,
-                        model=self.spec.models["subject"].model, wall_time=time.monotonic() - self.wall_start,
-                        model_durations=list(events.model_durations), resumed=self._resumed, final=False)
+                        write_reports,
+                        ledger,
+                        self.run_dir,
+                        name=self.spec.name,
+                        model=self.spec.models["subject"].model,
+                        wall_time=time.monotonic() - self.wall_start,
+                        model_durations=list(events.model_durations),
+                        resumed=self._resumed,
+                        final=False,
+                    )
                 except OSError as exc:  # e.g. a full disk: the ledger has everything, retry later
                     log.warning("could not refresh the reports (%s); will try again", exc)
                 # Never spend more than ~5% of the time rewriting reports on huge runs.
@@ -457,4 +521,3 @@ def _attach_run_log(path: Path) -> logging.Handler:
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
     return handler
-

@@ -21,7 +21,9 @@ from proctor.models.config import StrictModel
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _SPACES = re.compile(r"\s+")
-_NUMBER = re.compile(r"[-+]?\d+\s*/\s*\d+(?![\d.])|[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+")
+_NUMBER = re.compile(
+    r"[-+]?\d+\s*/\s*\d+(?![\d.])|[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+]?\.\d+"
+)
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.S | re.I)
 
 
@@ -159,8 +161,10 @@ class NumericOptions(StrictModel):
 
 
 def numbers_equal(got: float, want: float, opts: NumericOptions) -> bool:
-    return math.isclose(got, want, abs_tol=opts.abs_tol, rel_tol=opts.rel_tol) if opts.rel_tol else (
-        abs(got - want) <= opts.abs_tol
+    return (
+        math.isclose(got, want, abs_tol=opts.abs_tol, rel_tol=opts.rel_tol)
+        if opts.rel_tol
+        else (abs(got - want) <= opts.abs_tol)
     )
 
 

@@ -58,8 +58,9 @@ class GenerateSolver:
         try:
             result = await role.chat(messages, sample_id=sample.id)
         except ContextOverflowError as exc:
-            return SolveResult(output="", messages=messages, model_calls=1, outcome="context_overflow",
-                               extra={"error": str(exc)})
+            return SolveResult(
+                output="", messages=messages, model_calls=1, outcome="context_overflow", extra={"error": str(exc)}
+            )
         return SolveResult(
             output=result.content or "",
             messages=[*messages, result.message],

@@ -76,8 +76,15 @@ class PhaseCounts:
 class RequestBridge:
     """Answers lm-eval's requests on proctor's event loop (see the module docstring)."""
 
-    def __init__(self, ledger: Ledger, role: Role, *, concurrency: int, retry_errors: bool,
-                 on_phase: Callable[[PhaseCounts, bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        role: Role,
+        *,
+        concurrency: int,
+        retry_errors: bool,
+        on_phase: Callable[[PhaseCounts, bool], None] | None = None,
+    ) -> None:
         self.ledger = ledger
         self.role = role
         self.concurrency = concurrency
@@ -98,8 +105,11 @@ class RequestBridge:
         unique = {r.key: r for r in requests}
         await self.ledger.durable()  # the writer is idle: the ledger's connection is ours for a moment
         known = self.ledger.states()
-        new = [Sample(id=k, input=json.dumps(r.payload, ensure_ascii=False), target=r.label, category=kind)
-               for k, r in unique.items() if k not in known]
+        new = [
+            Sample(id=k, input=json.dumps(r.payload, ensure_ascii=False), target=r.label, category=kind)
+            for k, r in unique.items()
+            if k not in known
+        ]
         if new:
             self.ledger.add_samples(new, start_index=len(known))
         answers: dict[str, Any] = {}
@@ -116,8 +126,9 @@ class RequestBridge:
                 self.failures.append(Failure(request.label, kind, row.error_class or "error", row.error or ""))
             else:
                 work.append(request)
-        self.counts = PhaseCounts(phase=kind, total=len(unique), done=len(unique) - len(work),
-                                  reused=len(unique) - len(work))
+        self.counts = PhaseCounts(
+            phase=kind, total=len(unique), done=len(unique) - len(work), reused=len(unique) - len(work)
+        )
         self._report(False)
         workers = [asyncio.create_task(self._worker(work, answers)) for _ in range(min(self.concurrency, len(work)))]
         try:
@@ -191,22 +202,24 @@ class RequestBridge:
     async def _echo(self, prompt: str, label: str) -> dict[str, Any]:
         """The prompt's own token logprobs: ``echo`` + ``logprobs`` over ``/completions``."""
         params = self._generate_params({"temperature": 0.0, "max_tokens": 1})
-        result = await self.role.completion(prompt, params=params, extra={"echo": True, "logprobs": 1},
-                                            sample_id=label)
+        result = await self.role.completion(prompt, params=params, extra={"echo": True, "logprobs": 1}, sample_id=label)
         try:
             logprobs = result.raw["choices"][0]["logprobs"]
             if not isinstance(logprobs, dict) or not isinstance(logprobs.get("text_offset"), list):
                 raise TypeError
         except (KeyError, IndexError, TypeError):
             # Every loglikelihood request would fail the same way: stop rather than error each one.
-            raise ModelAbortError(f"{result.endpoint} returned no logprobs with text_offset for an echo request",
-                                  hint="multiple-choice tasks need a server with echo and logprobs on /v1/completions "
-                                  "(vLLM, llama.cpp's server; not chat-only APIs)") from None
+            raise ModelAbortError(
+                f"{result.endpoint} returned no logprobs with text_offset for an echo request",
+                hint="multiple-choice tasks need a server with echo and logprobs on /v1/completions "
+                "(vLLM, llama.cpp's server; not chat-only APIs)",
+            ) from None
         return logprobs
 
 
-def continuation_logprob(logprobs: dict[str, Any], start: int, end: int, *,
-                         skip_first: bool = False) -> tuple[float, bool]:
+def continuation_logprob(
+    logprobs: dict[str, Any], start: int, end: int, *, skip_first: bool = False
+) -> tuple[float, bool]:
     """Sum of the logprobs of the tokens covering text ``[start, end)``, and whether each was greedy.
 
     Tokens are located by their character offsets, so no local tokenizer is needed. A token that

@@ -24,8 +24,15 @@ DEFAULT_MAX_TOKENS = 256
 class ProctorLM(LM):  # type: ignore[misc]
     """Sends lm-eval's requests through a :class:`RequestBridge` on ``loop``."""
 
-    def __init__(self, bridge: RequestBridge, loop: asyncio.AbstractEventLoop, *, chat: bool,
-                 gen_kwargs: dict[str, Any], model_name: str) -> None:
+    def __init__(
+        self,
+        bridge: RequestBridge,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        chat: bool,
+        gen_kwargs: dict[str, Any],
+        model_name: str,
+    ) -> None:
         super().__init__()
         self.bridge = bridge
         self.loop = loop
@@ -66,10 +73,11 @@ class ProctorLM(LM):  # type: ignore[misc]
         return {"messages": messages, "params": params, "until": until}
 
     def loglikelihood(self, requests: list[Instance], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        converted = [Request("loglikelihood", {"context": req.args[0], "continuation": req.args[1]}, _label(req))
-                     for req in requests]
-        return [(a[0], bool(a[1])) if a else (float("-inf"), False)
-                for a in self._answer("loglikelihood", converted)]
+        converted = [
+            Request("loglikelihood", {"context": req.args[0], "continuation": req.args[1]}, _label(req))
+            for req in requests
+        ]
+        return [(a[0], bool(a[1])) if a else (float("-inf"), False) for a in self._answer("loglikelihood", converted)]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         converted = [Request("loglikelihood_rolling", {"text": req.args[0]}, _label(req)) for req in requests]

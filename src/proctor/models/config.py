@@ -116,7 +116,9 @@ class LaunchConfig(StrictModel):
         if self.gpus_per_replica is not None and self.gpus is not None:
             have = len([g for g in self.gpus.split(",") if g.strip()])
             if have < self.replicas * self.gpus_per_replica:
-                raise ValueError(f"gpus lists {have} device(s); {self.replicas} replicas x {self.gpus_per_replica} need more")
+                raise ValueError(
+                    f"gpus lists {have} device(s); {self.replicas} replicas x {self.gpus_per_replica} need more"
+                )
         return self
 
 

@@ -191,7 +191,9 @@ async def probe(session: aiohttp.ClientSession, base_url: str, timeout: float = 
         return False, f"{url}: {exc.__class__.__name__}: {exc}"
 
 
-async def probe_retrieval(session: aiohttp.ClientSession, base_url: str, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+async def probe_retrieval(
+    session: aiohttp.ClientSession, base_url: str, timeout: float = PROBE_TIMEOUT
+) -> tuple[bool, str]:
     """One health check of a retrieval service: ``GET {base_url}/health``; (ready, what happened).
 
     The service opens its port before it has loaded the model and the index and answers 503
@@ -352,8 +354,7 @@ def _failure(server: LaunchedServer, what: str) -> LaunchError:
     return LaunchError(
         f"{server.what} server for role {server.role!r} {what}.\n"
         f"  command: {shlex.join(server.argv)}\n"
-        f"  log: {server.log_path} (last lines below)\n"
-        + "\n".join(f"  | {line}" for line in tail.splitlines()),
+        f"  log: {server.log_path} (last lines below)\n" + "\n".join(f"  | {line}" for line in tail.splitlines()),
         hint=hint,
     )
 
@@ -373,7 +374,10 @@ async def _wait_healthy(server: LaunchedServer, session: aiohttp.ClientSession, 
         if ok:
             log.info(
                 "%s server of role %r healthy after %.1f s (serving: %s)",
-                server.what, server.role, time.monotonic() - server.started_at, detail or "?",
+                server.what,
+                server.role,
+                time.monotonic() - server.started_at,
+                detail or "?",
             )
             return
         now = time.monotonic()
@@ -387,7 +391,11 @@ async def _wait_healthy(server: LaunchedServer, session: aiohttp.ClientSession, 
             last_report = now
             log.info(
                 "still waiting for the %s server of role %r: %.0f s of %g s (%s)",
-                server.what, server.role, now - server.started_at, server.cfg.health_deadline, detail,
+                server.what,
+                server.role,
+                now - server.started_at,
+                server.cfg.health_deadline,
+                detail,
             )
         await asyncio.sleep(min(delay, max(0.0, deadline - now)))
         delay = min(delay * 1.5, 2.0)
@@ -474,7 +482,9 @@ def _plans(models: Mapping[str, ModelConfig], base_dir: Path, log: logging.Logge
         for i, cfg in enumerate(replica_configs(launch)):
             rkey = (connect_host(cfg.host), cfg.port)
             if rkey in plans:
-                raise LaunchError(f"role {role!r}: replica {i} on port {cfg.port} collides with role {plans[rkey].roles[0]!r}")
+                raise LaunchError(
+                    f"role {role!r}: replica {i} on port {cfg.port} collides with role {plans[rkey].roles[0]!r}"
+                )
             plans[rkey] = _Plan([role], cfg, original, mcfg.model or served_name(launch), i if several else None)
     return list(plans.values())
 
@@ -506,7 +516,12 @@ async def _ensure(
     gpus = f", CUDA_VISIBLE_DEVICES={cfg.gpus}" if cfg.gpus is not None else ""
     log.info(
         "starting %s for role(s) %s on %s:%d%s (log: %s)",
-        cfg.kind, ", ".join(plan.roles) if plan.replica is None else role, cfg.host, cfg.port, gpus, server.log_path,
+        cfg.kind,
+        ", ".join(plan.roles) if plan.replica is None else role,
+        cfg.host,
+        cfg.port,
+        gpus,
+        server.log_path,
     )
     return await _come_up(server, session, log)
 
@@ -555,7 +570,9 @@ def _stale_corpus(service: RetrievalLaunch, index: Path, base_dir: Path, run_dir
     corpus = Path(service.corpus).expanduser()
     corpus = corpus if corpus.is_absolute() else (base_dir / corpus).resolve()
     if not corpus.is_file():
-        raise LaunchError(f"retrieval corpus {corpus} does not exist", hint="launch.corpus is relative to the spec file")
+        raise LaunchError(
+            f"retrieval corpus {corpus} does not exist", hint="launch.corpus is relative to the spec file"
+        )
     try:
         manifest = json.loads((index / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -575,7 +592,12 @@ async def _build_index_if_stale(
         return
     log_path = run_dir / f"launch-retrieval-{service.port}.log"
     argv = service.index_argv(str(corpus), str(index))
-    log.info("building the retrieval index %s from %s (once; rebuilt when the corpus changes; log: %s)", index, corpus, log_path)
+    log.info(
+        "building the retrieval index %s from %s (once; rebuilt when the corpus changes; log: %s)",
+        index,
+        corpus,
+        log_path,
+    )
     began = time.monotonic()
     with log_path.open("ab") as log_file:
         log_file.write(f"=== proctor builds the index: {shlex.join(argv)}\n".encode())
@@ -630,7 +652,10 @@ async def _ensure_retrieval(
     server.label, server.probe_retrieval, server.base_url = "retrieval", True, service.base_url
     log.info(
         "starting the retrieval service for %s on %s:%d; it loads the model and index first (log: %s)",
-        index, service.host, service.port, server.log_path,
+        index,
+        service.host,
+        service.port,
+        server.log_path,
     )
     return await _come_up(server, session, log)
 
@@ -663,7 +688,10 @@ async def launched_servers(
             async with aiohttp.ClientSession() as session:
                 results = await asyncio.gather(
                     *(_ensure(p, session=session, run_dir=run_dir, base_dir=base_dir, log=log) for p in plans),
-                    *(_ensure_retrieval(s, session=session, run_dir=run_dir, base_dir=base_dir, log=log) for s in services),
+                    *(
+                        _ensure_retrieval(s, session=session, run_dir=run_dir, base_dir=base_dir, log=log)
+                        for s in services
+                    ),
                     return_exceptions=True,
                 )
             started = [r for r in results if isinstance(r, LaunchedServer)]
@@ -689,7 +717,11 @@ async def launched_servers(
                     update["replicas"] = [launch_base_url(p.cfg) for p in role_plans]
             if not mcfg.model:
                 update["model"] = served_name(first.cfg)
-            update["launch"] = first.cfg if len(role_plans) == 1 else first.original.model_copy(update={"model_path": first.cfg.model_path})
+            update["launch"] = (
+                first.cfg
+                if len(role_plans) == 1
+                else first.original.model_copy(update={"model_path": first.cfg.model_path})
+            )
             resolved[role] = mcfg.model_copy(update=update)
         yield resolved
     finally:

@@ -647,8 +647,9 @@ class ReplicaPool:
                 if ok:
                     if not r.half_open:
                         r.half_open = True
-                        log.info("replica %s of role '%s' answered its probe: next call is a trial", r.base_url,
-                                 self.role)
+                        log.info(
+                            "replica %s of role '%s' answered its probe: next call is a trial", r.base_url, self.role
+                        )
                     self._wake_one()
                 else:
                     r.last_error = error

@@ -157,7 +157,13 @@ class Role:
         return await self._send(body, False, sample_id, start_wall, t0, completions=True)
 
     async def _send(
-        self, body: dict[str, Any], stream: bool, sample_id: str | None, start_wall: float, t0: float, *,
+        self,
+        body: dict[str, Any],
+        stream: bool,
+        sample_id: str | None,
+        start_wall: float,
+        t0: float,
+        *,
         completions: bool,
     ) -> ChatResult:
         """The one retry loop of :meth:`chat` and :meth:`completion`; emits the call's event."""

@@ -25,8 +25,7 @@ from proctor.profiling.stats import SLOWEST, histogram, latency_summary
 SECTIONS = ("tool", "expert", "model")
 """Group kinds: a tool end to end; an expert model's own calls inside a tool; a role at one replica."""
 
-STAT_KEYS = ("count", "mean", "std", "min", "max", "p10", "p25", "p50", "p90", "p95", "p99", "under_share",
-             "over_long")
+STAT_KEYS = ("count", "mean", "std", "min", "max", "p10", "p25", "p50", "p90", "p95", "p99", "under_share", "over_long")
 """The numeric columns of a latency table, in order (also the CSV's and the deltas')."""
 
 
@@ -151,8 +150,9 @@ def time_split(events: list[dict[str, Any]]) -> dict[str, Any]:
             split[f"{prefix}model_s"] += duration - queued
     top = split["model_s"] + split["queue_s"] + split["tool_s"]
     out: dict[str, Any] = {k: round(v, 3) for k, v in split.items()}
-    out["share"] = {k.removesuffix("_s"): (round(split[k] / top, 4) if top else None)
-                    for k in ("model_s", "queue_s", "tool_s")}
+    out["share"] = {
+        k.removesuffix("_s"): (round(split[k] / top, 4) if top else None) for k in ("model_s", "queue_s", "tool_s")
+    }
     return out
 
 
@@ -165,8 +165,9 @@ def errors_and_retries(events: list[dict[str, Any]]) -> dict[str, Any]:
             "calls": len(calls),
             "retries": sum(int(e.get("retries") or 0) for e in calls),
             "retried_calls": sum(1 for e in calls if int(e.get("retries") or 0) > 0),
-            "errors_by_class": dict(Counter(str(e["status"]) for e in calls
-                                            if e.get("status") not in (None, "ok")).most_common()),
+            "errors_by_class": dict(
+                Counter(str(e["status"]) for e in calls if e.get("status") not in (None, "ok")).most_common()
+            ),
         }
     return out
 
@@ -190,16 +191,27 @@ def samples(events: list[dict[str, Any]], opts: Options) -> dict[str, Any]:
         row["first"] = min(row["first"], float(e["start"]))
         row["last"] = max(row["last"], float(e["start"]) + float(e.get("duration") or 0.0))
     rows: dict[str, dict[str, Any]] = {
-        sid: {"sample_id": sid, "turns": d["turns"], "tool_calls": d["tool_calls"],
-              "wall_s": round(d["last"] - d["first"], 4), "outcome": None, "finished": False}
+        sid: {
+            "sample_id": sid,
+            "turns": d["turns"],
+            "tool_calls": d["tool_calls"],
+            "wall_s": round(d["last"] - d["first"], 4),
+            "outcome": None,
+            "finished": False,
+        }
         for sid, d in derived.items()
     }
     for e in events:
         if e.get("kind") == "sample" and e.get("sample_id") is not None:
             sid = str(e["sample_id"])
-            rows[sid] = {"sample_id": sid, "turns": int(e.get("turns") or 0),
-                         "tool_calls": int(e.get("tool_calls") or 0), "wall_s": round(float(e.get("duration") or 0.0), 4),
-                         "outcome": e.get("outcome"), "finished": True}
+            rows[sid] = {
+                "sample_id": sid,
+                "turns": int(e.get("turns") or 0),
+                "tool_calls": int(e.get("tool_calls") or 0),
+                "wall_s": round(float(e.get("duration") or 0.0), 4),
+                "outcome": e.get("outcome"),
+                "finished": True,
+            }
     table = list(rows.values())
     walls = [r["wall_s"] for r in table]
     slowest = sorted(table, key=lambda r: (-r["wall_s"], r["sample_id"]))[:SLOWEST]
@@ -219,8 +231,11 @@ def samples(events: list[dict[str, Any]], opts: Options) -> dict[str, Any]:
 def analyze_events(events: list[dict[str, Any]], opts: Options) -> dict[str, Any]:
     calls = [e for e in events if e.get("kind", "model") in ("model", "tool")]
     starts = [float(e["start"]) for e in calls if e.get("start") is not None]
-    ends = [float(e["start"]) + float(e["duration"]) for e in calls
-            if e.get("start") is not None and e.get("duration") is not None]
+    ends = [
+        float(e["start"]) + float(e["duration"])
+        for e in calls
+        if e.get("start") is not None and e.get("duration") is not None
+    ]
     return {
         "events": len(calls),
         "span_s": round(max(ends) - min(starts), 3) if starts and ends else None,

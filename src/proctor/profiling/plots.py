@@ -13,8 +13,11 @@ from typing import Any
 from proctor._files import ensure_directory
 from proctor.profiling.analysis import concurrency_timeline
 
-_TITLES = {"tool": "tool {name} (end to end)", "expert": "expert {target} in tool {name}",
-           "model": "role {name} at {target}"}
+_TITLES = {
+    "tool": "tool {name} (end to end)",
+    "expert": "expert {target} in tool {name}",
+    "model": "role {name} at {target}",
+}
 
 
 def group_title(group: dict[str, Any]) -> str:
@@ -64,11 +67,21 @@ def write_plots(result: dict[str, Any], events: list[dict[str, Any]], out_dir: P
 
     for g in result["groups"]:
         name = "-".join(_slug(part) for part in (g["section"], g["name"], g["target"]) if part)
-        histograms(f"{group_title(g)}: {g['count']} calls", g["histogram"], g["histogram_log"], "call duration (s)",
-                   f"hist-{name}")
+        histograms(
+            f"{group_title(g)}: {g['count']} calls",
+            g["histogram"],
+            g["histogram_log"],
+            "call duration (s)",
+            f"hist-{name}",
+        )
     s = result["samples"]
-    histograms(f"samples: wall time of {s['count']}", s["histogram"], s["histogram_log"], "sample wall time (s)",
-               "hist-samples")
+    histograms(
+        f"samples: wall time of {s['count']}",
+        s["histogram"],
+        s["histogram_log"],
+        "sample wall time (s)",
+        "hist-samples",
+    )
     timelines = concurrency_timeline(events)
     if timelines:
         fig, ax = plt.subplots(figsize=(9, 4))

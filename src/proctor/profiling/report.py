@@ -14,8 +14,11 @@ from rich import box
 from proctor.profiling.analysis import STAT_KEYS
 from proctor.profiling.plots import group_title
 
-_SECTION_TITLES = {"tool": "Tools, end to end", "expert": "Expert models inside tools (their own calls)",
-                   "model": "Model calls per role and replica"}
+_SECTION_TITLES = {
+    "tool": "Tools, end to end",
+    "expert": "Expert models inside tools (their own calls)",
+    "model": "Model calls per role and replica",
+}
 _BAR = 40
 
 CSV_COLUMNS = ("run", "section", "name", "target", *STAT_KEYS, "errors", "retries", "total_s")
@@ -52,14 +55,36 @@ def render(console: Any, result: dict[str, Any]) -> None:
         table = Table(title=_SECTION_TITLES[section], title_justify="left", box=box.SIMPLE_HEAD)
         for col in ("name", "target"):
             table.add_column(col, no_wrap=True)
-        for col in ("n", "mean", "std", "min", "p10", "p25", "p50", "p90", "p95", "p99", "max",
-                    f"<{under:g}s", f">{long:g}s", "err", "retry"):
+        for col in (
+            "n",
+            "mean",
+            "std",
+            "min",
+            "p10",
+            "p25",
+            "p50",
+            "p90",
+            "p95",
+            "p99",
+            "max",
+            f"<{under:g}s",
+            f">{long:g}s",
+            "err",
+            "retry",
+        ):
             table.add_column(col, justify="right")
         for g in groups:
             share = "-" if g["under_share"] is None else f"{100 * g['under_share']:.1f}%"
-            table.add_row(g["name"], g["target"], str(g["count"]), *(_num(g[k]) for k in
-                          ("mean", "std", "min", "p10", "p25", "p50", "p90", "p95", "p99", "max")),
-                          share, str(g["over_long"]), str(g["errors"]), str(g["retries"]))
+            table.add_row(
+                g["name"],
+                g["target"],
+                str(g["count"]),
+                *(_num(g[k]) for k in ("mean", "std", "min", "p10", "p25", "p50", "p90", "p95", "p99", "max")),
+                share,
+                str(g["over_long"]),
+                str(g["errors"]),
+                str(g["retries"]),
+            )
         console.print(table)
         for g in groups:
             slowest = ", ".join(f"{s['sample_id']} {_num(s['duration'])}s" for s in g["slowest"])
@@ -90,8 +115,13 @@ def _render_samples(console: Any, s: dict[str, Any]) -> None:
     for col in ("sample", "wall s", "turns", "tool calls", "outcome"):
         slow.add_column(col, justify="left" if col in ("sample", "outcome") else "right")
     for r in s["slowest"]:
-        slow.add_row(str(r["sample_id"]), _num(r["wall_s"]), str(r["turns"]), str(r["tool_calls"]),
-                     r["outcome"] or ("-" if r["finished"] else "(running)"))
+        slow.add_row(
+            str(r["sample_id"]),
+            _num(r["wall_s"]),
+            str(r["turns"]),
+            str(r["tool_calls"]),
+            r["outcome"] or ("-" if r["finished"] else "(running)"),
+        )
     console.print(slow)
 
 
@@ -155,8 +185,7 @@ def render_comparison(console: Any, cmp: dict[str, Any]) -> None:
             values = row[run]
             fmt = _delta if run == "delta" else _num
             cells = [fmt(None if values is None else values[col]) for col in cols]
-            table.add_row(*label, {"a": "A", "b": "B", "delta": "B - A"}[run], *cells,
-                          end_section=run == "delta")
+            table.add_row(*label, {"a": "A", "b": "B", "delta": "B - A"}[run], *cells, end_section=run == "delta")
             label = ["", "", ""]
     console.print(table)
     t = cmp["time_delta"]
@@ -184,7 +213,14 @@ def to_csv(result: dict[str, Any] | None = None, cmp: dict[str, Any] | None = No
     rows("b", cmp["b"])
     for row in cmp["groups"]:
         if row["delta"] is not None:
-            writer.writerow({"run": "delta", "section": row["section"], "name": row["name"], "target": row["target"],
-                             **row["delta"]})
+            writer.writerow(
+                {
+                    "run": "delta",
+                    "section": row["section"],
+                    "name": row["name"],
+                    "target": row["target"],
+                    **row["delta"],
+                }
+            )
     writer.writerow({"run": "delta", "section": "samples", "name": "wall_s", "target": "", **cmp["sample_wall_delta"]})
     return out.getvalue()

@@ -131,7 +131,14 @@ class MicroBatcher:
         index = self.index
         widest = max(q.topk for q in group)
         if self.mode == "bm25":
-            return [hits[: q.topk] for q, hits in zip(group, index.search_bm25([q.text for q in group], widest, within=[q.allowed for q in group]), strict=True)]
+            return [
+                hits[: q.topk]
+                for q, hits in zip(
+                    group,
+                    index.search_bm25([q.text for q in group], widest, within=[q.allowed for q in group]),
+                    strict=True,
+                )
+            ]
         assert index.encoder is not None
         vectors = index.encoder.encode([q.text for q in group])
         dense: list[list[Hit]] = [[] for _ in group]
@@ -146,7 +153,10 @@ class MicroBatcher:
         if self.mode == "dense":
             return [hits[: q.topk] for q, hits in zip(group, dense, strict=True)]
         lexical = index.search_bm25([q.text for q in group], widest * 2, within=[q.allowed for q in group])
-        return [fuse(d, b, vectors[i], index)[: q.topk] for i, (q, d, b) in enumerate(zip(group, dense, lexical, strict=True))]
+        return [
+            fuse(d, b, vectors[i], index)[: q.topk]
+            for i, (q, d, b) in enumerate(zip(group, dense, lexical, strict=True))
+        ]
 
 
 def fuse(dense: list[Hit], lexical: list[Hit], vector: object, index: SearchIndex, *, k: int = 60) -> list[Hit]:

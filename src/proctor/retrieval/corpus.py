@@ -109,5 +109,7 @@ def load_corpus(path: str | Path, *, fields: CorpusFields | None = None, fmt: st
                 where_of.setdefault(doc.id, []).append(loc)
         shown = "; ".join(f"{i!r} ({', '.join(where_of[i])})" for i in dupes[:20])
         more = f" and {len(dupes) - 20} more" if len(dupes) > 20 else ""
-        raise DatasetError(f"{path}: {len(dupes)} duplicate document id(s): {shown}{more}", hint="every document needs a unique id")
+        raise DatasetError(
+            f"{path}: {len(dupes)} duplicate document id(s): {shown}{more}", hint="every document needs a unique id"
+        )
     return docs

@@ -57,7 +57,9 @@ def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
 class Encoder:
     """Embeds texts into unit vectors of ``dim`` floats; thread-compatible (one caller at a time)."""
 
-    def __init__(self, weights: dict[str, Array], tokenizer_json: str, config: dict[str, Any], *, blas_threads: int = 1) -> None:
+    def __init__(
+        self, weights: dict[str, Array], tokenizer_json: str, config: dict[str, Any], *, blas_threads: int = 1
+    ) -> None:
         from threadpoolctl import threadpool_limits
         from tokenizers import Tokenizer
 
@@ -73,7 +75,9 @@ class Encoder:
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(MAX_TOKENS)
         # Linear weights are stored (out, in); keep them transposed once so every product is x @ W.
-        self.w = {k: (np.ascontiguousarray(v.T) if v.ndim == 2 and "embeddings" not in k else v) for k, v in weights.items()}
+        self.w = {
+            k: (np.ascontiguousarray(v.T) if v.ndim == 2 and "embeddings" not in k else v) for k, v in weights.items()
+        }
 
     @classmethod
     def from_zip(cls, path: str | Path) -> Encoder:
@@ -130,7 +134,12 @@ class Encoder:
             + w["embeddings.token_type_embeddings.weight"][types]
         )
         # Token rows stay flattened to (batch * length, dim): every linear layer is then one GEMM.
-        x = _layer_norm(x.reshape(batch * length, self.dim), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], self.eps)
+        x = _layer_norm(
+            x.reshape(batch * length, self.dim),
+            w["embeddings.LayerNorm.weight"],
+            w["embeddings.LayerNorm.bias"],
+            self.eps,
+        )
         head_dim = self.dim // self.heads
         scale = np.float32(1.0 / np.sqrt(head_dim))
         bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]
@@ -149,7 +158,9 @@ class Encoder:
             probs /= probs.sum(-1, keepdims=True)
             ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch * length, self.dim)
             attn = ctx @ w[p + "attention.output.dense.weight"] + w[p + "attention.output.dense.bias"]
-            x = _layer_norm(attn + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], self.eps)
+            x = _layer_norm(
+                attn + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], self.eps
+            )
             inter = _gelu(x @ w[p + "intermediate.dense.weight"] + w[p + "intermediate.dense.bias"])
             out = inter @ w[p + "output.dense.weight"] + w[p + "output.dense.bias"]
             x = _layer_norm(out + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], self.eps)

@@ -72,7 +72,9 @@ class Manifest:
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read {path}: {exc}") from None
         if data.get("version") != FORMAT_VERSION:
-            raise InputError(f"{directory} holds an index of format {data.get('version')!r}; rebuild it with this proctor")
+            raise InputError(
+                f"{directory} holds an index of format {data.get('version')!r}; rebuild it with this proctor"
+            )
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -108,7 +110,9 @@ def _sorted_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(order), size)]
 
 
-def embed_documents(encoder: Encoder, texts: Sequence[str], *, progress: Progress | None = None) -> npt.NDArray[np.float32]:
+def embed_documents(
+    encoder: Encoder, texts: Sequence[str], *, progress: Progress | None = None
+) -> npt.NDArray[np.float32]:
     """Unit vectors for every text, in the texts' order, encoded in length-sorted batches."""
     vectors = np.zeros((len(texts), encoder.dim), dtype=np.float32)
     lengths = [len(t) for t in texts]
@@ -222,7 +226,10 @@ class SearchIndex:
         """The ``k`` nearest documents of each query vector, best first."""
         k = min(k, len(self.documents))
         scores, rows = self.dense.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
-        return [[Hit(int(r), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0] for srow, rrow in zip(scores, rows, strict=True)]
+        return [
+            [Hit(int(r), float(s)) for s, r in zip(srow, rrow, strict=True) if r >= 0]
+            for srow, rrow in zip(scores, rows, strict=True)
+        ]
 
     def search_dense_within(self, vector: npt.NDArray[np.float32], rows: Sequence[int], k: int) -> list[Hit]:
         """Exact cosine ranking of one query over an allow-list of document rows."""
@@ -233,14 +240,20 @@ class SearchIndex:
         order = np.argsort(-scores, kind="stable")[:k]
         return [Hit(int(rows[i]), float(scores[i])) for i in order]
 
-    def search_bm25(self, queries: Sequence[str], k: int, *, within: Sequence[Sequence[int] | None] | None = None) -> list[list[Hit]]:
+    def search_bm25(
+        self, queries: Sequence[str], k: int, *, within: Sequence[Sequence[int] | None] | None = None
+    ) -> list[list[Hit]]:
         """BM25 ranking of each query (over all documents, or over its allow-list), best first."""
         results: list[list[Hit]] = []
         tokens = _bm25_tokens(queries)
         vocab_inv = {v: t for t, v in tokens.vocab.items()}
         for qi, ids in enumerate(tokens.ids):
             words = [vocab_inv[i] for i in ids]
-            scores = np.asarray(self.bm25.get_scores(words), dtype=np.float32) if words else np.zeros(len(self.documents), np.float32)
+            scores = (
+                np.asarray(self.bm25.get_scores(words), dtype=np.float32)
+                if words
+                else np.zeros(len(self.documents), np.float32)
+            )
             allowed = within[qi] if within else None
             candidates = np.asarray(allowed if allowed is not None else range(len(self.documents)), dtype=np.int64)
             if candidates.size == 0:

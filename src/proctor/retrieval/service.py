@@ -138,7 +138,9 @@ class _State:
             kinds = index.kinds
             mode = self.settings.mode or ("hybrid" if len(kinds) == 2 else kinds[0])
             if mode == "hybrid" and len(kinds) != 2 or mode in ("dense", "bm25") and mode not in kinds:
-                raise InputError(f"search mode {mode!r} needs a {mode} index; {self.settings.index_dir} has: {', '.join(kinds)}")
+                raise InputError(
+                    f"search mode {mode!r} needs a {mode} index; {self.settings.index_dir} has: {', '.join(kinds)}"
+                )
             if self.settings.eid_file is not None:
                 self.allow = _read_allow_list(self.settings.eid_file, index)
             if index.encoder is not None:
@@ -148,7 +150,13 @@ class _State:
             self.batcher = MicroBatcher(index, mode=mode, max_batch=self.settings.max_batch)
             self.batcher.start()
             self.loaded_after = time.monotonic() - self.started
-            log.info("retrieval index %s loaded in %.1f s (%d documents, %s)", self.settings.index_dir, self.loaded_after, len(index.documents), mode)
+            log.info(
+                "retrieval index %s loaded in %.1f s (%d documents, %s)",
+                self.settings.index_dir,
+                self.loaded_after,
+                len(index.documents),
+                mode,
+            )
         except ProctorError as exc:
             self.error = exc.message
             log.error("cannot load the index: %s", exc.message)
@@ -170,7 +178,9 @@ def _read_allow_list(path: Path, index: SearchIndex) -> dict[str, list[int]]:
             raise InputError(f"{path}: eid {eid!r} must map to a list of document ids")
         unknown = [str(i) for i in ids if str(i) not in index.position]
         if unknown:
-            raise InputError(f"{path}: eid {eid!r} names {len(unknown)} unknown document id(s): {', '.join(unknown[:5])}")
+            raise InputError(
+                f"{path}: eid {eid!r} names {len(unknown)} unknown document id(s): {', '.join(unknown[:5])}"
+            )
         allow[str(eid)] = [index.position[str(i)] for i in ids]
     return allow
 
@@ -212,7 +222,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         state.counters["refused"] += 1
         # The message names fields, never echoes values (a query may be long or private).
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        )
         return _error(422, f"invalid request: {problems}")
 
     @app.get("/health")
@@ -222,7 +234,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             return JSONResponse({"ok": False, "status": "failed", "error": state.error}, status_code=503)
         if state.index is None:
             return JSONResponse(
-                {"ok": False, "status": "loading", "seconds": round(time.monotonic() - state.started, 1)}, status_code=503
+                {"ok": False, "status": "loading", "seconds": round(time.monotonic() - state.started, 1)},
+                status_code=503,
             )
         return JSONResponse(
             {
@@ -256,7 +269,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def retrieve(body: RetrieveRequest) -> JSONResponse:
         """Search the index for each query; fall back to the web when the local hits are thin."""
         if state.index is None or state.batcher is None:
-            return _error(503, "the index is still loading" if state.error is None else f"the index failed to load: {state.error}")
+            return _error(
+                503, "the index is still loading" if state.error is None else f"the index failed to load: {state.error}"
+            )
         if (body.queries is None) == (body.query is None):
             raise InputError("give either 'queries' (a list) or 'query' (one string)")
         queries = body.queries if body.queries is not None else [body.query or ""]
@@ -273,7 +288,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         state.counters["requests"] += 1
         state.counters["queries"] += len(queries)
         notes: list[str] = []
-        answers = await asyncio.gather(*(_answer(state, q, body.topk, allowed, notes) for q in queries), return_exceptions=True)
+        answers = await asyncio.gather(
+            *(_answer(state, q, body.topk, allowed, notes) for q in queries), return_exceptions=True
+        )
         failed = [(n, a) for n, a in enumerate(answers) if isinstance(a, BaseException)]
         if failed:
             n, exc = failed[0]
@@ -294,11 +311,15 @@ def _local(index: SearchIndex, hits: list[Hit]) -> list[dict[str, Any]]:
     out = []
     for hit in hits:
         doc = index.documents[hit.index]
-        out.append({"document": {"id": doc["id"], "content": doc["content"]}, "score": round(hit.score, 6), "source": "local"})
+        out.append(
+            {"document": {"id": doc["id"], "content": doc["content"]}, "score": round(hit.score, 6), "source": "local"}
+        )
     return out
 
 
-async def _answer(state: _State, query: str, topk: int, allowed: list[int] | None, notes: list[str]) -> list[dict[str, Any]]:
+async def _answer(
+    state: _State, query: str, topk: int, allowed: list[int] | None, notes: list[str]
+) -> list[dict[str, Any]]:
     """Local hits from the batch worker, then (on the event loop, off the worker) the web if needed."""
     assert state.batcher is not None and state.index is not None
     hits = _local(state.index, await state.batcher.search(query, topk, allowed))

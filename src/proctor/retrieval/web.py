@@ -84,13 +84,19 @@ class TavilyClient:
             body = pages.get(url) or str(r.get("content") or "")
             title = str(r.get("title") or "")
             content = f"{title}\n{body}" if title else body
-            hits.append({"document": {"id": url, "content": content}, "score": float(r.get("score") or 0.0), "source": "web"})
+            hits.append(
+                {"document": {"id": url, "content": content}, "score": float(r.get("score") or 0.0), "source": "web"}
+            )
         return hits
 
-    async def _post(self, session: aiohttp.ClientSession, path: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    async def _post(
+        self, session: aiohttp.ClientSession, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> dict[str, Any]:
         url = self.base_url.rstrip("/") + path
         try:
-            async with session.post(url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+            async with session.post(
+                url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            ) as resp:
                 if resp.status != 200:
                     raise WebError(f"web search {path} answered HTTP {resp.status}")
                 data = await resp.json(content_type=None)

@@ -69,7 +69,9 @@ class Authenticator:
         if principal is not None:
             return principal
         if token is not None and not self.open_mode:
-            raise AuthenticationError("the token is not valid", hint="create one with `proctor server token create NAME`")
+            raise AuthenticationError(
+                "the token is not valid", hint="create one with `proctor server token create NAME`"
+            )
         if self.open_mode:
             host = request.client.host if request.client else "unknown"
             return Principal(f"ip:{host}")

@@ -105,7 +105,10 @@ def _shed(connections: set[Any], *, newcomer: Any) -> None:
     idle = [
         c
         for c in connections
-        if c is not newcomer and hasattr(c, "waiting_for_head") and c.waiting_for_head() and not c.transport.is_closing()
+        if c is not newcomer
+        and hasattr(c, "waiting_for_head")
+        and c.waiting_for_head()
+        and not c.transport.is_closing()
     ]
     victim = min(idle, key=lambda c: c._idle_since) if idle else newcomer
     victim.transport.close()

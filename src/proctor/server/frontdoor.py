@@ -126,9 +126,7 @@ class _Guarded:
         try:
             message = await asyncio.wait_for(self.receive(), self.door.body_timeout)
         except TimeoutError:
-            self.refusal = error_response(
-                408, f"the request body stalled for {self.door.body_timeout:g} s", close=True
-            )
+            self.refusal = error_response(408, f"the request body stalled for {self.door.body_timeout:g} s", close=True)
             raise _Stop from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))

@@ -98,7 +98,9 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
         secrets.env.pop(key_env_name(role), None)
     # A private role's local URL must never reach the server's records: only its model name.
     stored_models = {
-        role: ep.model_dump(exclude={"api_key", "base_url"} if role in private_roles else {"api_key"}, exclude_none=True)
+        role: ep.model_dump(
+            exclude={"api_key", "base_url"} if role in private_roles else {"api_key"}, exclude_none=True
+        )
         for role, ep in req.models.items()
     }
     request: dict[str, Any] = {
@@ -134,7 +136,11 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
         target = job_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            raw = base64.b64decode(upload.content, validate=True) if upload.encoding == "base64" else upload.content.encode()
+            raw = (
+                base64.b64decode(upload.content, validate=True)
+                if upload.encoding == "base64"
+                else upload.content.encode()
+            )
         except ValueError:
             raise InputError(f"file {name!r} is not valid base64") from None
         target.write_bytes(raw)
@@ -254,8 +260,10 @@ def _rewrite_spec(
     if "lm_eval" in spec:
         # lm-eval task YAML may name Python (`!function utils.fn`) that lm-eval imports from the
         # uploaded include_path: such specs wait for an lm_eval job kind with its own policy.
-        raise InputError("lm_eval: lm-evaluation-harness specs do not run on this server yet",
-                         hint="run them with `proctor run SPEC` or `proctor lm-eval` on your machine")
+        raise InputError(
+            "lm_eval: lm-evaluation-harness specs do not run on this server yet",
+            hint="run them with `proctor run SPEC` or `proctor lm-eval` on your machine",
+        )
     models = spec.get("models")
     if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
         raise InputError("the spec's 'models' must map role names to model settings")

@@ -76,7 +76,9 @@ class Metrics:
             "# TYPE proctor_http_requests_total counter",
         ]
         for (method, route, status), n in sorted(self.requests.items()):
-            lines.append(f'proctor_http_requests_total{{method="{method}",route="{_esc(route)}",status="{status}"}} {n}')
+            lines.append(
+                f'proctor_http_requests_total{{method="{method}",route="{_esc(route)}",status="{status}"}} {n}'
+            )
         lines += [
             "# HELP proctor_http_request_duration_seconds HTTP request latency (SSE: until the stream ends).",
             "# TYPE proctor_http_request_duration_seconds histogram",
@@ -87,7 +89,9 @@ class Metrics:
                 lines.append(f'proctor_http_request_duration_seconds_bucket{{{labels},le="{bound}"}} {n}')
             count = self.latency_count[(method, route)]
             lines.append(f'proctor_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {count}')
-            lines.append(f"proctor_http_request_duration_seconds_sum{{{labels}}} {self.latency_sum[(method, route)]:.6f}")
+            lines.append(
+                f"proctor_http_request_duration_seconds_sum{{{labels}}} {self.latency_sum[(method, route)]:.6f}"
+            )
             lines.append(f"proctor_http_request_duration_seconds_count{{{labels}}} {count}")
         if channel_answers is not None:
             lines += [

@@ -20,7 +20,13 @@ def check_spec(spec: Mapping[str, Any], policy: SandboxSettings) -> None:
     """Raise ``InputError`` naming the first key this server does not allow."""
     for kind in ("solver", "scorer"):
         component = spec.get(kind)
-        ctype = component if isinstance(component, str) else component.get("type") if isinstance(component, Mapping) else None
+        ctype = (
+            component
+            if isinstance(component, str)
+            else component.get("type")
+            if isinstance(component, Mapping)
+            else None
+        )
         if isinstance(ctype, str) and ("." in ctype or ":" in ctype) and ctype not in policy.plugins:
             raise InputError(
                 f"{kind}.type: {ctype!r} is plugin code, which this server does not allow",
@@ -29,7 +35,9 @@ def check_spec(spec: Mapping[str, Any], policy: SandboxSettings) -> None:
         if isinstance(component, Mapping):
             base_dir = component.get("base_dir")
             if base_dir is not None and str(base_dir) not in policy.base_dirs:
-                raise InputError(f"{kind}.base_dir is not allowed on this server (paths resolve in the job's directory)")
+                raise InputError(
+                    f"{kind}.base_dir is not allowed on this server (paths resolve in the job's directory)"
+                )
             for where, tool in _tools(component, kind):
                 _check_tool(where, tool, policy)
 

@@ -83,7 +83,10 @@ def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, st
     if code == 0:
         return "succeeded", None
     if code == 1 and kind == "proctor":
-        return "succeeded", "the run finished but some samples errored (see eval_stats.json; resume with --retry-errors)"
+        return (
+            "succeeded",
+            "the run finished but some samples errored (see eval_stats.json; resume with --retry-errors)",
+        )
     if code == 2:
         return "failed", "bad input (see the job log)"
     if code == CRASH_EXIT_CODE and kind == "proctor":
@@ -179,14 +182,10 @@ class JobManager:
                     job.id,
                     state="waiting_for_credentials",
                     pid=None,
-                    note="the server restarted and kept no keys: re-supply them with `proctor resume "
-                    + job.id
-                    + "`",
+                    note="the server restarted and kept no keys: re-supply them with `proctor resume " + job.id + "`",
                 )
             elif job.state in ACTIVE_STATES:
-                self.store.update(
-                    job.id, state="queued", priority=0, pid=None, note="re-queued after a server restart"
-                )
+                self.store.update(job.id, state="queued", priority=0, pid=None, note="re-queued after a server restart")
 
     # queries --------------------------------------------------------------------------------------
 
@@ -333,9 +332,7 @@ class JobManager:
         self.secrets[job.id] = JobSecrets(env={k: v for k, v in supplied.env.items() if k in job.key_envs})
         request = dict(job.request)
         request["retry_errors"] = req.retry_errors
-        self.store.update(
-            job.id, state="queued", priority=0, queued_at=time.time(), note="resumed", request=request
-        )
+        self.store.update(job.id, state="queued", priority=0, queued_at=time.time(), note="resumed", request=request)
         if job.private_roles and self.hub is not None:
             with contextlib.suppress(Exception):
                 self.hub.unregister_job(job.id)
@@ -352,7 +349,10 @@ class JobManager:
         run = self.running.get(job.id)
         if run is None:
             if self.store.transition(
-                job.id, {"queued", "waiting_for_credentials"}, state="cancelled", finished_at=time.time(),
+                job.id,
+                {"queued", "waiting_for_credentials"},
+                state="cancelled",
+                finished_at=time.time(),
                 note="cancelled before it started",
             ):
                 self.metrics.outcomes["cancelled"] += 1
@@ -505,7 +505,9 @@ class JobManager:
         # Even a job that ended by itself may have left children in its group.
         if jobmod.group_members(run.proc.pid):
             await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
-        state, end_note = outcome(job.kind, code if code is not None else -9, last_log_line(self.job_dir(job.id) / "job.log"))
+        state, end_note = outcome(
+            job.kind, code if code is not None else -9, last_log_line(self.job_dir(job.id) / "job.log")
+        )
         await self._finish(job, run, state, code, end_note)
 
     async def _finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:

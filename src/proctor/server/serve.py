@@ -32,11 +32,14 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise InputError(f"port {port} on {host} is already in use",
-                             hint="stop what listens there, or choose another port with --port (0 picks a free one)"
-                             ) from None
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="check --host (an address of this machine) and --port") from None
+            raise InputError(
+                f"port {port} on {host} is already in use",
+                hint="stop what listens there, or choose another port with --port (0 picks a free one)",
+            ) from None
+        raise InputError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="check --host (an address of this machine) and --port",
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(False)
     return sock
@@ -110,6 +113,11 @@ def serve(settings: ServerSettings, *, on_ready: str | None = None) -> None:
             log.info("proctor server on http://%s:%s stopped", settings.host, settings.port)
 
     server.shutdown = shutdown  # type: ignore[method-assign]
-    log.info("proctor server on http://%s:%s (data %s, %s slot(s))", settings.host, settings.port, settings.data_dir,
-             settings.slots)
+    log.info(
+        "proctor server on http://%s:%s (data %s, %s slot(s))",
+        settings.host,
+        settings.port,
+        settings.data_dir,
+        settings.slots,
+    )
     server.run(sockets=[sock])

@@ -37,14 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--reply", help="overrides the config file")
     serve.add_argument("--seed", type=int, help="overrides the config file")
     serve.add_argument(
-        "--answers-from", type=Path, metavar="DATA.jsonl",
+        "--answers-from",
+        type=Path,
+        metavar="DATA.jsonl",
         help="answer every question of this JSONL dataset with its target ('Answer: <target>'), "
-             "e.g. examples/arith/data.jsonl; other messages get the reply mode",
+        "e.g. examples/arith/data.jsonl; other messages get the reply mode",
     )
     serve.add_argument("--question-field", default="question", help="with --answers-from (default: question)")
     serve.add_argument("--answer-field", default="answer", help="with --answers-from (default: answer)")
     serve.add_argument(
-        "--exit-with-parent", action="store_true",
+        "--exit-with-parent",
+        action="store_true",
         help="exit when the parent process dies (it runs in its own process group, so no signal would reach it)",
     )
     return parser
@@ -66,8 +69,10 @@ def _load_config(args: argparse.Namespace) -> FakeLLMConfig:
         if value is not None:
             data[name] = value
     if args.answers_from is not None:
-        data["answers"] = {**(data.get("answers") or {}),
-                           **_dataset_answers(args.answers_from, args.question_field, args.answer_field)}
+        data["answers"] = {
+            **(data.get("answers") or {}),
+            **_dataset_answers(args.answers_from, args.question_field, args.answer_field),
+        }
     return FakeLLMConfig.from_dict(data)
 
 
@@ -91,8 +96,10 @@ def _dataset_answers(path: Path, question: str, answer: str) -> dict[str, str]:
         except ValueError:
             raise InputError(f"--answers-from {path}, line {number}: not valid JSON") from None
         if not isinstance(row, dict) or question not in row or answer not in row:
-            raise InputError(f"--answers-from {path}, line {number}: needs the fields {question!r} and {answer!r}",
-                             hint="name them with --question-field and --answer-field")
+            raise InputError(
+                f"--answers-from {path}, line {number}: needs the fields {question!r} and {answer!r}",
+                hint="name them with --question-field and --answer-field",
+            )
         answers.setdefault(str(row[question]), f"Answer: {row[answer]}")
     return answers
 
@@ -102,10 +109,14 @@ def describe_replies(cfg: FakeLLMConfig) -> str:
     if cfg.script:
         return f"replies: a scripted tool-calling conversation of {len(cfg.script)} turn(s)"
     if cfg.reply == "echo":
-        fallback = ("echo: the question is repeated back, so a scorer finds no answer and a run scores "
-                    "near 0%; --answers-from DATA.jsonl answers a dataset's questions with its targets")
+        fallback = (
+            "echo: the question is repeated back, so a scorer finds no answer and a run scores "
+            "near 0%; --answers-from DATA.jsonl answers a dataset's questions with its targets"
+        )
     elif cfg.reply == "arith":
-        fallback = "arith: solves the last 'a + b' (+ - * / plus minus times) written in the question, else \"I don't know\""
+        fallback = (
+            "arith: solves the last 'a + b' (+ - * / plus minus times) written in the question, else \"I don't know\""
+        )
     else:
         fallback = f"the fixed text {cfg.reply!r}"
     if cfg.answers:

@@ -42,9 +42,7 @@ class FakeLLMThread:
     counter dict while a handler is inserting into it.
     """
 
-    def __init__(
-        self, config: FakeLLMConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, config: FakeLLMConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.server = FakeLLM(config, host=host, port=port)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -177,9 +175,19 @@ class FakeLLMProcess:
         port_file = self._dir / "port"
         log_path = self._dir / "server.log"
         cmd = [
-            sys.executable, "-m", "proctor.testing", "serve",
-            "--host", self.host, "--port", str(self.port),
-            "--config", str(config_file), "--port-file", str(port_file), "--exit-with-parent",
+            sys.executable,
+            "-m",
+            "proctor.testing",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--config",
+            str(config_file),
+            "--port-file",
+            str(port_file),
+            "--exit-with-parent",
         ]
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -243,7 +251,9 @@ class FakeLLMProcess:
     def _http(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
-            f"http://{self.host}:{self.port}{path}", data=data, method=method,
+            f"http://{self.host}:{self.port}{path}",
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json"},
         )
         try:

@@ -45,9 +45,7 @@ class FakeLLM:
     Counters live on the instance (not in the app) so tests can read them without HTTP.
     """
 
-    def __init__(
-        self, config: FakeLLMConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, config: FakeLLMConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config if config is not None else FakeLLMConfig()
         self.host = host
         self.port = port
@@ -197,28 +195,42 @@ class FakeLLM:
             return _error(404, f"model '{model}' does not exist", "invalid_request_error", "model_not_found")
         if cfg.max_concurrency is not None and self.in_flight > cfg.max_concurrency:
             return _error(
-                429, "Too many concurrent requests.", "rate_limit_error", "rate_limit_exceeded",
+                429,
+                "Too many concurrent requests.",
+                "rate_limit_error",
+                "rate_limit_exceeded",
                 {"Retry-After": _seconds(cfg.retry_after)},
             )
         if cfg.max_rps is not None:
             wait = self._take_token(cfg.max_rps)
             if wait:
                 return _error(
-                    429, "Rate limit reached for requests.", "rate_limit_error", "rate_limit_exceeded",
+                    429,
+                    "Rate limit reached for requests.",
+                    "rate_limit_error",
+                    "rate_limit_exceeded",
                     {"Retry-After": _seconds(wait)},
                 )
         if cfg.fail_rate and self._rng.random() < cfg.fail_rate:
             return _error(500, "injected random failure", "server_error", None)
         if cfg.rate_limit_rate and self._rng.random() < cfg.rate_limit_rate:
             return _error(
-                429, "Rate limit reached for requests.", "rate_limit_error", "rate_limit_exceeded",
+                429,
+                "Rate limit reached for requests.",
+                "rate_limit_error",
+                "rate_limit_exceeded",
                 {"Retry-After": _seconds(cfg.retry_after)},
             )
         return None
 
     async def _serve(
-        self, request: web.Request, body: dict[str, Any], key: str, chars: int,
-        last_user: str, n_assistant: int | None,
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        key: str,
+        chars: int,
+        last_user: str,
+        n_assistant: int | None,
     ) -> web.StreamResponse:
         """Shared path of chat and legacy completions: count, gate, wait, reply."""
         self.requests += 1
@@ -253,8 +265,13 @@ class FakeLLM:
             self.in_flight -= 1
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], reply: Reply, prompt_tokens: int,
-        delay: float, legacy: bool,
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        reply: Reply,
+        prompt_tokens: int,
+        delay: float,
+        legacy: bool,
     ) -> web.StreamResponse:
         opts = body.get("stream_options")
         usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
@@ -293,8 +310,12 @@ class FakeLLM:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             self.requests += 1
             return self._fail(
-                _error(400, "'messages' is a required property and must be a list of objects.",
-                       "invalid_request_error", None)
+                _error(
+                    400,
+                    "'messages' is a required property and must be a list of objects.",
+                    "invalid_request_error",
+                    None,
+                )
             )
         first_user: str | None = None
         last_user = ""
@@ -390,10 +411,19 @@ def _completion(model: str, reply: Reply, prompt_tokens: int, legacy: bool) -> d
     }
     if legacy:
         choice: dict[str, Any] = {
-            "index": 0, "text": reply.content or "", "logprobs": None, "finish_reason": reply.finish_reason,
+            "index": 0,
+            "text": reply.content or "",
+            "logprobs": None,
+            "finish_reason": reply.finish_reason,
         }
-        return {"id": f"cmpl-{next(_ids)}", "object": "text_completion", "created": int(time.time()),
-                "model": model, "choices": [choice], "usage": usage}
+        return {
+            "id": f"cmpl-{next(_ids)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
     message: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.tool_calls:
         message["tool_calls"] = reply.tool_calls
@@ -431,29 +461,64 @@ def _chunks(model: str, reply: Reply, prompt_tokens: int, legacy: bool, usage: b
     tail: list[dict[str, Any]] = []
     if usage:
         completion_tokens = tokens(completion_chars(reply))
-        tail.append({"id": cid, "object": obj, "created": created, "model": model, "choices": [],
-                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                               "total_tokens": prompt_tokens + completion_tokens}})
+        tail.append(
+            {
+                "id": cid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
     if legacy:
 
         def text_chunk(text: str, finish: str | None) -> dict[str, Any]:
-            return {"id": cid, "object": obj, "created": created, "model": model,
-                    "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            return {
+                "id": cid,
+                "object": obj,
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+            }
 
         return [text_chunk(p, None) for p in split(reply.content or "")] + [text_chunk("", reply.finish_reason)] + tail
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"id": cid, "object": obj, "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return {
+            "id": cid,
+            "object": obj,
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
 
     events = [chunk({"role": "assistant", "content": ""})]
     events += [chunk({"content": piece}) for piece in split(reply.content or "")]
     for index, call in enumerate(reply.tool_calls):
         fn = call["function"]
-        events.append(chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                             "function": {"name": fn["name"], "arguments": ""}}]}))
-        events += [chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-                   for piece in split(fn["arguments"], 2)]
+        events.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": fn["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
+        events += [
+            chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+            for piece in split(fn["arguments"], 2)
+        ]
     events.append(chunk({}, reply.finish_reason))
     return events + tail
 

@@ -32,7 +32,9 @@ from aiohttp import web
 __all__ = ["BM25Index", "RetrievalServer", "load_corpus"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an and are as at be by for from has he in is it its of on or that the to was were will with what which who whom".split())
+_STOP = frozenset(
+    "a an and are as at be by for from has he in is it its of on or that the to was were will with what which who whom".split()
+)
 
 
 def tokenize(text: str) -> list[str]:
@@ -88,7 +90,9 @@ class BM25Index:
 class RetrievalServer:
     """The stand-in as an aiohttp app on 127.0.0.1, started and stopped by ``async with``."""
 
-    def __init__(self, docs: list[dict[str, str]], *, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0) -> None:
+    def __init__(
+        self, docs: list[dict[str, str]], *, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0
+    ) -> None:
         self.index = BM25Index(docs)
         self.host, self.port, self.latency = host, port, latency
         self.requests = 0

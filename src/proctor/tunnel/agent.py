@@ -455,8 +455,10 @@ def refused_call(meta: dict[str, Any]) -> str | None:
     if headers is not None and not (
         isinstance(headers, dict)
         and all(
-            isinstance(k, str) and k.lower() in FORWARDED_REQUEST_HEADERS
-            and isinstance(v, str) and _SAFE_HEADER_VALUE.fullmatch(v)
+            isinstance(k, str)
+            and k.lower() in FORWARDED_REQUEST_HEADERS
+            and isinstance(v, str)
+            and _SAFE_HEADER_VALUE.fullmatch(v)
             for k, v in headers.items()
         )
     ):

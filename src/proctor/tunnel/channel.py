@@ -63,9 +63,7 @@ async def channel_endpoint(hub: TunnelHub, ws: WebSocket) -> None:
     job = None
     if client and is_loopback(client.host) and "x-forwarded-for" not in headers and "forwarded" not in headers:
         scheme, _, token = headers.get("authorization", "").partition(" ")
-        job = hub.check_internal_token(
-            ws.path_params["job_id"], token.strip() if scheme.lower() == "bearer" else None
-        )
+        job = hub.check_internal_token(ws.path_params["job_id"], token.strip() if scheme.lower() == "bearer" else None)
     if job is None or job.closed:
         # Refused before accepting: the server answers HTTP 403 and nothing is exchanged.
         log.info("job channel refused for %s", ws.url.path)
@@ -171,7 +169,9 @@ class JobChannel:
     def send_error(self, rid: int, status: int, message: str, code: str, retry_after: bool = False) -> None:
         headers = {**_JSON_HEADERS, "retry-after": "5"} if retry_after else _JSON_HEADERS
         self.hub.channel_answers[status] += 1
-        self.writer.put(protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": headers}, json_error(status, message, code)))
+        self.writer.put(
+            protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": headers}, json_error(status, message, code))
+        )
 
     def _start(self, rid: int, meta: dict[str, Any], body: bytes, held: int) -> None:
         """Validate one complete request (``held`` bytes of the job's budget) and hand it to the

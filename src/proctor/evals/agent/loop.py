@@ -191,9 +191,7 @@ def parse_text_tool_calls(content: str, tool_names: set[str] | frozenset[str]) -
                 obj = json.loads(body)
             except json.JSONDecodeError as exc:
                 name = _NAME.search(body)
-                calls.append(
-                    ToolCall(_new_id(), name.group(1) if name else "", None, body, f"invalid JSON: {exc.msg}")
-                )
+                calls.append(ToolCall(_new_id(), name.group(1) if name else "", None, body, f"invalid JSON: {exc.msg}"))
                 continue
             objs = obj if isinstance(obj, list) else [obj]
             for o in objs:
@@ -419,7 +417,13 @@ class AgentSolver:
                     "tool_calls": [],
                 }
                 turns.append(record)
-                add(assistant, {k: record[k] for k in ("turn", "start", "duration", "endpoint", "prompt_tokens", "completion_tokens")})
+                add(
+                    assistant,
+                    {
+                        k: record[k]
+                        for k in ("turn", "start", "duration", "endpoint", "prompt_tokens", "completion_tokens")
+                    },
+                )
                 if content.strip():
                     last_text = content
                 if not calls:
@@ -460,9 +464,17 @@ class AgentSolver:
             raise
         finally:
             # One record per sample for `proctor analyze`: turns, tool calls, wall time, the limit hit.
-            ctx.emit({"kind": "sample", "sample_id": sample.id, "start": started_wall,
-                      "duration": time.monotonic() - started, "turns": len(turns), "tool_calls": tool_calls,
-                      "outcome": outcome})
+            ctx.emit(
+                {
+                    "kind": "sample",
+                    "sample_id": sample.id,
+                    "start": started_wall,
+                    "duration": time.monotonic() - started,
+                    "turns": len(turns),
+                    "tool_calls": tool_calls,
+                    "outcome": outcome,
+                }
+            )
         if answer is None:
             answer, answer_source = last_text, ("last_message" if last_text else None)
         return SolveResult(

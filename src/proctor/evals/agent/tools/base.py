@@ -126,7 +126,11 @@ def validate_args(tool: Tool, args: dict[str, Any]) -> str | None:
     """
     props = tool.parameters.get("properties", {})
     for key, value in args.items():  # small models send 42 for "42": accept it, as text
-        if props.get(key, {}).get("type") == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (
+            props.get(key, {}).get("type") == "string"
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
             args[key] = str(value)
     missing = [k for k in tool.parameters.get("required", []) if k not in args]
     if missing:

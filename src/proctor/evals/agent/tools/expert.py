@@ -112,11 +112,14 @@ class ExpertTool(Tool):
         self.final = options.final
         self.timeout = options.timeout
         self.template = options.prompt or DEFAULT_PROMPTS[options.mode]
-        self.description = options.description or {
-            "answer": "Ask an expert model to answer; describe what you know so far in 'task'.",
-            "python": "Ask an expert to write and run Python code for a computation described in 'task'.",
-            "retrieve": "Ask an expert to search for the information described in 'task'.",
-        }[options.mode]
+        self.description = (
+            options.description
+            or {
+                "answer": "Ask an expert model to answer; describe what you know so far in 'task'.",
+                "python": "Ask an expert to write and run Python code for a computation described in 'task'.",
+                "retrieve": "Ask an expert to search for the information described in 'task'.",
+            }[options.mode]
+        )
         props: dict[str, Any] = {"task": {"type": "string", "description": "What the expert should do."}}
         required = ["task"]
         if options.roles:

@@ -98,5 +98,7 @@ class RetrieveTool(Tool):
     async def run(self, args: dict[str, Any], ctx: ToolCallContext) -> str:
         session = get_session(ctx.solve.models)
         with ctx.step("retrieval"):
-            results = await retrieve(session, self.options.url, [args["query"]], self.options.topk, self.options.timeout)
+            results = await retrieve(
+                session, self.options.url, [args["query"]], self.options.topk, self.options.timeout
+            )
         return format_hits(results[0], self.options.doc_chars)

@@ -1,0 +1,1 @@
+"""The evaluation engine: specs, datasets, solvers, scorers, the ledger and the runner."""
