@@ -37,7 +37,7 @@ def _hub_main(port: int, router_only: bool) -> None:
     from fastapi import FastAPI
 
     from proctor._loop import tune_gc
-    from proctor.tunnel.hub import TunnelHub
+    from proctor.server.tunnel.hub import TunnelHub
 
     hub = TunnelHub(authenticator=lambda token: "bench" if token == "bench-token" else None)
     app = FastAPI()

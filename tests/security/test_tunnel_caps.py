@@ -16,8 +16,8 @@ import pytest
 from security.tunnel_kit import RecordingModel, error_code, next_requests, raw_agent, running_hub
 from tunnel.tunnelkit import HubServer, chat, run, running_agent, wait_until
 
+from proctor.models.transport.channel import TunnelChannel, channel_url
 from proctor.tunnel import protocol
-from proctor.tunnel.channel_client import TunnelChannel, channel_url
 from proctor.tunnel.protocol import CHUNK, Kind
 
 KIB = 1024
@@ -200,7 +200,7 @@ def test_a_stream_longer_than_the_caps_passes_when_it_is_relayed(via: str) -> No
 
 
 def test_the_job_budget_is_never_below_one_body() -> None:
-    from proctor.tunnel.hub import TunnelHub
+    from proctor.server.tunnel.hub import TunnelHub
 
     assert TunnelHub(max_body=10 * MIB, max_job_bytes=1 * MIB).max_job_bytes == 10 * MIB
 

@@ -19,8 +19,8 @@ from security.tunnel_kit import closed_with, next_requests, raw_agent, running_h
 from tunnel.tunnelkit import HubServer
 
 from proctor.client import Client
+from proctor.models.transport.channel import channel_url
 from proctor.tunnel import protocol
-from proctor.tunnel.channel_client import channel_url
 from proctor.tunnel.protocol import Kind
 
 

@@ -263,7 +263,7 @@ def test_resume_serves_a_private_job_after_a_restart(tmp_path: Path) -> None:
 def test_served_app_puts_the_tunnel_fast_path_in_front(tmp_path: Path) -> None:
     from proctor.server.app import create_app, served_app
     from proctor.server.settings import ServerSettings
-    from proctor.tunnel.facade import FastPath
+    from proctor.server.tunnel.facade import FastPath
 
     app = create_app(ServerSettings(data_dir=tmp_path / "data"))
     try:

@@ -20,8 +20,8 @@ from tunnel.tunnelkit import chat, gated_stream_server, run, running_agent, wait
 from proctor.errors import ModelAbortError
 from proctor.models.config import GenerateParams, ModelConfig
 from proctor.models.router import ModelRouter
+from proctor.models.transport.channel import ChannelError, TunnelChannel, channel_url
 from proctor.testing import FakeLLM, FakeLLMConfig
-from proctor.tunnel.channel_client import ChannelError, TunnelChannel, channel_url
 
 
 def _router(server: Any, job: str, internal: str, **config: Any) -> ModelRouter:

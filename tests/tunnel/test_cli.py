@@ -74,7 +74,7 @@ def test_tunnel_command_serves_until_the_job_ends(hub_server: Any) -> None:
 def test_tunnel_command_serves_each_private_role_from_its_own_model(hub_server: Any) -> None:
     """``--model ROLE=URL`` per role, each with its own key: a call names its role (the job
     channel's ``r``, the facade's X-Proctor-Role header) and reaches that role's model."""
-    from proctor.tunnel.channel_client import TunnelChannel, channel_url
+    from proctor.models.transport.channel import TunnelChannel, channel_url
 
     server = hub_server()
     secret, internal = server.hub.register_job("job-roles", owner="alice", roles=["subject", "judge"])

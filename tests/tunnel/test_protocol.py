@@ -84,7 +84,7 @@ def test_writer_coalesces_what_queued_up_and_keeps_order() -> None:
 
 
 def test_slots_are_fifo_and_survive_cancelled_waiters() -> None:
-    from proctor.tunnel.hub import Slots
+    from proctor.server.tunnel.hub import Slots
 
     async def body() -> list[str]:
         slots = Slots(1)

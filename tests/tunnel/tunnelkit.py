@@ -21,8 +21,8 @@ import uvicorn
 from aiohttp import web
 from fastapi import FastAPI
 
+from proctor.server.tunnel.hub import TunnelHub
 from proctor.tunnel.agent import TunnelAgent
-from proctor.tunnel.hub import TunnelHub
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ import aiohttp
 from yarl import URL
 
 from proctor.errors import BadRequestError, ContextOverflowError, InfraErrorClass, ModelAbortError
+from proctor.models.transport.channel import ChannelError
 from proctor.models.types import ChatResult
-from proctor.tunnel.channel_client import ChannelError
 
 if TYPE_CHECKING:
-    from proctor.tunnel.channel_client import TunnelChannel
+    from proctor.models.transport.channel import TunnelChannel
 
 __all__ = [
     "AttemptFailure",

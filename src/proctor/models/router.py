@@ -393,7 +393,7 @@ class ModelRouter:
                 headers = {"Content-Type": "application/json"}
             role._headers = headers
             if role.config.transport == "tunnel" and self._session is not None:
-                from proctor.tunnel.channel_client import TunnelChannel, channel_url
+                from proctor.models.transport.channel import TunnelChannel, channel_url
 
                 for replica in role.pool.replicas:
                     if replica.channel is None:

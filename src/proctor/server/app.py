@@ -334,7 +334,7 @@ def _attach_tunnel(app: FastAPI, manager: JobManager, auth: Authenticator, setti
     """Mount the private-mode tunnel when ``proctor.tunnel`` is installed; the server works without."""
     app.state.tunnel_hub = None
     try:
-        from proctor.tunnel.hub import TunnelHub  # type: ignore[import-not-found,unused-ignore]
+        from proctor.server.tunnel.hub import TunnelHub  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return None
     authenticate: Callable[[str], Principal | None] = auth.from_token

@@ -1,9 +1,9 @@
 """Private mode: a job's model calls travel back to the submitter's own model over a WebSocket.
 
-``hub`` (server side: authenticated agent connections, dispatch, replay), ``facade`` (the
-job-facing OpenAI-compatible endpoint), ``channel`` and ``channel_client`` (the job channel: a
-proctor job's calls as envelopes over one WebSocket), ``agent`` (submitter side) and
-``protocol`` (the wire format). Only the agent's API is re-exported here, so that ``proctor tunnel`` and
+This package holds what the submitter's side and both ends share: ``agent`` (submitter side) and
+``protocol`` (the wire format). The server's parts (hub, facade, job channel) live in
+``proctor.server.tunnel``; the engine's end of the job channel is a model transport,
+``proctor.models.transport.channel``. Only the agent's API is re-exported here, so that ``proctor tunnel`` and
 ``proctor submit --private`` do not import the server's machinery; see ``docs/tunnel.md``.
 """
 

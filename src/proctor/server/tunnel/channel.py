@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket
 
 from proctor.tunnel import protocol
-from proctor.tunnel.facade import (
+from proctor.server.tunnel.facade import (
     FORWARDED_REQUEST_HEADERS,
     forwarded_method,
     is_loopback,
@@ -43,7 +43,7 @@ from proctor.tunnel.facade import (
 from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
 
 if TYPE_CHECKING:
-    from proctor.tunnel.hub import Call, TunnelHub, _Job
+    from proctor.server.tunnel.hub import Call, TunnelHub, _Job
 
 __all__ = ["CHANNEL_PATH", "JobChannel", "channel_endpoint"]
 

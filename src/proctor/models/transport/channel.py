@@ -2,7 +2,7 @@
 
 The proctor server points a proctor job's private roles at its model facade and marks them
 ``transport: tunnel``; the engine then sends their calls over one WebSocket to
-``<facade base URL>/channel`` instead of one HTTP request each (see ``channel.py`` for why). The
+``<facade base URL>/channel`` instead of one HTTP request each (see ``proctor.server.tunnel.channel`` for why). The
 answers come back exactly as the facade would give them (status, headers, body, or a stream of
 chunks), so the engine's client interprets both paths with the same code.
 

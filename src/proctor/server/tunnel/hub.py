@@ -41,8 +41,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from proctor.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ProctorError
 from proctor.tunnel import protocol
-from proctor.tunnel.channel import JobChannel, channel_endpoint
-from proctor.tunnel.facade import over_budget, too_large
+from proctor.server.tunnel.channel import JobChannel, channel_endpoint
+from proctor.server.tunnel.facade import over_budget, too_large
 from proctor.tunnel.protocol import Budget, Envelope, FrameWriter, Inbox, Kind
 
 __all__ = ["Budget", "Call", "CallEvents", "TunnelHub", "TunnelStateCallback"]
@@ -250,7 +250,7 @@ class TunnelHub:
         self._background: set[asyncio.Task[Any]] = set()
         self.channel_answers: Counter[int] = Counter()
         """Answers given over job channels, by HTTP status (for the server's metrics)."""
-        from proctor.tunnel.facade import build_router
+        from proctor.server.tunnel.facade import build_router
 
         self.router: APIRouter = build_router(self)
         """Include in the server app: the tunnel WebSocket and the job-facing facade."""
@@ -373,7 +373,7 @@ class TunnelHub:
         Facade calls no longer pass through ``app``'s middleware; ``wrap_facade`` (e.g. a metrics
         middleware) is applied to the facade alone instead.
         """
-        from proctor.tunnel.facade import FastPath
+        from proctor.server.tunnel.facade import FastPath
 
         return FastPath(app, self, wrap_facade=wrap_facade)
 

@@ -32,7 +32,7 @@ from proctor.tunnel import protocol
 from proctor.tunnel.protocol import FACADE_PATHS, FORWARDED_REQUEST_HEADERS, Inbox, Kind, forwarded_method
 
 if TYPE_CHECKING:
-    from proctor.tunnel.hub import Call, Slots, TunnelHub, _Job
+    from proctor.server.tunnel.hub import Call, Slots, TunnelHub, _Job
     from proctor.tunnel.protocol import Budget
 
 __all__ = [
@@ -66,7 +66,7 @@ def facade_url(host: str, port: int, job_id: str) -> str:
 
 def build_router(hub: TunnelHub) -> APIRouter:
     """The tunnel WebSocket, the job channel and the facade routes bound to ``hub``."""
-    from proctor.tunnel.channel import CHANNEL_PATH  # it builds on this module
+    from proctor.server.tunnel.channel import CHANNEL_PATH  # it builds on this module
 
     router = APIRouter()
     router.add_websocket_route("/v1/jobs/{job_id}/tunnel", hub.websocket_endpoint, name="tunnel")
