@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,14 +13,18 @@ from proctor.cli._console import make_console
 
 
 def analyze(
-    run_dir: Path = typer.Argument(..., help="A run directory made by `proctor run` (may still be running)."),
-    run_dir_b: Path | None = typer.Argument(None, help="A second run: show both side by side with B - A per group."),
-    under: float = typer.Option(5.0, "--under", min=0, help="Report the share of calls shorter than this (s)."),
-    long: float = typer.Option(300.0, "--long", min=0, help="Count calls longer than this (s)."),
-    bins: int = typer.Option(10, "--bins", min=1, max=200, help="Histogram bins (linear and log scale)."),
-    plots: bool = typer.Option(False, "--plots", help="Also write PNG plots into RUN_DIR/analysis/."),
-    as_json: bool = typer.Option(False, "--json", help="Print the analysis as JSON."),
-    as_csv: bool = typer.Option(False, "--csv", help="Print the latency tables as CSV."),
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `proctor run` (may still be running).")],
+    run_dir_b: Annotated[
+        Path | None, typer.Argument(help="A second run: show both side by side with B - A per group.")
+    ] = None,
+    under: Annotated[
+        float, typer.Option("--under", min=0, help="Report the share of calls shorter than this (s).")
+    ] = 5.0,
+    long: Annotated[float, typer.Option("--long", min=0, help="Count calls longer than this (s).")] = 300.0,
+    bins: Annotated[int, typer.Option("--bins", min=1, max=200, help="Histogram bins (linear and log scale).")] = 10,
+    plots: Annotated[bool, typer.Option("--plots", help="Also write PNG plots into RUN_DIR/analysis/.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print the latency tables as CSV.")] = False,
 ) -> None:
     """Latency per tool, expert, role and replica; samples; model vs tool vs queueing; retries, errors."""
     from proctor.errors import InputError

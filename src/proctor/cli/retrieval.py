@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -31,21 +32,25 @@ def _check_installed() -> None:
 
 @retrieval_app.command("index", no_args_is_help=True)
 def index(
-    corpus: Path = typer.Argument(..., help="Corpus file: .jsonl, .json, .csv or .parquet, one document per row."),
-    out: Path = typer.Option(..., "--out", help="Index directory to write (replaced if it holds an index)."),
-    dense: bool = typer.Option(True, "--dense/--no-dense", help="Build the dense (MiniLM + faiss) index."),
-    bm25: bool = typer.Option(False, "--bm25/--no-bm25", help="Build a BM25 index (bm25s)."),
-    approximate: bool = typer.Option(
-        False, "--approximate", help="faiss HNSW instead of exact search (large corpora)."
-    ),
-    fmt: str | None = typer.Option(None, "--format", help="jsonl, json, csv or parquet (default: from the extension)."),
-    id_field: str | None = typer.Option(
-        None, "--id-field", help="Column(s) holding the id, comma-separated [id,_id,doc_id]."
-    ),
-    title_field: str | None = typer.Option(None, "--title-field", help="Column(s) holding the title [title]."),
-    content_field: str | None = typer.Option(
-        None, "--content-field", help="Column(s) holding the text [content,contents,text]."
-    ),
+    corpus: Annotated[Path, typer.Argument(help="Corpus file: .jsonl, .json, .csv or .parquet, one document per row.")],
+    out: Annotated[Path, typer.Option("--out", help="Index directory to write (replaced if it holds an index).")],
+    dense: Annotated[bool, typer.Option("--dense/--no-dense", help="Build the dense (MiniLM + faiss) index.")] = True,
+    bm25: Annotated[bool, typer.Option("--bm25/--no-bm25", help="Build a BM25 index (bm25s).")] = False,
+    approximate: Annotated[
+        bool, typer.Option("--approximate", help="faiss HNSW instead of exact search (large corpora).")
+    ] = False,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl, json, csv or parquet (default: from the extension).")
+    ] = None,
+    id_field: Annotated[
+        str | None, typer.Option("--id-field", help="Column(s) holding the id, comma-separated [id,_id,doc_id].")
+    ] = None,
+    title_field: Annotated[
+        str | None, typer.Option("--title-field", help="Column(s) holding the title [title].")
+    ] = None,
+    content_field: Annotated[
+        str | None, typer.Option("--content-field", help="Column(s) holding the text [content,contents,text].")
+    ] = None,
 ) -> None:
     """Check the corpus (ids unique, fields present), then build the index into --out."""
     _check_installed()
@@ -84,28 +89,38 @@ def index(
 
 @retrieval_app.command("serve", no_args_is_help=True)
 def serve(
-    index_dir: Path = typer.Argument(..., help="An index directory made by `proctor retrieval index`."),
-    port: int = typer.Option(8001, "--port", min=0, max=65535, help="TCP port."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
-    mode: str | None = typer.Option(None, "--mode", help="dense, bm25 or hybrid [hybrid when both exist]."),
-    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Queries per encode+search; 1 turns batching off."),
-    max_queries: int = typer.Option(64, "--max-queries", min=1, help="Queries accepted in one request."),
-    max_topk: int = typer.Option(100, "--max-topk", min=1, help="Largest topk accepted."),
-    max_query_chars: int = typer.Option(4096, "--max-query-chars", min=1, help="Longest query accepted."),
-    min_good: int = typer.Option(
-        3, "--fallback-min-good", min=0, help="Fall back when fewer good local hits than this."
-    ),
-    min_chars: int = typer.Option(100, "--fallback-min-chars", min=0, help="A good hit has more characters than this."),
-    min_score: float | None = typer.Option(
-        None, "--fallback-min-score", help="A good hit scores above this [0.1; bm25: 5.0]."
-    ),
-    web: bool = typer.Option(True, "--web/--no-web", help="Fall back to web search (Tavily) when local hits are thin."),
-    web_key_env: str = typer.Option(
-        "TAVILY_API_KEY", "--web-key-env", help="Environment variable holding the Tavily key."
-    ),
-    web_url: str = typer.Option("https://api.tavily.com", "--web-url", help="Tavily's API base URL."),
-    web_results: int = typer.Option(3, "--web-results", min=1, max=20, help="Web results added per fallback."),
-    eid_file: Path | None = typer.Option(None, "--eid-file", help="JSON {eid: [doc ids]}: per-question allow-lists."),
+    index_dir: Annotated[Path, typer.Argument(help="An index directory made by `proctor retrieval index`.")],
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8001,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+    mode: Annotated[str | None, typer.Option("--mode", help="dense, bm25 or hybrid [hybrid when both exist].")] = None,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, help="Queries per encode+search; 1 turns batching off.")
+    ] = 64,
+    max_queries: Annotated[int, typer.Option("--max-queries", min=1, help="Queries accepted in one request.")] = 64,
+    max_topk: Annotated[int, typer.Option("--max-topk", min=1, help="Largest topk accepted.")] = 100,
+    max_query_chars: Annotated[int, typer.Option("--max-query-chars", min=1, help="Longest query accepted.")] = 4096,
+    min_good: Annotated[
+        int, typer.Option("--fallback-min-good", min=0, help="Fall back when fewer good local hits than this.")
+    ] = 3,
+    min_chars: Annotated[
+        int, typer.Option("--fallback-min-chars", min=0, help="A good hit has more characters than this.")
+    ] = 100,
+    min_score: Annotated[
+        float | None, typer.Option("--fallback-min-score", help="A good hit scores above this [0.1; bm25: 5.0].")
+    ] = None,
+    web: Annotated[
+        bool, typer.Option("--web/--no-web", help="Fall back to web search (Tavily) when local hits are thin.")
+    ] = True,
+    web_key_env: Annotated[
+        str, typer.Option("--web-key-env", help="Environment variable holding the Tavily key.")
+    ] = "TAVILY_API_KEY",
+    web_url: Annotated[str, typer.Option("--web-url", help="Tavily's API base URL.")] = "https://api.tavily.com",
+    web_results: Annotated[
+        int, typer.Option("--web-results", min=1, max=20, help="Web results added per fallback.")
+    ] = 3,
+    eid_file: Annotated[
+        Path | None, typer.Option("--eid-file", help="JSON {eid: [doc ids]}: per-question allow-lists.")
+    ] = None,
 ) -> None:
     """Serve POST /retrieve, GET /health, /metrics and /docs until Ctrl-C."""
     _check_installed()

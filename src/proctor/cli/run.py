@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -66,36 +66,48 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
 
 
 def run(
-    spec: Path = typer.Argument(..., help="Task spec (YAML).", show_default=False),
-    out: Path = typer.Option(
-        None,
-        "--out",
-        "-o",
-        help="Run directory (default: runs/SPEC-NAME). Running again into the same directory resumes.",
-    ),
-    model: list[str] = typer.Option(
-        [],
-        "--model",
-        "-m",
-        metavar="ROLE=URL@NAME",
-        help="Send a role's requests elsewhere, e.g. subject=http://127.0.0.1:8000/v1@qwen.",
-    ),
-    limit: int = typer.Option(None, "--limit", "-n", min=1, help="Run at most N samples."),
-    concurrency: int = typer.Option(None, "--concurrency", "-c", min=1, help="Samples in flight at once."),
-    retry_errors: bool = typer.Option(False, "--retry-errors", help="Run the samples that errored again."),
-    force_new: bool = typer.Option(
-        False,
-        "--force-new",
-        help="Start afresh when --out holds an incomparable run (the old one is moved aside, not deleted).",
-    ),
-    dry_run: bool = typer.Option(
-        False, "--dry-run", help="Show where each role's requests would go, with replica health; run no sample."
-    ),
-    progress: str = typer.Option("auto", "--progress", help="auto | rich | plain | none."),
-    grace: float = typer.Option(30.0, "--grace", min=0, help="Seconds in-flight samples get after Ctrl-C."),
-    report_interval: float = typer.Option(
-        10.0, "--report-interval", min=0.1, help="Seconds between refreshes of the output files during the run."
-    ),
+    spec: Annotated[Path, typer.Argument(help="Task spec (YAML).", show_default=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run directory (default: runs/SPEC-NAME). Running again into the same directory resumes.",
+        ),
+    ] = None,
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="ROLE=URL@NAME",
+            help="Send a role's requests elsewhere, e.g. subject=http://127.0.0.1:8000/v1@qwen.",
+        ),
+    ] = [],  # noqa: B006
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Run at most N samples.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", "-c", min=1, help="Samples in flight at once.")
+    ] = None,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="Run the samples that errored again.")] = False,
+    force_new: Annotated[
+        bool,
+        typer.Option(
+            "--force-new",
+            help="Start afresh when --out holds an incomparable run (the old one is moved aside, not deleted).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Show where each role's requests would go, with replica health; run no sample."),
+    ] = False,
+    progress: Annotated[str, typer.Option("--progress", help="auto | rich | plain | none.")] = "auto",
+    grace: Annotated[float, typer.Option("--grace", min=0, help="Seconds in-flight samples get after Ctrl-C.")] = 30.0,
+    report_interval: Annotated[
+        float,
+        typer.Option(
+            "--report-interval", min=0.1, help="Seconds between refreshes of the output files during the run."
+        ),
+    ] = 10.0,
 ) -> None:
     """Run an evaluation (resumable: run it again to continue where it stopped).
 
@@ -259,12 +271,15 @@ def _dry_run_services(task: Any, spec_dir: Path, console: Any) -> None:
 
 
 def rescore(
-    run_dir: Path = typer.Argument(..., help="A run directory made by `proctor run`."),
-    scorer: str = typer.Option(None, "--scorer", help="Score with another scorer type (e.g. numeric, boxed)."),
-    judge: str = typer.Option(
-        None, "--judge", metavar="URL@NAME", help="Re-grade with another judge model (for the judge scorer)."
-    ),
-    concurrency: int = typer.Option(None, "--concurrency", "-c", min=1),
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `proctor run`.")],
+    scorer: Annotated[
+        str | None, typer.Option("--scorer", help="Score with another scorer type (e.g. numeric, boxed).")
+    ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option("--judge", metavar="URL@NAME", help="Re-grade with another judge model (for the judge scorer)."),
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", min=1)] = None,
 ) -> None:
     """Score a finished run again, without calling the model under evaluation."""
     from proctor.evals.rescore import rescore_run
