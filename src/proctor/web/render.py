@@ -18,10 +18,12 @@ def percent(value: Any) -> str:
 
 
 def seconds(value: Any) -> str:
-    """3.2 s, 4 min 10 s, 2 h 05 min: an ETA or a duration a person reads at a glance."""
+    """12 ms, 3.2 s, 4 min 10 s, 2 h 05 min: an ETA or a duration a person reads at a glance."""
     if value is None:
         return "–"
     s = float(value)
+    if s < 1:
+        return f"{1000 * s:.0f} ms"
     if s < 60:
         return f"{s:.1f} s" if s < 10 else f"{s:.0f} s"
     if s < 3600:

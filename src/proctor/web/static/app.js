@@ -8,6 +8,7 @@ const POLL_MS = 2000;
 function percent(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%"; }
 function seconds(v) {
   if (v === null || v === undefined) return "–";
+  if (v < 1) return Math.round(1000 * v) + " ms";
   if (v < 60) return v < 10 ? v.toFixed(1) + " s" : Math.round(v) + " s";
   if (v < 3600) return Math.floor(v / 60) + " min " + String(Math.floor(v % 60)).padStart(2, "0") + " s";
   return Math.floor(v / 3600) + " h " + String(Math.floor((v % 3600) / 60)).padStart(2, "0") + " min";
