@@ -14,9 +14,8 @@ from proctor.web.source import JobInfo
 BATCHLESS = ""
 
 
-def _progress(job: JobInfo, data: RunData) -> dict[str, Any]:
+def _progress(job: JobInfo, summary: dict[str, Any]) -> dict[str, Any]:
     """done / total / errors / accuracy / ETA: the engine's live line while it runs, else the ledger."""
-    summary = data.summary()
     counts = summary["counts"]
     live = job.progress if (job.active and job.progress) else None
     accuracy = summary["accuracy"]
@@ -30,8 +29,8 @@ def _progress(job: JobInfo, data: RunData) -> dict[str, Any]:
     }
 
 
-def job_row(job: JobInfo) -> dict[str, Any]:
-    data = RunData(job.run_dir)
+def job_row(job: JobInfo, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One line of the jobs list (``summary``: the run's ledger figures, when already read)."""
     return {
         "id": job.id,
         "name": job.name,
@@ -40,7 +39,7 @@ def job_row(job: JobInfo) -> dict[str, Any]:
         "kind": job.kind,
         "batch_id": job.batch_id,
         "created_at": job.created_at,
-        "progress": _progress(job, data),
+        "progress": _progress(job, summary if summary is not None else RunData(job.run_dir).summary()),
     }
 
 
@@ -58,12 +57,11 @@ def jobs_page(jobs: list[JobInfo]) -> dict[str, Any]:
 
 
 def job_page(job: JobInfo) -> dict[str, Any]:
-    data = RunData(job.run_dir)
-    summary = data.summary()
+    summary = RunData(job.run_dir).summary()
     return {
         "ok": True,
         "job": {
-            **job_row(job),
+            **job_row(job, summary),
             "note": job.note,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
