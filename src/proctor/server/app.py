@@ -305,7 +305,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{job.id}.tar.gz"'},
         )
 
+    _mount_dashboard(app, auth=auth, store=store, manager=manager, queue_share=queue_share, data_dir=settings.data_dir)
     return app
+
+
+def _mount_dashboard(app: FastAPI, **parts: Any) -> None:
+    """The web dashboard at ``/`` (``proctor.web``, docs/dashboard.md); the API is not changed."""
+    from proctor.web import mount_on_server
+
+    mount_on_server(app, **parts)
 
 
 FACADE_ROUTE = "/internal/jobs/{job_id}/v1/{path:path}"
