@@ -151,6 +151,7 @@ class Client:
         retry_errors: bool = False,
         timeout: float | None = None,
         dataset: str | None = None,
+        batch_id: str | None = None,
     ) -> dict[str, Any]:
         """Submit a spec file (its dataset is uploaded from beside it) or a command template.
 
@@ -172,6 +173,7 @@ class Client:
             ("concurrency", concurrency),
             ("timeout", timeout),
             ("dataset", dataset),
+            ("batch_id", batch_id),
         ):
             if value is not None:
                 body[key] = value
@@ -189,8 +191,13 @@ class Client:
     def status(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/v1/jobs/{job_id}").json())
 
-    def list(self, *, all_users: bool = False) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/v1/jobs", params={"all": all_users}).json()["jobs"])
+    def list(self, *, all_users: bool = False, batch: str | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"all": all_users} if batch is None else {"all": all_users, "batch": batch}
+        return list(self._request("GET", "/v1/jobs", params=params).json()["jobs"])
+
+    def batch(self, batch_id: str, *, all_users: bool = False) -> dict[str, Any]:
+        """The caller's jobs of one batch (``jobs``), a count per state and whether all finished."""
+        return dict(self._request("GET", f"/v1/batches/{quote(batch_id, safe='')}", params={"all": all_users}).json())
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from proctor.batch import is_matrix
 from proctor.cli._console import LazyConsole
-from proctor.errors import InputError, ProctorError
+from proctor.errors import InputError, NotFoundError, ProctorError
 
 if TYPE_CHECKING:
     from proctor.client import Client
@@ -85,7 +86,14 @@ def _models(
 
 
 def submit(
-    spec: Annotated[Path | None, typer.Argument(help="Task spec YAML; its dataset is uploaded from beside it.")] = None,
+    specs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Task spec YAML; its dataset is uploaded from beside it. Several specs (or one role given "
+            "by several --model) are queued as one batch: every spec with every model.",
+            metavar="SPEC...",
+        ),
+    ] = None,
     server: ServerOpt = None,
     token: TokenOpt = None,
     server_host: Annotated[str | None, typer.Option("--server-host", help="Server host (with --server-port).")] = None,
@@ -123,8 +131,48 @@ def submit(
     log_file: Annotated[Path | None, typer.Option("--log-file", help="Write the followed log here.")] = None,
     server_log: Annotated[Path | None, typer.Option("--server-log", help="Copy the job's process log here.")] = None,
     traj_log: Annotated[Path | None, typer.Option("--traj-log", help="Copy traj_log_all.jsonl here.")] = None,
+    interval: Annotated[float, typer.Option(help="A batch: seconds between refreshes of its table.", min=0.1)] = 2.0,
 ) -> None:
-    """Submit a job, follow its logs with a progress bar, and download its results."""
+    """Submit a job, follow its logs with a progress bar, and download its results.
+
+    A batch (several specs, or several --model for one role) is watched as one table instead.
+    """
+    job_options: dict[str, Any] = dict(
+        limit=limit,
+        concurrency=workers,
+        retry_errors=retry_errors,
+        timeout=timeout * 60 if timeout else None,
+        dataset=dataset,
+    )
+    if is_matrix(specs or [], model):  # a batch: cli/batches.py
+        from proctor.cli.batches import refuse_in_batch, submit_batch
+
+        refuse_in_batch(
+            template=template,
+            private=private or mode == "private",
+            private_role=private_role,
+            job_id=job_id,
+            out=out,
+            output_file=output_file,
+            log_file=log_file,
+            server_log=server_log,
+            traj_log=traj_log,
+        )
+        keys = _key_overrides(api_key, api_key_env)
+        with _client(server, token, server_host, server_port) as client:
+            raise typer.Exit(
+                submit_batch(
+                    client,
+                    specs or [],
+                    model,
+                    models_for=lambda values: _models(values, base_url, model_name, keys),
+                    check_roles=_check_roles,
+                    detach=detach,
+                    interval=interval,
+                    **job_options,
+                )
+            )
+    spec = specs[0] if specs else None
     if spec is None and template is None:
         raise InputError("give a task spec file, or --template NAME for a command job")
     if mode not in ("public", "private"):
@@ -166,11 +214,7 @@ def submit(
             private=is_private,
             private_roles=roles or None,
             job_id=job_id,
-            limit=limit,
-            concurrency=workers,
-            retry_errors=retry_errors,
-            timeout=timeout * 60 if timeout else None,
-            dataset=dataset,
+            **job_options,
         )
         job = answer["job"]
         for warning in answer.get("warnings", []):
@@ -426,10 +470,23 @@ def check(server: ServerOpt = None, token: TokenOpt = None) -> None:
         console.print(table)
 
 
-def status(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None) -> None:
-    """A job's state, exit code, note and progress."""
+def status(
+    job_id: Annotated[str, typer.Argument(help="The job's id, or a batch's.")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="A live table until every job is final.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes (--watch).", min=0.1)] = 2.0,
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """A job's state, exit code, note and progress; a batch's jobs as a table (--watch: live)."""
+    from proctor.cli.batches import status_of
+
     with _client(server, token) as client:
-        job = client.status(job_id)
+        try:
+            job = {} if watch else client.status(job_id)
+        except NotFoundError:
+            job = {}
+        if not job:
+            raise typer.Exit(status_of(client, job_id, watching=watch, interval=interval))
     from rich.table import Table
 
     from proctor.evals.progress import describe
@@ -508,12 +565,20 @@ def results(
 
 def list_jobs(
     all_users: Annotated[bool, typer.Option("--all", help="Everyone's jobs (admins).")] = False,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only this batch's jobs.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="A live table until every job is final.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes (--watch).", min=0.1)] = 2.0,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
-    """Your jobs on the server."""
+    """Your jobs on the server (--watch: a live table of their progress)."""
     with _client(server, token) as client:
-        jobs = client.list(all_users=all_users)
+        if watch:
+            from proctor.cli.batches import watch as watch_jobs
+
+            watch_jobs(lambda: client.list(all_users=all_users, batch=batch), interval=interval)
+            return
+        jobs = client.list(all_users=all_users, batch=batch)
     from rich.table import Table
 
     table = Table("job", "state", "kind", "owner", "exit", "note")

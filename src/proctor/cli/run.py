@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from proctor._loop import run as run_loop
+from proctor.batch import is_matrix
 from proctor.cli._console import make_console
 from proctor.errors import InputError
 
@@ -66,7 +67,10 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
 
 
 def run(
-    spec: Annotated[Path, typer.Argument(help="Task spec (YAML).", show_default=False)],
+    specs: Annotated[
+        list[Path],
+        typer.Argument(help="Task spec (YAML); several specs run as a matrix (see --parallel).", show_default=False),
+    ],
     out: Annotated[
         Path | None,
         typer.Option(
@@ -108,6 +112,16 @@ def run(
             "--report-interval", min=0.1, help="Seconds between refreshes of the output files during the run."
         ),
     ] = 10.0,
+    parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--parallel",
+            "-P",
+            min=1,
+            help="A matrix (several specs, or one role given by several --model): runs at once, each in "
+            "--out/NAME (default runs/NAME); the same command again resumes them.",
+        ),
+    ] = None,
 ) -> None:
     """Run an evaluation (resumable: run it again to continue where it stopped).
 
@@ -119,6 +133,24 @@ def run(
 
     if progress not in ("auto", "rich", "plain", "none"):
         raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
+    if is_matrix(specs, model):  # several evaluations: each its own `proctor run` (cli/matrix.py)
+        from proctor.cli.matrix import run_matrix
+
+        matrix_options = dict(limit=limit, concurrency=concurrency, retry_errors=retry_errors, force_new=force_new)
+        raise typer.Exit(
+            run_matrix(
+                specs,
+                model,
+                parallel=parallel,
+                out=out,
+                progress=progress,
+                dry_run=dry_run,
+                grace=grace,
+                report_interval=report_interval,
+                **matrix_options,
+            )
+        )
+    spec = specs[0]
     data = read_spec_data(spec)
     if is_lm_eval_spec(data):
         raise typer.Exit(

@@ -24,6 +24,7 @@ from proctor import __version__
 from proctor.errors import InputError, NotFoundError, ProctorError
 from proctor.server import artifacts, logs
 from proctor.server.auth import Authenticator, Principal, anonymize, check_access
+from proctor.server.batches import BATCH_ID_PATTERN, batch_view
 from proctor.server.frontdoor import FrontDoor, error_response
 from proctor.server.metrics import Metrics, MetricsMiddleware
 from proctor.server.quotas import QueueShare, Quota
@@ -31,6 +32,7 @@ from proctor.server.scheduler import JobManager
 from proctor.server.schemas import (
     JOB_ID_RE,
     ArtifactInfo,
+    BatchView,
     JobView,
     LogPage,
     ResumeRequest,
@@ -189,12 +191,31 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return SubmitResponse(job=manager.view(job), warnings=warnings, tunnel_secret=tunnel_secret)
 
     @app.get("/v1/jobs", tags=["jobs"])
-    async def list_jobs(request: Request, all: bool = False) -> dict[str, Any]:  # noqa: A002
+    async def list_jobs(
+        request: Request,
+        all: bool = False,  # noqa: A002
+        batch: Annotated[str | None, Query(pattern=BATCH_ID_PATTERN, description="Only this batch's jobs.")] = None,
+    ) -> dict[str, Any]:
         """The caller's jobs (an admin may ask for everyone's with ``all=true``)."""
         principal = caller(request)
         owner = None if (all and principal.admin) else principal.name
         queue = [j.id for j in store.queued()]
-        return {"ok": True, "jobs": [manager.view(j, queue=queue).model_dump() for j in store.list_jobs(owner=owner)]}
+        jobs = store.list_jobs(owner=owner, batch=batch)
+        return {"ok": True, "jobs": [manager.view(j, queue=queue).model_dump() for j in jobs]}
+
+    @app.get("/v1/batches/{batch_id}", tags=["jobs"], response_model=BatchView)
+    async def batch_status(
+        request: Request,
+        batch_id: Annotated[str, Path(pattern=BATCH_ID_PATTERN)],
+        all: bool = False,  # noqa: A002
+    ) -> BatchView:
+        """The caller's jobs of one batch with a count per state; 404 when the caller has none."""
+        principal = caller(request)
+        jobs = store.list_jobs(owner=None if (all and principal.admin) else principal.name, batch=batch_id)
+        if not jobs:
+            raise NotFoundError(f"no batch {batch_id!r}")
+        queue = [j.id for j in store.queued()]
+        return batch_view(batch_id, [manager.view(j, queue=queue) for j in jobs])
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"], response_model=JobView)
     async def job_status(request: Request, job_id: JobId) -> JobView:

@@ -34,6 +34,7 @@ from proctor.errors import (
 )
 from proctor.server import jobs as jobmod
 from proctor.server.auth import Principal, check_access
+from proctor.server.batches import submission_labels
 from proctor.server.jobs import JobSecrets, key_env_name
 from proctor.server.logs import LogTail, Watch
 from proctor.server.metrics import Metrics
@@ -217,6 +218,9 @@ class JobManager:
             progress=job.progress,
             private_roles=job.private_roles,
             waiting_for=waiting_for,
+            batch_id=job.batch_id,
+            spec=job.spec_name,
+            model=job.model_name,
         )
 
     def retry_after(self) -> int:
@@ -285,6 +289,7 @@ class JobManager:
             proc_start=None,
             progress=None,
         )
+        values.update(submission_labels(req))  # batch id and table labels (server/batches.py)
         if existing:
             self.store.update(job_id, **values)
         else:

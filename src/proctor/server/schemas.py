@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{7,63}$")
 """A client-chosen job id: 8-64 characters of the URL-safe base64 alphabet, not starting with ``-``
 (the id is substituted into command templates, where a leading ``-`` would read as an option)."""
+BATCH_ID_PATTERN = JOB_ID_RE.pattern
+"""A batch id, chosen by the client: the same alphabet and length as a client-chosen job id."""
 ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,4}$")
 
@@ -69,6 +71,9 @@ class SubmitRequest(_Strict):
     timeout: float | None = Field(default=None, gt=0, le=7 * 86400)
     limits: JobLimits | None = None
     """Lower the server's sandbox ceilings for this job (never raise them)."""
+    batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
+    """The batch this job belongs to (``proctor submit`` of several specs or models); the client
+    chooses it, and ``GET /v1/batches/{id}`` lists the caller's jobs that carry it."""
 
     @field_validator("models")
     @classmethod
@@ -122,6 +127,22 @@ class JobView(BaseModel):
     private_roles: list[str] = Field(default_factory=list)
     waiting_for: list[str] = Field(default_factory=list)
     """Environment-variable names of keys to re-supply (state ``waiting_for_credentials``)."""
+    batch_id: str | None = None
+    spec: str | None = None
+    """The task's name (``name:`` of its spec), when it has one."""
+    model: str | None = None
+    """The subject's model name, when the submission or its spec named one."""
+
+
+class BatchView(BaseModel):
+    """The caller's jobs of one batch, and how many are in each state."""
+
+    ok: bool = True
+    id: str
+    jobs: list[JobView]
+    states: dict[str, int]
+    finished: bool
+    """True when every job is in a final state."""
 
 
 class SubmitResponse(BaseModel):

@@ -94,6 +94,11 @@ jobs_table = Table(
     Column("tunnel_digest", String(64)),
     # tunnel_digest: sha256 of a private job's tunnel secret (never the secret), so that the
     # submitter's agent is let back in after a server restart without `proctor resume`.
+    Column("batch_id", String(64), index=True),
+    # batch_id: the batch (`proctor submit` of several specs or models) the job belongs to.
+    Column("spec_name", String(128)),
+    Column("model_name", String(256)),
+    # spec_name, model_name: the task's name and the subject's model, for tables of many jobs.
 )
 
 submissions_table = Table(
@@ -119,6 +124,8 @@ def _add_missing_columns(engine: Engine) -> None:
                 kind = column.type.compile(dialect=engine.dialect)
                 with engine.begin() as conn:
                     conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        for index in table.indexes:  # an added column's index (e.g. batch_id) is not made by create_all
+            index.create(engine, checkfirst=True)
 
 
 def hash_token(token: str) -> str:
@@ -156,6 +163,9 @@ class JobRow:
     proc_start: float | None = None
     progress: dict[str, Any] | None = None
     tunnel_digest: str | None = None
+    batch_id: str | None = None
+    spec_name: str | None = None
+    model_name: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:
@@ -288,10 +298,14 @@ class JobStore:
         with self.engine.begin() as conn:
             conn.execute(delete(jobs_table).where(jobs_table.c.id == job_id))
 
-    def list_jobs(self, *, owner: str | None = None, states: set[str] | None = None) -> list[JobRow]:
+    def list_jobs(
+        self, *, owner: str | None = None, states: set[str] | None = None, batch: str | None = None
+    ) -> list[JobRow]:
         query = select(jobs_table).order_by(jobs_table.c.seq)
         if owner is not None:
             query = query.where(jobs_table.c.owner == owner)
+        if batch is not None:
+            query = query.where(jobs_table.c.batch_id == batch)
         if states is not None:
             query = query.where(jobs_table.c.state.in_(list(states)))
         with self.engine.connect() as conn:

@@ -1,0 +1,182 @@
+"""Batches on a server: ``proctor submit SPEC... --model ...`` of a matrix, and the ``--watch`` table.
+
+A batch is the jobs of one matrix (``proctor.batch.expand``), each submitted as an ordinary job
+carrying the batch's id. The jobs are queued one by one; if the server refuses one (a full queue,
+a quota), the ones queued so far stay queued and the report names them and the one refused, so
+nothing is queued behind the user's back and nothing is silently missing.
+
+``--watch`` redraws one table (job, spec, model, state, progress, accuracy, ETA) until every job
+is in a final state, or until Ctrl-C (exit 130; nothing is cancelled). When the output is not a
+terminal it prints a plain table each interval instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from proctor.batch import expand, new_batch_id
+from proctor.cli._console import LazyConsole
+from proctor.errors import InputError, NotFoundError, ProctorError
+
+if TYPE_CHECKING:
+    from proctor.client import Client
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
+"""The server's final job states (``proctor.server.store.TERMINAL_STATES``, not imported: the
+client side does not load the server's packages)."""
+
+console = LazyConsole()
+err_console = LazyConsole(stderr=True)
+
+
+def submit_batch(
+    client: Client,
+    specs: Sequence[Path],
+    model_values: Sequence[str],
+    *,
+    models_for: Callable[[list[str]], dict[str, dict[str, Any]]],
+    check_roles: Callable[[Path, list[str]], None],
+    detach: bool,
+    interval: float,
+    **job_options: Any,
+) -> int:
+    """Queue every cell of the matrix as one batch; then watch it unless ``detach``.
+
+    ``models_for`` turns one cell's ``--model`` values into the submission's models (the remote
+    commands' own parser), ``check_roles`` refuses a role the spec does not use; both run for
+    every cell before anything is queued.
+    """
+    cells = expand(specs, model_values)
+    bodies = []
+    for cell in cells:
+        models = models_for(list(cell.models))
+        check_roles(cell.spec, list(models))
+        bodies.append(models)
+    batch_id = new_batch_id()
+    queued: list[dict[str, Any]] = []
+    for cell, models in zip(cells, bodies, strict=True):
+        try:
+            answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
+        except ProctorError:
+            err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.model_label}"))
+            raise
+        for warning in answer.get("warnings", []):
+            err_console.print(f"[yellow]warning:[/] {warning}")
+        queued.append(answer["job"])
+    console.print(f"batch {batch_id}: {len(queued)} jobs queued", markup=False)
+    if detach:
+        console.print(_plain_table(queued))
+        console.print(f"watch it with: proctor status {batch_id} --watch", markup=False)
+        return 0
+    final = watch(lambda: list(client.batch(batch_id)["jobs"]), interval=interval)
+    return 0 if all(job["state"] == "succeeded" for job in final) else 1
+
+
+def _partial_report(batch_id: str, queued: list[dict[str, Any]], total: int, refused: str) -> str:
+    if not queued:
+        return f"nothing was queued: the server refused the first job of the batch ({refused})"
+    ids = ", ".join(job["id"] for job in queued)
+    return (
+        f"batch {batch_id}: {len(queued)} of {total} jobs were queued ({ids}) before the server refused "
+        f"{refused}; the rest were not submitted. The queued jobs run: see them with "
+        f"`proctor status {batch_id}`, or cancel each with `proctor cancel JOB`"
+    )
+
+
+def watch(fetch: Callable[[], list[dict[str, Any]]], *, interval: float) -> list[dict[str, Any]]:
+    """Show ``fetch()`` as a table every ``interval`` seconds until every job is final; return them.
+
+    Ctrl-C stops watching (exit 130) and nothing else: the jobs go on.
+    """
+    jobs = fetch()
+    try:
+        if console.is_terminal:
+            from rich.live import Live
+
+            with Live(job_table(jobs), console=console.real, auto_refresh=False) as live:
+                while not _finished(jobs):
+                    time.sleep(interval)
+                    jobs = fetch()
+                    live.update(job_table(jobs), refresh=True)
+        else:
+            console.print(_plain_table(jobs))
+            while not _finished(jobs):
+                time.sleep(interval)
+                jobs = fetch()
+                console.print(_plain_table(jobs))
+    except KeyboardInterrupt:
+        err_console.print("\nstopped watching; nothing was cancelled")
+        raise typer.Exit(130) from None
+    return jobs
+
+
+def _finished(jobs: list[dict[str, Any]]) -> bool:
+    return all(job["state"] in TERMINAL for job in jobs)
+
+
+def job_table(jobs: list[dict[str, Any]], *, title: str | None = None) -> Any:
+    """One row per job: job, spec, model, state, progress, accuracy, ETA."""
+    from rich.table import Table
+
+    from proctor.evals.progress import _fmt_eta
+
+    table = Table(title=title or time.strftime("%H:%M:%S"), title_justify="left")
+    for column in ("job", "spec", "model", "state", "progress", "accuracy", "ETA"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        record = job.get("progress") if isinstance(job.get("progress"), dict) else {}
+        assert isinstance(record, dict)
+        total, done = record.get("total"), record.get("done") or 0
+        accuracy = record.get("accuracy")
+        running = job["state"] not in TERMINAL and job["state"] != "queued"
+        table.add_row(
+            job["id"],
+            job.get("spec") or "-",
+            job.get("model") or "-",
+            job["state"] + (f" (#{job['queue_position']})" if job.get("queue_position") else ""),
+            f"{done}/{total}" if total is not None else "-",
+            "-" if accuracy is None else f"{accuracy:.1%}",
+            _fmt_eta(record.get("eta")) if running and record else "",
+        )
+    return table
+
+
+def _plain_table(jobs: list[dict[str, Any]]) -> Any:
+    from rich import box
+
+    table = job_table(jobs)
+    table.box = box.SIMPLE
+    return table
+
+
+def status_of(client: Client, target: str, *, watching: bool, interval: float) -> int:
+    """``proctor status ID`` when ID names a batch (or with ``--watch``): the batch's table."""
+    try:
+        client.status(target)
+        fetch: Callable[[], list[dict[str, Any]]] = lambda: [client.status(target)]  # noqa: E731
+    except NotFoundError:
+        try:
+            client.batch(target)
+        except NotFoundError:
+            raise NotFoundError(f"no job or batch {target!r}") from None
+        fetch = lambda: list(client.batch(target)["jobs"])  # noqa: E731
+    if not watching:
+        console.print(job_table(fetch(), title=target))
+        return 0
+    jobs = watch(fetch, interval=interval)
+    return 0 if all(job["state"] == "succeeded" for job in jobs) else 1
+
+
+def refuse_in_batch(**given: Any) -> None:
+    """Options that belong to one job (its id, its downloads, its tunnel) make no sense for many."""
+    named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
+    if named:
+        raise InputError(
+            f"{', '.join(named)} applies to one job, not to a batch of several specs or models",
+            hint="submit that job on its own, or leave the option out",
+        )

@@ -1,0 +1,282 @@
+"""``proctor run SPEC... --model ... --parallel K``: a matrix of runs on this machine, K at a time.
+
+Each cell of the matrix (``proctor.batch.expand``) is an ordinary ``proctor run`` in a child
+process with its own run directory, so each is resumable on its own, one that fails or crashes
+leaves the others running, and running the same command again resumes every cell (the
+directories are named from the spec and the models, ``proctor.batch.run_names``). A child's
+output goes to ``console.log`` in its run directory; what this process shows is one table, drawn
+from the ``PROCTOR_PROGRESS`` lines the children print (as a server's jobs do).
+
+Ctrl-C (or SIGTERM) reaches this process only, since the children run in their own process
+groups: it is passed on once to each running child, which finishes its samples in flight and
+stops resumable; cells not started yet are left for the next invocation. A second Ctrl-C is
+passed on again, and the children stop at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from proctor._files import ensure_directory
+from proctor._loop import run as run_loop
+from proctor.batch import Cell, expand, run_names, worst_exit
+from proctor.cli._console import make_console
+from proctor.errors import InputError
+
+CHILD_LOG = "console.log"
+"""A cell's own output (its progress lines left out), in its run directory."""
+
+STATES = {0: "done", 1: "done, some errored", 130: "interrupted", 2: "bad input", 3: "crashed"}
+
+
+@dataclass(slots=True)
+class MatrixRun:
+    """One cell while the matrix runs: where it runs, and what its progress lines said."""
+
+    cell: Cell
+    name: str
+    run_dir: Path
+    task: str
+    exit_code: int | None = None
+    started: bool = False
+    progress: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+
+    @property
+    def state(self) -> str:
+        if self.exit_code is not None:
+            return STATES.get(self.exit_code, f"exit {self.exit_code}")
+        return "running" if self.started else "waiting"
+
+
+def task_names(cells: Sequence[Cell]) -> list[str]:
+    """Each cell's task name, loading its spec with its models as ``proctor run`` will.
+
+    Bad input in any cell (a spec that does not load, a ``--model`` for a role the spec does not
+    use) stops the whole matrix here, before any run starts.
+    """
+    from proctor.evals.spec import apply_overrides, is_lm_eval_spec, parse_spec, read_spec_data
+    from proctor.harness.spec import parse_lm_eval_spec
+
+    names = []
+    for cell in cells:
+        data = read_spec_data(cell.spec)
+        parse = parse_lm_eval_spec if is_lm_eval_spec(data) else parse_spec
+        names.append(apply_overrides(parse(data, source=str(cell.spec)), list(cell.models), None).name)
+    return names
+
+
+def run_matrix(
+    specs: Sequence[Path],
+    models: Sequence[str],
+    *,
+    parallel: int | None,
+    out: Path | None,
+    progress: str,
+    dry_run: bool = False,
+    **engine_options: Any,
+) -> int:
+    """Run every cell, ``parallel`` at a time; print one summary table; return the worst exit code.
+
+    ``engine_options`` are ``proctor run``'s own options by their parameter names (``limit``,
+    ``retry_errors``, ...), given to every child as they were given here.
+    """
+    if dry_run:
+        raise InputError("--dry-run takes one spec and one model per role", hint="dry-run each cell on its own")
+    cells = expand(specs, models)
+    tasks = task_names(cells)
+    root = (out or Path("runs")).resolve()
+    runs = [
+        MatrixRun(cell, name, root / name, task)
+        for cell, name, task in zip(cells, run_names(cells, tasks), tasks, strict=True)
+    ]
+    for run in runs:
+        ensure_directory(run.run_dir, what="run directory")
+    console = make_console()
+    live = progress == "rich" or (progress == "auto" and console.is_terminal)
+    k = parallel or 1
+    console.print(f"{len(runs)} runs, {k} at a time, under {root}", markup=False, soft_wrap=True)
+    interrupted = run_loop(_run_all(runs, k, engine_argv(engine_options), console=console, live=live))
+    _summary(runs, console)
+    code = worst_exit(run.exit_code if run.exit_code is not None else 130 for run in runs)
+    if code:
+        incomplete = sum(1 for run in runs if run.exit_code != 0)
+        console.print(
+            f"{incomplete} of {len(runs)} runs incomplete; run the same command again to resume them all "
+            "(or each one alone, as above)",
+            markup=False,
+            soft_wrap=True,
+        )
+    return 130 if interrupted and code in (0, 1) else code
+
+
+def engine_argv(options: dict[str, Any]) -> list[str]:
+    """``{"limit": 5, "retry_errors": True, "grace": None}`` → ``["--limit", "5", "--retry-errors"]``."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
+    return argv
+
+
+async def _run_all(runs: list[MatrixRun], parallel: int, child_args: list[str], *, console: Any, live: bool) -> bool:
+    """Run the children; True when a signal stopped the matrix."""
+    slots = asyncio.Semaphore(parallel)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        stop.set()
+        for run in runs:
+            if run.pid is not None and run.exit_code is None:
+                try:
+                    os.kill(run.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+
+    async def one(run: MatrixRun) -> None:
+        async with slots:
+            if stop.is_set():
+                return
+            await _run_child(run, child_args, console=None if live else console)
+
+    display = asyncio.create_task(_display(runs, console)) if live else None
+    try:
+        await asyncio.gather(*(one(run) for run in runs))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if display is not None:
+            display.cancel()
+            await asyncio.gather(display, return_exceptions=True)
+    return signals > 0
+
+
+def child_argv(run: MatrixRun, child_args: list[str]) -> list[str]:
+    """The ``proctor run`` of one cell: the same options, its own models and run directory."""
+    argv = [sys.executable, "-m", "proctor", "run", str(run.cell.spec), "--out", str(run.run_dir)]
+    for value in run.cell.models:
+        argv += ["--model", value]
+    return argv + ["--progress", "none", *child_args]
+
+
+async def _run_child(run: MatrixRun, child_args: list[str], *, console: Any) -> None:
+    from proctor.client import event_progress
+
+    proc = await asyncio.create_subprocess_exec(
+        *child_argv(run, child_args),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PROCTOR_PROGRESS": "json"},
+        start_new_session=True,  # Ctrl-C at a terminal reaches the parent only, which passes it on once
+    )
+    run.pid, run.started = proc.pid, True
+    if console is not None:
+        console.print(f"started  {run.name}", markup=False, soft_wrap=True)
+    assert proc.stdout is not None
+    with open(run.run_dir / CHILD_LOG, "ab") as sink:  # noqa: ASYNC230 - local appends of a few lines
+        sink.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(child_argv(run, child_args))}\n".encode())
+        async for raw in proc.stdout:
+            record = event_progress(raw.decode("utf-8", "replace").rstrip("\n"))
+            if record is not None:
+                run.progress = record
+            else:
+                sink.write(raw)
+                sink.flush()
+    run.exit_code = _exit_code(await proc.wait())
+    if console is not None:
+        console.print(f"finished {run.name}: {run.state}", markup=False, soft_wrap=True)
+
+
+def _exit_code(returncode: int) -> int:
+    """A child killed by a signal has no exit code of its own: reported as a crash."""
+    return returncode if returncode >= 0 else 3
+
+
+async def _display(runs: list[MatrixRun], console: Any) -> None:
+    from rich.live import Live
+
+    with Live(_table(runs, final=False), console=console, refresh_per_second=2, transient=True) as live:
+        while True:
+            await asyncio.sleep(0.5)
+            live.update(_table(runs, final=False))
+
+
+def _stats(run: MatrixRun) -> dict[str, Any] | None:
+    try:
+        data = json.loads((run.run_dir / "eval_stats.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _figures(run: MatrixRun, *, final: bool) -> tuple[float | None, int, int | None, int]:
+    """(accuracy, done, total, errors): from the run's report at the end, else its last progress line."""
+    stats = _stats(run) if final else None
+    if stats is not None:
+        counts = stats.get("counts") or {}
+        total = counts.get("total")
+        done = (total or 0) - (counts.get("pending") or 0) - (counts.get("running") or 0)
+        return (stats.get("accuracy") or {}).get("value"), done, total, (stats.get("errors") or {}).get("total", 0)
+    record = run.progress
+    return record.get("accuracy"), record.get("done") or 0, record.get("total"), record.get("errors") or 0
+
+
+def _table(runs: list[MatrixRun], *, final: bool) -> Any:
+    from rich.table import Table
+
+    from proctor.evals.progress import _fmt_eta
+
+    table = Table(title="summary" if final else None, title_justify="left")
+    for column in ("run", "model", "state", "accuracy", "done/total", "errors", *(() if final else ("ETA",))):
+        table.add_column(column, overflow="fold")
+    for run in runs:
+        accuracy, done, total, errors = _figures(run, final=final)
+        row = [
+            run.name,
+            run.cell.model_label,
+            "not started" if final and not run.started else run.state,
+            "-" if accuracy is None else f"{accuracy:.1%}",
+            f"{done}/{'?' if total is None else total}",
+            str(errors),
+        ]
+        if not final:
+            row.append(_fmt_eta(run.progress.get("eta")) if run.started and run.exit_code is None else "")
+        table.add_row(*row)
+    return table
+
+
+def resume_line(run: MatrixRun) -> str:
+    """The command that resumes one run on its own (printed whole: it must survive copy and paste)."""
+    from proctor.evals.runner import resume_command
+
+    if (run.run_dir / "spec.yaml").is_file():
+        return resume_command(run.run_dir)
+    return shlex.join(["proctor", *child_argv(run, [])[3:-2]])
+
+
+def _summary(runs: list[MatrixRun], console: Any) -> None:
+    console.print(_table(runs, final=True))
+    for run in runs:
+        if run.exit_code != 0:
+            console.print(f"{run.name}: {resume_line(run)}", markup=False, soft_wrap=True)
