@@ -409,6 +409,7 @@ def _spec_upload(
     dataset = spec.get("dataset")
     if not named_dataset and isinstance(dataset, dict) and isinstance(dataset.get("path"), str):
         names.append(("dataset.path", dataset["path"]))
+    names += _include_path_files(spec, base)
     stripped = False
     for role, cfg in (spec.get("models") or {}).items():
         if not isinstance(cfg, dict):
@@ -446,6 +447,22 @@ def _spec_upload(
     if stripped:
         text = yaml.safe_dump(spec, sort_keys=False)
     return {"spec": text, "files": files}
+
+
+def _include_path_files(spec: dict[str, Any], base: Path) -> list[tuple[str, str]]:
+    """An ``lm_eval:`` spec's local ``include_path`` directory: every file in it is uploaded (task
+    YAML and its data). A name that is not a local directory is sent as it is: the server may
+    have a task directory registered under it."""
+    section = spec.get("lm_eval")
+    include = section.get("include_path") if isinstance(section, dict) else None
+    if not isinstance(include, str) or not (base / include).is_dir():
+        return []
+    root = base / include
+    return [
+        ("lm_eval.include_path", path.relative_to(base).as_posix())
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.relative_to(root).parts
+    ]
 
 
 PRIVATE_LOCAL_KEYS = ("base_url", "replicas", "pool_file", "api_key_env")

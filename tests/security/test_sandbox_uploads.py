@@ -8,7 +8,6 @@ solver/scorer type or ``solver.base_dir: /`` loaded any ``.py`` the job named.
 from __future__ import annotations
 
 import pytest
-import yaml
 from sandbox_kit import spec_job, spec_text, wait_for
 
 from proctor.testing import FakeLLMConfig, FakeLLMThread
@@ -109,26 +108,3 @@ def test_the_admin_may_allow_a_plugin_and_tool_network(secure_server) -> None:
     solver = {"type": "agent", "tools": [{"type": "python", "network": True}, "answer"]}
     r = mallory.post("/v1/jobs", json=spec_job(spec_text("http://127.0.0.1:9/v1", solver=solver)))
     assert r.status_code == 201, r.text
-
-
-def test_an_lm_eval_spec_with_uploaded_task_code_is_refused(shared_secure_server) -> None:
-    """lm-eval task YAML can name Python (`!function utils.pwn`), which lm-eval would import from
-    the uploaded include_path. Until the server has an lm_eval job kind with its own policy, such
-    a spec must not run on a server at all."""
-    srv = shared_secure_server
-    mallory = srv.client("mallory")
-    spec = yaml.safe_dump(
-        {
-            "name": "attack",
-            "lm_eval": {"tasks": ["pwn"], "include_path": "tasks"},
-            "models": {"subject": {"base_url": "http://127.0.0.1:9/v1", "model": "fake"}},
-        }
-    )
-    files = {
-        "tasks/pwn.yaml": "task: pwn\nprocess_docs: !function utils.pwn\n",
-        "tasks/utils.py": "import os\ndef pwn(docs):\n    os.system('touch /tmp/pwned')\n    return docs\n",
-    }
-    r = mallory.post("/v1/jobs", json=spec_job(spec, files))
-    assert r.status_code == 400, r.text
-    assert r.json()["ok"] is False and "lm_eval" in r.json()["error"]
-    assert not list(srv.data.joinpath("jobs").iterdir())  # nothing was queued or written

@@ -35,7 +35,7 @@ import yaml
 from proctor import _yaml
 from proctor.errors import InputError
 from proctor.sandbox import Limits, Sandbox
-from proctor.server import policy
+from proctor.server import lmeval_policy, policy
 from proctor.server.schemas import ModelEndpoint, SubmitRequest
 from proctor.server.settings import BASE_URL_PATTERN, MODEL_PATTERN, CommandTemplate, ServerSettings, TemplateParam
 
@@ -56,6 +56,10 @@ ENV_PASSTHROUGH = (
     "SYSTEMROOT",
 )
 """The only server environment variables a job inherits: a job must never see the server's keys."""
+
+
+ENGINE_KINDS = ("proctor", "lm_eval")
+"""Job kinds the engine runs (``proctor run spec.yaml``): an ``lm_eval:`` spec is one too."""
 
 
 def key_env_name(role: str) -> str:
@@ -126,6 +130,11 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
     if not req.spec:
         raise InputError("a proctor job needs 'spec' (the task spec's YAML text)")
     spec = _rewrite_spec(req, settings, private_roles, set(secrets.env))
+    if "lm_eval" in spec:
+        request["kind"] = "lm_eval"
+        request["env"] = lmeval_policy.check_env_vars(req.env_vars, settings.lm_eval)
+    elif req.kind == "lm_eval" or req.env_vars:
+        raise InputError("kind lm_eval (and env_vars) need a spec with an lm_eval: section")
     if settings.sandbox.enabled:
         policy.check_spec(spec, settings.sandbox)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +184,7 @@ def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings
     (registered datasets, absolute paths in its command template, ``sandbox.readable``)."""
     job_dir = job_dir.resolve()
     readable = [job_dir, *settings.sandbox.readable, *(p.resolve() for p in settings.datasets.values())]
+    readable += lmeval_policy.readable_paths(settings.lm_eval)
     template = settings.templates.get(request.get("template") or "") if request["kind"] == "command" else None
     if template is not None:
         readable += [Path(part) for part in template.argv if part.startswith("/") and os.path.exists(part)]
@@ -257,13 +267,6 @@ def _rewrite_spec(
         raise InputError(f"the spec is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(spec, dict):
         raise InputError("the spec must be a YAML mapping (name, dataset, solver, scorer, models)")
-    if "lm_eval" in spec:
-        # lm-eval task YAML may name Python (`!function utils.fn`) that lm-eval imports from the
-        # uploaded include_path: such specs wait for an lm_eval job kind with its own policy.
-        raise InputError(
-            "lm_eval: lm-evaluation-harness specs do not run on this server yet",
-            hint="run them with `proctor run SPEC` or `proctor lm-eval` on your machine",
-        )
     models = spec.get("models")
     if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
         raise InputError("the spec's 'models' must map role names to model settings")
@@ -303,6 +306,10 @@ def _rewrite_spec(
             cfg.pop("api_key_env", None)
         if "model" not in cfg:
             raise InputError(f"models.{role} needs a model name (give it in the spec or with --model-name)")
+    if "lm_eval" in spec:  # lm-eval's tasks replace the dataset; their own policy (lmeval_policy)
+        lmeval_policy.rewrite_spec(spec, req.files, settings.lm_eval)
+        _validate_lm_eval(spec)
+        return spec
     dataset = spec.get("dataset")
     if req.dataset:
         path = settings.datasets.get(req.dataset)
@@ -323,6 +330,12 @@ def _rewrite_spec(
         raise InputError("the spec needs dataset.path (an uploaded file) or the request a registered 'dataset'")
     _validate_with_engine(spec)
     return spec
+
+
+def _validate_lm_eval(spec: dict[str, Any]) -> None:
+    from proctor.harness.spec import parse_lm_eval_spec
+
+    parse_lm_eval_spec(spec, source="the submitted spec")
 
 
 def _validate_with_engine(spec: dict[str, Any]) -> None:
@@ -375,7 +388,7 @@ def _at_least(value: Any, floor: float) -> float:
 
 def build_argv(request: dict[str, Any], job_id: str, job_dir: Path, settings: ServerSettings) -> list[str]:
     """The job's argv; secrets never appear here (``ps`` shows argv to every local user)."""
-    if request["kind"] == "proctor":
+    if request["kind"] in ENGINE_KINDS:
         # -I (isolated): the job directory is not on sys.path, so an uploaded proctor/ or yaml.py
         # is never imported, and no PYTHON* variable changes what runs.
         argv = [sys.executable, "-I", "-m", "proctor", "run", "spec.yaml", "--out", "out"]
@@ -426,6 +439,7 @@ def build_env(
         env.update(HOME="/tmp", TMPDIR="/tmp", PROCTOR_SANDBOX="1")
         env.pop("PYTHONPATH", None)
         env.pop("USER", None)
+    env.update(lmeval_policy.job_env(request, settings.lm_eval))
     env.update(secrets.env)
     if request["kind"] == "command":
         template = settings.templates.get(request["template"])

@@ -83,6 +83,8 @@ def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, st
     """
     if code == 0:
         return "succeeded", None
+    if code == 1 and kind == "lm_eval":
+        return "failed", "some requests failed after their retries; metrics withheld (resume with --retry-errors)"
     if code == 1 and kind == "proctor":
         return (
             "succeeded",
@@ -90,7 +92,7 @@ def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, st
         )
     if code == 2:
         return "failed", "bad input (see the job log)"
-    if code == CRASH_EXIT_CODE and kind == "proctor":
+    if code == CRASH_EXIT_CODE and kind in ("proctor", "lm_eval"):
         return "failed", f"the engine crashed: {last_line or 'see the job log'}"
     if code in (130, -2):
         return "failed", "interrupted"
@@ -274,7 +276,7 @@ class JobManager:
         now = time.time()
         values: dict[str, Any] = dict(
             owner=existing.owner if existing else principal.name,
-            kind=req.kind,
+            kind=prepared.request["kind"],
             state="queued",
             priority=1,
             queued_at=now,
@@ -435,7 +437,7 @@ class JobManager:
         run.secrets = secrets.values()
         try:
             private_urls = {role: self.facade_url(job.id) for role in job.private_roles}
-            if job.kind == "proctor" and job.private_roles:
+            if job.kind in jobmod.ENGINE_KINDS and job.private_roles:
                 jobmod.set_private_endpoints(
                     job_dir,
                     job.private_roles,

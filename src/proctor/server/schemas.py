@@ -48,9 +48,10 @@ class JobLimits(_Strict):
 
 
 class SubmitRequest(_Strict):
-    """A job submission: a task spec (kind ``proctor``) or a command template (kind ``command``)."""
+    """A job submission: a task spec (kind ``proctor``; ``lm_eval`` for a spec with ``lm_eval:``)
+    or a command template (kind ``command``)."""
 
-    kind: Literal["proctor", "command"] = "proctor"
+    kind: Literal["proctor", "lm_eval", "command"] = "proctor"
     spec: str | None = Field(default=None, max_length=1_000_000)
     """The task spec's YAML text (kind ``proctor``)."""
     files: dict[str, UploadedFile] = Field(default_factory=dict)
@@ -74,6 +75,9 @@ class SubmitRequest(_Strict):
     batch_id: str | None = Field(default=None, pattern=BATCH_ID_PATTERN)
     """The batch this job belongs to (``proctor submit`` of several specs or models); the client
     chooses it, and ``GET /v1/batches/{id}`` lists the caller's jobs that carry it."""
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    """Kind ``lm_eval``: environment variables for the job, only names the server's
+    ``lm_eval.env_vars`` allows. Stored with the job: not for secrets."""
 
     @field_validator("models")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from proctor import _yaml
 from proctor.errors import InputError
+from proctor.server.lmeval_policy import LmEvalServerSettings
 
 PARAM_PATTERN_DEFAULT = r"^[A-Za-z0-9_.:/@+=,-]{0,256}$"
 """What a template parameter may contain unless the template says otherwise: no spaces, no quotes."""
@@ -171,6 +172,8 @@ class ServerSettings(_Strict):
     tunnel_max_inflight: int = Field(default=256, ge=1, le=100_000)
     """Private mode: model calls forwarded at once per job; more wait (backpressure, not failure)."""
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    lm_eval: LmEvalServerSettings = Field(default_factory=LmEvalServerSettings)
+    """``lm_eval`` jobs: registered task directories, allowed built-in tasks, ``env_vars`` allow-list."""
     """Where every job runs (bubblewrap) and its ceilings: see docs/server.md, Security model."""
 
     @field_validator("rate_limit")
