@@ -34,6 +34,7 @@ import yaml
 
 from proctor import _yaml
 from proctor.errors import InputError
+from proctor.evals.spec import parse_spec
 from proctor.sandbox import Limits, Sandbox
 from proctor.server import policy
 from proctor.server.schemas import ModelEndpoint, SubmitRequest
@@ -326,11 +327,7 @@ def _rewrite_spec(
 
 
 def _validate_with_engine(spec: dict[str, Any]) -> None:
-    """Use the engine's own spec schema when it is installed, so errors come back before queueing."""
-    try:
-        from proctor.evals.spec import parse_spec
-    except ImportError:  # pragma: no cover - the engine is part of the package
-        return
+    """Use the engine's own spec schema, so errors come back before queueing."""
     parse_spec(spec, source="the submitted spec")
 
 
