@@ -433,11 +433,8 @@ class JobManager:
         try:
             private_urls = {role: self.facade_url(job.id) for role in job.private_roles}
             if job.kind == "proctor" and job.private_roles:
-                jobmod.set_private_endpoints(
-                    job_dir,
-                    job.private_roles,
-                    self.facade_url(job.id),
-                    tunnel_deadline=self.settings.tunnel_request_deadline,
+                jobmod.set_private_waits(
+                    job_dir, job.private_roles, tunnel_deadline=self.settings.tunnel_request_deadline
                 )
             argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
             env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)

@@ -1,7 +1,7 @@
 """The job's side of the job channel: a private role's model calls over one WebSocket.
 
-The proctor server points a proctor job's private roles at its model facade and marks them
-``transport: tunnel``; the engine then sends their calls over one WebSocket to
+A proctor server points a proctor job's private roles at its model facade with a typed run option
+(``proctor.models.private``), which gives them this transport; the engine then sends their calls over one WebSocket to
 ``<facade base URL>/channel`` instead of one HTTP request each (see ``proctor.server.tunnel.channel`` for why). The
 answers come back exactly as the facade would give them (status, headers, body, or a stream of
 chunks), so the engine's client interprets both paths with the same code.
