@@ -134,7 +134,7 @@ def classify_status(
         return AttemptFailure("http_5xx", f"HTTP {status} from {url}: {text}", status=status)
     if status in (400, 413, 422) and is_context_overflow(body):
         overflow = ContextOverflowError(f"prompt exceeds the context of model '{model}' ({url}): {text}")
-        overflow.status = status  # type: ignore[attr-defined]  # for the event's http_status
+        overflow.status = status  # for the event's http_status
         return overflow
     if status in (401, 403):
         if api_key_env:
@@ -144,7 +144,7 @@ def classify_status(
             why = "the endpoint requires an API key and none was configured"
             hint = "set api_key_env in the model's config to the name of the variable holding the key"
         abort = ModelAbortError(f"HTTP {status} from {url}: {why} ({text})", hint=hint)
-        abort.status = status  # type: ignore[attr-defined]
+        abort.status = status
         return abort
     if status == 404:
         if "model" in body.lower():
@@ -157,7 +157,7 @@ def classify_status(
                 f"{url} answered HTTP 404 for model '{model}' ({text})",
                 hint="check base_url: OpenAI-compatible servers usually expect it to end in /v1",
             )
-        abort.status = status  # type: ignore[attr-defined]
+        abort.status = status
         return abort
     return BadRequestError(f"HTTP {status} from {url} for model '{model}': {text}", status=status)
 
