@@ -51,7 +51,7 @@ class _BoundedLoader(yaml.SafeLoader):
         try:
             if self._depth > self.max_depth:
                 raise YAMLLimitError(f"YAML nested deeper than {self.max_depth} levels")
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 

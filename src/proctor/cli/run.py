@@ -129,7 +129,13 @@ def run(
     3 crashed, 130 interrupted.
     """
     from proctor.evals.runner import Runner, RunOptions, resume_command
-    from proctor.evals.spec import apply_overrides, is_lm_eval_spec, parse_spec, read_spec_data
+    from proctor.evals.spec import (
+        apply_overrides,
+        apply_private_endpoints,
+        is_lm_eval_spec,
+        parse_spec,
+        read_spec_data,
+    )
 
     if progress not in ("auto", "rich", "plain", "none"):
         raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
@@ -171,6 +177,7 @@ def run(
             )
         )
     task = apply_overrides(parse_spec(data, source=str(spec)), model, concurrency)
+    task = apply_private_endpoints(task, os.environ)
     if dry_run:
         raise typer.Exit(_dry_run(task, spec.parent.resolve()))
     run_dir = (out or Path("runs") / task.name).resolve()

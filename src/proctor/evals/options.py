@@ -35,7 +35,7 @@ _PLAIN = {
 
 def plain_message(err: Any) -> str:
     """One pydantic error as a short sentence, with the offending value where it helps."""
-    msg = _PLAIN.get(err["type"], err["msg"].removeprefix("Value error, "))
+    msg: str = _PLAIN.get(err["type"], err["msg"].removeprefix("Value error, "))
     given = err.get("input")
     if err["type"] not in ("missing", "extra_forbidden") and isinstance(given, (str, int, float, bool)):
         msg = f"{msg} (got {given!r})"

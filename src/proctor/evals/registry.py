@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 from proctor.errors import SpecError
 from proctor.evals.spec import ComponentConfig
@@ -22,7 +23,7 @@ def _ensure_builtins() -> None:
     importlib.import_module("proctor.evals.scorers")
 
 
-def _lookup(kind: str, config: ComponentConfig, registry: dict, lazy: dict[str, str]):  # type: ignore[type-arg]
+def _lookup(kind: str, config: ComponentConfig, registry: dict[str, Any], lazy: dict[str, str]) -> Any:
     _ensure_builtins()
     if config.type not in registry and config.type in lazy:
         importlib.import_module(lazy[config.type])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self, TypeVar
 
@@ -21,6 +22,7 @@ from proctor import _yaml
 from proctor.errors import SpecError
 from proctor.evals.options import location, plain_message
 from proctor.models.config import GenerateParams, ModelConfig, StrictModel
+from proctor.models.private import PrivateEndpoints
 
 FieldName = str | list[str]
 """A dataset column, or several alternatives (the first one present in a row is used)."""
@@ -224,6 +226,14 @@ def apply_overrides(spec: _SpecT, models: list[str], concurrency: int | None) ->
     for override in models:
         spec = apply_model_override(spec, override)
     return spec.model_copy(update={"concurrency": concurrency}) if concurrency else spec
+
+
+def apply_private_endpoints(spec: TaskSpec, environ: Mapping[str, str]) -> TaskSpec:
+    """A server job's private roles sent to its facade (``proctor.models.private``), if it has any."""
+    private = PrivateEndpoints.from_environ(environ)
+    if private is None:
+        return spec
+    return spec.model_copy(update={"models": private.apply(spec.models)})
 
 
 def apply_model_override(spec: _SpecT, override: str) -> _SpecT:

@@ -19,18 +19,14 @@ from __future__ import annotations
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from proctor.errors import BadRequestError, ContextOverflowError, InfraErrorClass, ModelAbortError
-from proctor.models.transport.channel import ChannelError
 from proctor.models.types import ChatResult
-
-if TYPE_CHECKING:
-    from proctor.models.transport.channel import TunnelChannel
 
 __all__ = [
     "AttemptFailure",
@@ -38,9 +34,10 @@ __all__ = [
     "classify_status",
     "is_context_overflow",
     "parse_completion",
+    "parse_body",
     "parse_retry_after",
     "post_chat",
-    "post_chat_channel",
+    "read_stream",
 ]
 
 SAMPLE_ID_HEADER = "X-Proctor-Sample-Id"
@@ -137,7 +134,7 @@ def classify_status(
         return AttemptFailure("http_5xx", f"HTTP {status} from {url}: {text}", status=status)
     if status in (400, 413, 422) and is_context_overflow(body):
         overflow = ContextOverflowError(f"prompt exceeds the context of model '{model}' ({url}): {text}")
-        overflow.status = status  # type: ignore[attr-defined]  # for the event's http_status
+        overflow.status = status  # for the event's http_status
         return overflow
     if status in (401, 403):
         if api_key_env:
@@ -147,7 +144,7 @@ def classify_status(
             why = "the endpoint requires an API key and none was configured"
             hint = "set api_key_env in the model's config to the name of the variable holding the key"
         abort = ModelAbortError(f"HTTP {status} from {url}: {why} ({text})", hint=hint)
-        abort.status = status  # type: ignore[attr-defined]
+        abort.status = status
         return abort
     if status == 404:
         if "model" in body.lower():
@@ -160,7 +157,7 @@ def classify_status(
                 f"{url} answered HTTP 404 for model '{model}' ({text})",
                 hint="check base_url: OpenAI-compatible servers usually expect it to end in /v1",
             )
-        abort.status = status  # type: ignore[attr-defined]
+        abort.status = status
         return abort
     return BadRequestError(f"HTTP {status} from {url} for model '{model}': {text}", status=status)
 
@@ -195,7 +192,7 @@ def parse_completion(data: Any, endpoint: str) -> ChatResult:
     )
 
 
-async def _read_stream(chunks: AsyncIterator[bytes], endpoint: str, t0: float) -> ChatResult:
+async def read_stream(chunks: AsyncIterator[bytes], endpoint: str, t0: float) -> ChatResult:
     """Assemble a streamed (SSE) completion, recording the time to the first token.
 
     Lines are split by hand rather than with ``StreamReader.readline`` because aiohttp refuses
@@ -288,7 +285,7 @@ async def _read_stream(chunks: AsyncIterator[bytes], endpoint: str, t0: float) -
     )
 
 
-def _parse_body(raw: bytes, endpoint: str) -> ChatResult:
+def parse_body(raw: bytes, endpoint: str) -> ChatResult:
     try:
         parsed = json.loads(raw)
     except ValueError:
@@ -321,8 +318,8 @@ async def post_chat(
             status = resp.status
             if status == 200:
                 if stream:
-                    return await _read_stream(resp.content.iter_any(), endpoint, t0)
-                return _parse_body(await resp.read(), endpoint)
+                    return await read_stream(resp.content.iter_any(), endpoint, t0)
+                return parse_body(await resp.read(), endpoint)
             body = await resp.text(errors="replace")
             raise classify_status(
                 status,
@@ -338,54 +335,3 @@ async def post_chat(
         raise AttemptFailure("connection", f"connection to {endpoint} failed: {exc or type(exc).__name__}") from None
     except aiohttp.ClientResponseError as exc:
         raise AttemptFailure("connection", f"bad HTTP answer from {endpoint}: {exc}") from None
-
-
-async def post_chat_channel(
-    channel: TunnelChannel,
-    data: bytes,
-    headers: Mapping[str, str],
-    timeout: float,
-    *,
-    stream: bool,
-    endpoint: str,
-    model: str,
-    api_key_env: str | None,
-    role: str | None = None,
-    path: str = "/chat/completions",
-) -> ChatResult:
-    """``post_chat`` over a private role's job channel: same answers, same exceptions.
-
-    ``headers`` are the per-call ones; the internal token authenticated the channel once.
-    """
-    t0 = time.perf_counter()
-    try:
-        answer = await channel.request("POST", path, data, headers, timeout=timeout, role=role)
-        try:
-            if answer.status == 200:
-                if stream:
-                    return await _read_stream(answer.chunks(), endpoint, t0)
-                return _parse_body(await answer.read(), endpoint)
-            body = (await answer.read()).decode("utf-8", "replace")
-        finally:
-            answer.release()
-    except TimeoutError:
-        raise AttemptFailure("timeout", f"no complete answer from {endpoint} within {timeout}s") from None
-    except ChannelError as exc:
-        if exc.refused in (401, 403, 404):
-            # Every call would be refused the same way: stop the run rather than error each sample.
-            abort = ModelAbortError(
-                f"{endpoint}: {exc} (the role's transport is 'tunnel')",
-                hint="transport 'tunnel' is for the private roles of jobs a proctor server runs; "
-                "its base_url must be that server's facade, and the key its internal token",
-            )
-            abort.status = exc.refused
-            raise abort from None
-        raise AttemptFailure("connection", f"connection to {endpoint} failed: {exc}") from None
-    raise classify_status(
-        answer.status,
-        body,
-        url=endpoint + path,
-        model=model,
-        api_key_env=api_key_env,
-        retry_after=answer.headers.get("retry-after"),
-    )

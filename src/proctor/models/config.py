@@ -148,8 +148,8 @@ class ModelConfig(StrictModel):
     supports_images: bool = False
     transport: Literal["http", "tunnel"] = "http"
     """``tunnel``: ``base_url`` is a proctor server's private-model facade, and calls go over one
-    WebSocket to its hub instead of an HTTP request each. The server sets this for the private
-    roles of the proctor jobs it runs; there is no reason to write it in a spec by hand."""
+    WebSocket to its hub instead of an HTTP request each. A server's jobs get it for their private
+    roles from a run option (``proctor.models.private``); there is no reason to write it in a spec."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

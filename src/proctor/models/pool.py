@@ -46,6 +46,8 @@ from yarl import URL
 
 from proctor.errors import InfraError, SpecError
 from proctor.models.config import HealthConfig, ModelConfig, ReplicaAddress
+from proctor.models.transport.base import Transport
+from proctor.models.transport.channel import ChannelTransport, TunnelChannel
 
 __all__ = ["Replica", "ReplicaPool", "Strategy", "load_pool_file", "replica_urls"]
 
@@ -197,8 +199,6 @@ class Replica:
 
     __slots__ = (
         "base_url",
-        "chat_url",
-        "completions_url",
         "health_url",
         "in_flight",
         "cap",
@@ -217,7 +217,7 @@ class Replica:
         "rate_limited",
         "recovering",
         "last_success",
-        "channel",
+        "transport",
         "rate_share",
         "window_ok",
         "window_failed",
@@ -229,8 +229,6 @@ class Replica:
 
     def __init__(self, base_url: str, *, max_connections: int, health_path: str) -> None:
         self.base_url = base_url
-        self.chat_url = URL(base_url + "/chat/completions")
-        self.completions_url = URL(base_url + "/completions")
         self.health_url = URL(base_url + "/" + health_path.lstrip("/"))
         self.in_flight = 0
         self.cap = max_connections
@@ -254,8 +252,8 @@ class Replica:
         self.recovering = False
         self.last_success = -1e9
         """``time.monotonic()`` of the last successful call."""
-        self.channel: Any = None
-        """A ``TunnelChannel`` when the role's transport is ``tunnel``: calls use it, not HTTP."""
+        self.transport: Transport | None = None
+        """How calls reach this replica (HTTP, or a job channel); the router sets it when it connects."""
         self.rate_share = 0.0
         """Running share of 429s among recent attempts; only a high share is a congestion signal."""
         self.window_ok = [0] * _BUCKETS
@@ -269,6 +267,12 @@ class Replica:
         """A trial call is in flight (an open replica admits one at a time)."""
         self.opened_at = 0.0
         """``time.monotonic()`` when the breaker last opened: calls sent since then are trials."""
+
+    @property
+    def channel(self) -> TunnelChannel | None:
+        """The job channel, when this replica's transport is one (for diagnostics and tests)."""
+        transport = self.transport
+        return transport.channel if isinstance(transport, ChannelTransport) else None
 
     def __repr__(self) -> str:
         state = "healthy" if self.healthy else "half-open" if self.half_open or self.trial else "open"

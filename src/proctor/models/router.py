@@ -33,10 +33,14 @@ from typing import Any
 import aiohttp
 
 from proctor.errors import InfraError, InputError, ModelAbortError, ModelError, NoHealthyReplicaError, SpecError
-from proctor.models.client import SAMPLE_ID_HEADER, AttemptFailure, post_chat, post_chat_channel
+from proctor.models.client import AttemptFailure
 from proctor.models.config import GenerateParams, ModelConfig
 from proctor.models.pool import ReplicaPool, Strategy, replica_urls
+from proctor.models.transport.base import Transport
+from proctor.models.transport.channel import ChannelTransport, TunnelChannel
+from proctor.models.transport.http import HttpTransport
 from proctor.models.types import ChatResult, EventSink
+from proctor.tunnel.protocol import ROLE_HEADER, channel_url
 
 __all__ = ["ModelRouter", "Role"]
 
@@ -77,7 +81,6 @@ class Role:
         self._retry = config.retry
         self._base_body, self._stream = self._body_for_params(config.params)
         self._params_cache: dict[int, tuple[GenerateParams, dict[str, Any], bool]] = {}
-        self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._timeout = aiohttp.ClientTimeout(total=config.request_timeout)
 
     def _body_for_params(self, params: GenerateParams) -> tuple[dict[str, Any], bool]:
@@ -168,12 +171,7 @@ class Role:
     ) -> ChatResult:
         """The one retry loop of :meth:`chat` and :meth:`completion`; emits the call's event."""
         router = self._router
-        session = router._session
-        assert session is not None
         data = json.dumps(body, ensure_ascii=False).encode()
-        headers = self._headers
-        if sample_id is not None:
-            headers = {**headers, SAMPLE_ID_HEADER: sample_id}
         pool = self.pool
         retry = self._retry
         deadline = t0 + retry.total_deadline
@@ -200,32 +198,12 @@ class Role:
                 t_attempt = time.monotonic()
                 if deadline - t_attempt < config.request_timeout:
                     timeout = aiohttp.ClientTimeout(total=max(0.001, deadline - t_attempt))
+                transport = replica.transport
+                if transport is None:
+                    pool.release(replica)
+                    raise RuntimeError("ModelRouter.start() must be awaited before a call")
                 try:
-                    if replica.channel is None:
-                        result = await post_chat(
-                            session,
-                            replica.completions_url if completions else replica.chat_url,
-                            data,
-                            headers,
-                            timeout,
-                            stream=stream,
-                            endpoint=replica.base_url,
-                            model=config.model,
-                            api_key_env=config.api_key_env,
-                        )
-                    else:
-                        result = await post_chat_channel(
-                            replica.channel,
-                            data,
-                            headers,
-                            timeout.total or config.request_timeout,
-                            stream=stream,
-                            endpoint=replica.base_url,
-                            model=config.model,
-                            api_key_env=config.api_key_env,
-                            role=self.name,
-                            path="/completions" if completions else "/chat/completions",
-                        )
+                    result = await transport.send(data, sample_id, timeout, stream=stream, completions=completions)
                 except AttemptFailure as failure:
                     http_status = failure.status
                     limited = failure.error_class == "rate_limited"
@@ -373,34 +351,53 @@ class ModelRouter:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _resolve_keys(self) -> None:
-        """Look up each role's key now, so a missing variable stops the run before any sample."""
+    def _resolve_keys(self) -> dict[str, str | None]:
+        """Each role's key, looked up now, so a missing variable stops the run before any sample."""
         environ = os.environ if self._environ is None else self._environ
+        keys: dict[str, str | None] = {}
         for role in self._roles.values():
             name = role.config.api_key_env
-            headers: dict[str, str] = {"Content-Type": "application/json"}
-            if name:
-                key = environ.get(name)
-                if not key:
-                    raise InputError(
-                        f"models.{role.name}.api_key_env names the environment variable {name}, which is not set",
-                        hint=f"export {name}=... before running (the key itself never goes in the spec)",
-                    )
-                headers["Authorization"] = f"Bearer {key}"
-            probe_headers = {k: v for k, v in headers.items() if k != "Content-Type"}
-            if role.config.transport == "tunnel":
-                # The key authenticates the channel once, at its handshake, never each call.
-                headers = {"Content-Type": "application/json"}
-            role._headers = headers
-            if role.config.transport == "tunnel" and self._session is not None:
-                from proctor.models.transport.channel import TunnelChannel, channel_url
+            key = environ.get(name) if name else None
+            if name and not key:
+                raise InputError(
+                    f"models.{role.name}.api_key_env names the environment variable {name}, which is not set",
+                    hint=f"export {name}=... before running (the key itself never goes in the spec)",
+                )
+            keys[role.name] = key
+        return keys
 
-                for replica in role.pool.replicas:
-                    if replica.channel is None:
-                        replica.channel = TunnelChannel(channel_url(replica.base_url), probe_headers, self._session)
+    def _connect(self) -> None:
+        """Resolve the keys, give every replica its transport (chosen once, here) and the pools
+        the headers their probes send."""
+        session = self._session
+        assert session is not None
+        for name, key in self._resolve_keys().items():
+            role = self._roles[name]
+            auth = {"Authorization": f"Bearer {key}"} if key else {}
+            probe_headers: dict[str, str] = auth
+            for replica in role.pool.replicas:
+                if replica.transport is None:
+                    replica.transport = self._transport(role, replica.base_url, auth, session)
+            if role.config.transport == "tunnel":
                 # Probes go through the facade: say which role, so each probes its own model.
-                probe_headers = {**probe_headers, "X-Proctor-Role": role.name}
-            role.pool.bind(self._session, probe_headers)  # type: ignore[arg-type]
+                probe_headers = {**auth, ROLE_HEADER: role.name}
+            role.pool.bind(session, probe_headers)
+
+    @staticmethod
+    def _transport(role: Role, base_url: str, auth: dict[str, str], session: aiohttp.ClientSession) -> Transport:
+        config = role.config
+        if config.transport == "tunnel":
+            # The key authenticates the channel once, at its handshake, never each call.
+            return ChannelTransport(
+                TunnelChannel(channel_url(base_url), auth, session),
+                base_url,
+                role=role.name,
+                model=config.model,
+                api_key_env=config.api_key_env,
+                request_timeout=config.request_timeout,
+            )
+        headers = {"Content-Type": "application/json", **auth}
+        return HttpTransport(session, base_url, headers, model=config.model, api_key_env=config.api_key_env)
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -417,7 +414,7 @@ class ModelRouter:
             return
         self._ensure_session()
         try:
-            self._resolve_keys()
+            self._connect()
             roles = [r for r in self._roles.values() if r.config.health.check_at_start]
             await asyncio.gather(*(r.pool.check() for r in roles))
             for role in roles:
@@ -439,7 +436,7 @@ class ModelRouter:
     async def check_health(self) -> None:
         """Probe every replica of every role now (usable before ``start`` for ``--dry-run``)."""
         self._ensure_session()
-        self._resolve_keys()
+        self._connect()
         await asyncio.gather(*(r.pool.check() for r in self._roles.values()))
 
     async def aclose(self) -> None:
@@ -447,9 +444,9 @@ class ModelRouter:
         await asyncio.gather(*(r.pool.aclose() for r in self._roles.values()))
         for role in self._roles.values():
             for replica in role.pool.replicas:
-                channel, replica.channel = replica.channel, None
-                if channel is not None:
-                    await channel.aclose()
+                transport, replica.transport = replica.transport, None
+                if transport is not None:
+                    await transport.aclose()
         session, self._session = self._session, None
         if session is not None and self._owns_session:
             await session.close()

@@ -40,18 +40,21 @@ def _erf(x: Array) -> Array:
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32)
+    out: Array = (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32)
+    return out
 
 
 def _gelu(x: Array) -> Array:
     """BERT's exact (erf) GELU."""
-    return (0.5 * x * (1.0 + _erf(x / np.float32(np.sqrt(2.0))))).astype(np.float32)
+    out: Array = (0.5 * x * (1.0 + _erf(x / np.float32(np.sqrt(2.0))))).astype(np.float32)
+    return out
 
 
 def _layer_norm(x: Array, weight: Array, bias: Array, eps: float) -> Array:
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+    out: Array = ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+    return out
 
 
 class Encoder:
@@ -123,7 +126,8 @@ class Encoder:
         summed = (hidden * mask[:, :, None]).sum(1)
         pooled = summed / np.maximum(mask.sum(1, keepdims=True), 1e-9)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        out: Array = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return out
 
     def _forward(self, ids: npt.NDArray[np.int64], types: npt.NDArray[np.int64], mask: Array) -> Array:
         w = self.w

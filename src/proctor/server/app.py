@@ -42,6 +42,8 @@ from proctor.server.schemas import (
 )
 from proctor.server.settings import ServerSettings
 from proctor.server.store import TERMINAL_STATES, JobStore
+from proctor.server.tunnel.hub import TunnelHub
+from proctor.tunnel.protocol import FACADE_ROUTE
 
 log = logging.getLogger("proctor.server")
 
@@ -89,7 +91,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_of=_route_of)
     app.state.metrics = metrics
-    manager.hub = _attach_tunnel(app, manager, auth, settings)
+    hub = manager.hub = _attach_tunnel(app, manager, auth, settings)
 
     @app.exception_handler(ProctorError)
     async def _proctor_error(_request: Request, exc: ProctorError) -> JSONResponse:
@@ -141,7 +143,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             slots=settings.slots,
             waiting=store.count({"waiting_for_credentials"}),
             waiting_tunnel=store.count({"waiting_for_tunnel"}),
-            channel_answers=manager.hub.channel_answers if manager.hub is not None else None,
+            channel_answers=hub.channel_answers,
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
@@ -173,7 +175,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             rate_limit=settings.rate_limit,
             jobs=entries,
             you=principal.name if principal else None,
-            tunnel=manager.hub is not None,
+            tunnel=True,
         )
 
     @app.post("/v1/jobs", tags=["jobs"], status_code=201, response_model=SubmitResponse)
@@ -337,10 +339,6 @@ def _mount_dashboard(app: FastAPI, **parts: Any) -> None:
     mount_on_server(app, **parts)
 
 
-FACADE_ROUTE = "/internal/jobs/{job_id}/v1/{path:path}"
-"""The route label of private-mode facade calls in ``/metrics`` (whichever path served them)."""
-
-
 def served_app(app: FastAPI) -> ASGIApp:
     """What uvicorn should serve: ``app``, behind the tunnel's fast path when private mode is on.
 
@@ -348,24 +346,20 @@ def served_app(app: FastAPI) -> ASGIApp:
     middleware and routing, about a third of the server's CPU per call. Those calls then skip
     the app's metrics middleware, so the facade gets its own, with the same route label.
     """
-    hub = getattr(app.state, "tunnel_hub", None)
+    hub: TunnelHub | None = getattr(app.state, "tunnel_hub", None)
     if hub is None:
         return app
     metrics: Metrics = app.state.metrics
 
     def with_metrics(facade: ASGIApp) -> ASGIApp:
+        # The route label of facade calls in ``/metrics``, whichever path served them.
         return MetricsMiddleware(facade, metrics=metrics, route_of=lambda _scope: FACADE_ROUTE)
 
-    return hub.wrap_app(app, wrap_facade=with_metrics)  # type: ignore[no-any-return]
+    return hub.wrap_app(app, wrap_facade=with_metrics)
 
 
-def _attach_tunnel(app: FastAPI, manager: JobManager, auth: Authenticator, settings: ServerSettings) -> Any:
-    """Mount the private-mode tunnel when ``proctor.tunnel`` is installed; the server works without."""
-    app.state.tunnel_hub = None
-    try:
-        from proctor.server.tunnel.hub import TunnelHub  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
+def _attach_tunnel(app: FastAPI, manager: JobManager, auth: Authenticator, settings: ServerSettings) -> TunnelHub:
+    """Mount the private-mode tunnel: the agents' WebSocket, the job channel and the facade."""
     authenticate: Callable[[str], Principal | None] = auth.from_token
     hub = TunnelHub(
         on_tunnel_state=manager.on_tunnel_state,

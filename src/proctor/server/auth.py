@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from proctor.errors import AuthenticationError, PermissionDeniedError
+from proctor.server.bearer import parse_bearer
 from proctor.server.store import JobRow, JobStore
 
 
@@ -27,11 +28,7 @@ class Principal:
 
 
 def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
+    return parse_bearer(request.headers.get("authorization"))
 
 
 class Authenticator:

@@ -55,7 +55,7 @@ def guarded_protocol(*, header_timeout: float, max_connections: int) -> type[asy
         _header_timer: asyncio.TimerHandle | None = None
         _idle_since: float = 0.0
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             super().connection_made(transport)
             self._idle_since = time.monotonic()
             self._arm()

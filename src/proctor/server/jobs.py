@@ -34,6 +34,9 @@ import yaml
 
 from proctor import _yaml
 from proctor.errors import InputError
+from proctor.evals.spec import parse_spec
+from proctor.models.private import ENV as PRIVATE_ENV
+from proctor.models.private import PrivateEndpoints
 from proctor.sandbox import Limits, Sandbox
 from proctor.server import lmeval_policy, policy
 from proctor.server.schemas import ModelEndpoint, SubmitRequest
@@ -339,11 +342,7 @@ def _validate_lm_eval(spec: dict[str, Any]) -> None:
 
 
 def _validate_with_engine(spec: dict[str, Any]) -> None:
-    """Use the engine's own spec schema when it is installed, so errors come back before queueing."""
-    try:
-        from proctor.evals.spec import parse_spec
-    except ImportError:  # pragma: no cover - the engine is part of the package
-        return
+    """Use the engine's own spec schema, so errors come back before queueing."""
     parse_spec(spec, source="the submitted spec")
 
 
@@ -352,9 +351,11 @@ TUNNEL_SLACK = 30.0
 503/504 (which says why) arrives before the engine gives up on its own."""
 
 
-def set_private_endpoints(job_dir: Path, roles: list[str], facade_url: str, *, tunnel_deadline: float) -> None:
-    """Point the private roles of the job's spec copy at this server's model facade, and let the
-    tunnel do the waiting.
+def set_private_waits(job_dir: Path, roles: list[str], *, tunnel_deadline: float) -> None:
+    """Let the tunnel do the waiting for the private roles of the job's spec copy.
+
+    Where their calls go is not written here: the job gets it as a typed run option in its
+    environment (``proctor.models.private.PrivateEndpoints``, see ``build_env``).
 
     The submitter's agent may attach after the job starts, or go away for a while: the facade
     then holds each call (up to ``tunnel_deadline``) and answers it as soon as an agent is back.
@@ -369,8 +370,6 @@ def set_private_endpoints(job_dir: Path, roles: list[str], facade_url: str, *, t
     wait = tunnel_deadline + TUNNEL_SLACK
     for role in roles:
         cfg = spec["models"][role]
-        cfg["base_url"] = facade_url
-        cfg["transport"] = "tunnel"  # the job channel: one WebSocket instead of an HTTP request per call
         cfg["request_timeout"] = _at_least(cfg.get("request_timeout"), wait)
         retry = cfg["retry"] = cfg.get("retry") if isinstance(cfg.get("retry"), dict) else {}
         retry["total_deadline"] = _at_least(retry.get("total_deadline"), wait + TUNNEL_SLACK)
@@ -455,6 +454,9 @@ def build_env(
             env["OPENAI_API_KEY"] = key
         if subject.get("model"):
             env["OPENAI_MODEL"] = subject["model"]
+    elif private_urls:
+        # Where the private roles' calls go (the facade, over the job channel): a run option, not the spec.
+        env[PRIVATE_ENV] = PrivateEndpoints(roles=private_urls).to_env()
     return env
 
 

@@ -42,6 +42,8 @@ from proctor.server.quotas import Quota
 from proctor.server.schemas import JOB_ID_RE, JobView, ResumeRequest, SubmitRequest
 from proctor.server.settings import ServerSettings
 from proctor.server.store import ACTIVE_STATES, TERMINAL_STATES, JobRow, JobStore
+from proctor.server.tunnel.hub import TunnelHub
+from proctor.tunnel.protocol import facade_base_url
 
 log = logging.getLogger("proctor.server")
 
@@ -123,7 +125,7 @@ class JobManager:
         self.store = store
         self.metrics = metrics
         self.quota = quota
-        self.hub: Any = None
+        self.hub: TunnelHub | None = None
         self.port = settings.port
         self.secrets: dict[str, JobSecrets] = {}
         self.running: dict[str, Running] = {}
@@ -323,7 +325,7 @@ class JobManager:
         if live and job.private_roles and self.hub is not None and self.hub.secret_digest(job.id) is not None:
             # A live private job whose submitter lost the tunnel (e.g. its agent stopped during a
             # server restart): a new secret lets a new agent in; the job itself goes on as it is.
-            tunnel_secret = self.hub.new_secret(job.id)
+            tunnel_secret: str | None = self.hub.new_secret(job.id)
             self.store.update(job.id, tunnel_digest=self.hub.secret_digest(job.id))
             return self.store.get(job.id), tunnel_secret
         if live:
@@ -438,11 +440,8 @@ class JobManager:
         try:
             private_urls = {role: self.facade_url(job.id) for role in job.private_roles}
             if job.kind in jobmod.ENGINE_KINDS and job.private_roles:
-                jobmod.set_private_endpoints(
-                    job_dir,
-                    job.private_roles,
-                    self.facade_url(job.id),
-                    tunnel_deadline=self.settings.tunnel_request_deadline,
+                jobmod.set_private_waits(
+                    job_dir, job.private_roles, tunnel_deadline=self.settings.tunnel_request_deadline
                 )
             argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
             env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)
@@ -474,7 +473,7 @@ class JobManager:
         run.started.set()
 
     def facade_url(self, job_id: str) -> str:
-        return f"http://{self.settings.internal_host}:{self.port}/internal/jobs/{job_id}/v1"
+        return facade_base_url(self.settings.internal_host, self.port, job_id)
 
     def _progress(self, job_id: str, progress: dict[str, Any]) -> None:
         # The engine prints ~1 line/s; store at most one per second per job, and always the last.

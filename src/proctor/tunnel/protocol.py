@@ -44,14 +44,18 @@ import struct
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from enum import IntEnum
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 __all__ = [
     "Budget",
+    "CHANNEL_ROUTE",
     "CHUNK",
     "FACADE_PATHS",
+    "FACADE_ROUTE",
     "FORWARDED_REQUEST_HEADERS",
+    "DEADLINE_HEADER",
+    "ROLE_HEADER",
     "CLOSE_FORBIDDEN",
     "CLOSE_JOB_FINISHED",
     "CLOSE_MALFORMED",
@@ -67,8 +71,13 @@ __all__ = [
     "decode",
     "encode",
     "encode_body",
+    "channel_url",
+    "facade_base_url",
+    "facade_job_path",
     "forwarded_method",
 ]
+
+T = TypeVar("T")
 
 HEADER = struct.Struct("!BBIII")
 """kind, flags, rid, meta length, body length."""
@@ -103,6 +112,45 @@ peer); the hub says so in one log line and drops the connection."""
 FACADE_PATHS = {"chat/completions": "POST", "completions": "POST", "models": "GET"}
 """What travels over the tunnel (plus ``GET models/<name>``): the facade and the job channel
 answer anything else 404, and the agent refuses anything else the server sends it."""
+
+DEADLINE_HEADER = "x-proctor-deadline"
+"""A job's caller may ask for a shorter deadline (seconds) than the hub's default."""
+
+ROLE_HEADER = "x-proctor-role"
+"""Which private role a call is for (the engine sends it); the agent picks that role's model."""
+
+JOBS_PREFIX = "/internal/jobs/"
+"""Where a server's job-facing routes live; the one owner of this path (server and engine use it)."""
+
+FACADE_ROUTE = JOBS_PREFIX + "{job_id}/v1/{path:path}"
+"""The facade's route: a job's OpenAI-compatible base URL is ``JOBS_PREFIX<job_id>/v1``."""
+
+CHANNEL_ROUTE = JOBS_PREFIX + "{job_id}/v1/channel"
+"""Where a job's process opens its channel: the facade's base URL plus ``/channel``."""
+
+_FACADE_PATH = re.compile("^" + re.escape(JOBS_PREFIX) + r"([^/]+)/v1/(.*)$")
+
+
+def facade_base_url(host: str, port: int, job_id: str) -> str:
+    """The base URL a job's process uses for its private roles."""
+    return f"http://{host}:{port}{JOBS_PREFIX}{job_id}/v1"
+
+
+def facade_job_path(path: str) -> tuple[str, str] | None:
+    """``(job_id, path after /v1/)`` of a facade URL path, or None when it is not one."""
+    match = _FACADE_PATH.match(path)
+    return (match[1], match[2]) if match is not None else None
+
+
+def channel_url(facade_base: str) -> str:
+    """``http://host:port/internal/jobs/<id>/v1`` -> ``ws://host:port/internal/jobs/<id>/v1/channel``."""
+    base = facade_base.rstrip("/")
+    if base.startswith("https://"):
+        return "wss://" + base[len("https://") :] + "/channel"
+    if base.startswith("http://"):
+        return "ws://" + base[len("http://") :] + "/channel"
+    raise ValueError(f"not an http(s) URL: {facade_base!r}")
+
 
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "x-request-id", "x-proctor-sample-id")
 """Request headers passed to the private model. Never ``authorization``: the internal token stays
@@ -338,23 +386,23 @@ class Budget:
         self.held -= size
 
 
-class Inbox:
+class Inbox(Generic[T]):
     """A minimal single-consumer event queue: what ``asyncio.Queue`` does for this one use,
     without its bookkeeping (this is on the path of every call)."""
 
     __slots__ = ("_items", "_waiter")
 
     def __init__(self) -> None:
-        self._items: deque[tuple[Any, ...]] = deque()
+        self._items: deque[T] = deque()
         self._waiter: asyncio.Future[None] | None = None
 
-    def put_nowait(self, item: tuple[Any, ...]) -> None:
+    def put_nowait(self, item: T) -> None:
         self._items.append(item)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get(self) -> tuple[Any, ...]:
+    async def get(self) -> T:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:

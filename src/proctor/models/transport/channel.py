@@ -1,7 +1,7 @@
 """The job's side of the job channel: a private role's model calls over one WebSocket.
 
-The proctor server points a proctor job's private roles at its model facade and marks them
-``transport: tunnel``; the engine then sends their calls over one WebSocket to
+A proctor server points a proctor job's private roles at its model facade with a typed run option
+(``proctor.models.private``), which gives them this transport; the engine then sends their calls over one WebSocket to
 ``<facade base URL>/channel`` instead of one HTTP request each (see ``proctor.server.tunnel.channel`` for why). The
 answers come back exactly as the facade would give them (status, headers, body, or a stream of
 chunks), so the engine's client interprets both paths with the same code.
@@ -16,25 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from proctor.errors import ModelAbortError
+from proctor.models.client import SAMPLE_ID_HEADER, AttemptFailure, classify_status, parse_body, read_stream
+from proctor.models.types import ChatResult
 from proctor.tunnel import protocol
-from proctor.tunnel.protocol import Envelope, FrameWriter, Inbox, Kind
+from proctor.tunnel.protocol import Envelope, FrameWriter, Inbox, Kind, channel_url
 
-__all__ = ["ChannelAnswer", "ChannelError", "TunnelChannel", "channel_url"]
-
-
-def channel_url(facade_base_url: str) -> str:
-    """``http://host:port/internal/jobs/<id>/v1`` -> ``ws://host:port/internal/jobs/<id>/v1/channel``."""
-    base = facade_base_url.rstrip("/")
-    if base.startswith("https://"):
-        return "wss://" + base[len("https://") :] + "/channel"
-    if base.startswith("http://"):
-        return "ws://" + base[len("http://") :] + "/channel"
-    raise ValueError(f"not an http(s) URL: {facade_base_url!r}")
+__all__ = ["ChannelAnswer", "ChannelError", "ChannelTransport", "TunnelChannel", "channel_url"]
 
 
 class ChannelError(ConnectionError):
@@ -49,6 +44,24 @@ class ChannelError(ConnectionError):
         self.refused = refused
 
 
+@dataclass(slots=True)
+class _Piece:
+    """More bytes of a streamed answer; ``fin`` on the last."""
+
+    body: bytes
+    fin: bool
+
+
+@dataclass(slots=True)
+class _Broken:
+    """The stream broke off (the model, the agent or the connection): why."""
+
+    why: str
+
+
+_StreamEvent = _Piece | _Broken
+
+
 class _Pending:
     """One call on the channel, from its request until its answer is complete."""
 
@@ -58,7 +71,7 @@ class _Pending:
         self.future = future
         self.head: dict[str, Any] | None = None
         self.parts: list[bytes] | None = None
-        self.stream: Inbox | None = None
+        self.stream: Inbox[_StreamEvent] | None = None
 
 
 class ChannelAnswer:
@@ -72,7 +85,7 @@ class ChannelAnswer:
         rid: int,
         head: dict[str, Any],
         body: bytes,
-        stream: Inbox | None,
+        stream: Inbox[_StreamEvent] | None,
         deadline: float,
     ) -> None:
         self._conn = conn
@@ -98,11 +111,11 @@ class ChannelAnswer:
         async with asyncio.timeout_at(self._deadline):
             while True:
                 event = await stream.get()
-                if event[0] == "fail":
-                    raise ChannelError(event[1])
-                if event[1]:
-                    yield event[1]
-                if event[2]:
+                if isinstance(event, _Broken):
+                    raise ChannelError(event.why)
+                if event.body:
+                    yield event.body
+                if event.fin:
                     self._stream = None
                     return
 
@@ -157,7 +170,7 @@ class _Connection:
                 del self.pending[env.rid]
                 _resolve(pending.future, (head, env.body, None))
             elif head.get("stream"):
-                pending.stream = Inbox()
+                pending.stream = Inbox[_StreamEvent]()
                 _resolve(pending.future, (head, env.body, pending.stream))
             else:
                 pending.head = head
@@ -166,11 +179,11 @@ class _Connection:
             if pending.stream is not None:
                 if env.meta and "error" in env.meta:
                     del self.pending[env.rid]
-                    pending.stream.put_nowait(("fail", str(env.meta["error"])))
+                    pending.stream.put_nowait(_Broken(str(env.meta["error"])))
                     return
                 if env.fin:
                     del self.pending[env.rid]
-                pending.stream.put_nowait(("data", env.body, env.fin))
+                pending.stream.put_nowait(_Piece(env.body, env.fin))
             elif pending.parts is not None:
                 pending.parts.append(env.body)
                 if env.fin:
@@ -191,7 +204,7 @@ class _Connection:
             if not call.future.done():
                 call.future.set_exception(ChannelError(why))
             elif call.stream is not None:
-                call.stream.put_nowait(("fail", why))
+                call.stream.put_nowait(_Broken(why))
 
     async def aclose(self) -> None:
         self._fail_all("the job channel was closed")
@@ -296,3 +309,86 @@ class TunnelChannel:
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.aclose()
+
+
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+class ChannelTransport:
+    """A private role's replica reached over its job channel: same answers, same exceptions as
+    :class:`~proctor.models.transport.http.HttpTransport`.
+
+    The internal token authenticated the channel once, at its handshake; the calls carry only
+    their own headers and the role's name (an agent serving several local models picks that
+    role's).
+    """
+
+    __slots__ = ("_api_key_env", "_channel", "_endpoint", "_model", "_request_timeout", "_role")
+
+    def __init__(
+        self,
+        channel: TunnelChannel,
+        base_url: str,
+        *,
+        role: str,
+        model: str,
+        api_key_env: str | None,
+        request_timeout: float,
+    ) -> None:
+        self._channel = channel
+        self._endpoint = base_url
+        self._role = role
+        self._model = model
+        self._api_key_env = api_key_env
+        self._request_timeout = request_timeout
+
+    def __repr__(self) -> str:
+        return f"<ChannelTransport {self._channel.url}>"
+
+    @property
+    def channel(self) -> TunnelChannel:
+        """The connection this transport sends over (one per replica)."""
+        return self._channel
+
+    async def send(
+        self, data: bytes, sample_id: str | None, timeout: aiohttp.ClientTimeout, *, stream: bool, completions: bool
+    ) -> ChatResult:
+        endpoint = self._endpoint
+        path = "/completions" if completions else "/chat/completions"
+        headers = _JSON_HEADERS if sample_id is None else {**_JSON_HEADERS, SAMPLE_ID_HEADER: sample_id}
+        seconds = timeout.total or self._request_timeout
+        t0 = time.perf_counter()
+        try:
+            answer = await self._channel.request("POST", path, data, headers, timeout=seconds, role=self._role)
+            try:
+                if answer.status == 200:
+                    if stream:
+                        return await read_stream(answer.chunks(), endpoint, t0)
+                    return parse_body(await answer.read(), endpoint)
+                body = (await answer.read()).decode("utf-8", "replace")
+            finally:
+                answer.release()
+        except TimeoutError:
+            raise AttemptFailure("timeout", f"no complete answer from {endpoint} within {seconds}s") from None
+        except ChannelError as exc:
+            if exc.refused in (401, 403, 404):
+                # Every call would be refused the same way: stop the run rather than error each sample.
+                abort = ModelAbortError(
+                    f"{endpoint}: {exc} (the role's transport is 'tunnel')",
+                    hint="transport 'tunnel' is for the private roles of jobs a proctor server runs; "
+                    "its base_url must be that server's facade, and the key its internal token",
+                )
+                abort.status = exc.refused
+                raise abort from None
+            raise AttemptFailure("connection", f"connection to {endpoint} failed: {exc}") from None
+        raise classify_status(
+            answer.status,
+            body,
+            url=endpoint + path,
+            model=self._model,
+            api_key_env=self._api_key_env,
+            retry_after=answer.headers.get("retry-after"),
+        )
+
+    async def aclose(self) -> None:
+        await self._channel.aclose()

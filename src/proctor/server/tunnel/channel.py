@@ -13,7 +13,7 @@ through a proxy, with the job's internal token: otherwise HTTP 403 at the handsh
 allowed paths and forwarded headers, the same 413/502/503/504 answers with OpenAI-shaped error
 bodies, and the same rule that a started stream cannot be replayed.
 
-Per-call work here is callback-driven: no task per call. A call's events (see ``hub.Call``) go
+Per-call work here is callback-driven: no task per call. A call's events (``calls.CallEvent``) go
 straight to ``_ChannelCall.put_nowait``, which writes the answer to the job's connection.
 
 Messages, job -> hub: ``REQUEST`` (meta ``{"m", "p", "q", "h", "d", "r"}`` where ``d`` is the
@@ -27,43 +27,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.websockets import WebSocket
 
-from proctor.tunnel import protocol
-from proctor.server.tunnel.facade import (
-    FORWARDED_REQUEST_HEADERS,
-    forwarded_method,
-    is_loopback,
+from proctor.server.tunnel.calls import EXPIRE, Call, CallEvent, Data, Dispatcher, Expire, Fail, Head, Job, Reset
+from proctor.server.tunnel.rules import (
+    JSON_HEADERS,
+    call_timeout,
+    close_websocket,
+    job_for_token,
     json_error,
+    local_caller,
+    not_forwarded,
     over_budget,
+    request_meta,
+    timeout_answer,
     too_large,
 )
-from proctor.tunnel.protocol import Envelope, FrameWriter, Kind
+from proctor.tunnel import protocol
+from proctor.tunnel.protocol import Envelope, FrameWriter, Kind, forwarded_method
 
-if TYPE_CHECKING:
-    from proctor.server.tunnel.hub import Call, TunnelHub, _Job
-
-__all__ = ["CHANNEL_PATH", "JobChannel", "channel_endpoint"]
+__all__ = ["JobChannel", "channel_endpoint"]
 
 log = logging.getLogger("proctor.tunnel")
 
-CHANNEL_PATH = "/internal/jobs/{job_id}/v1/channel"
-"""Where a job's process opens its channel: the facade's base URL plus ``/channel``."""
 
-_JSON_HEADERS = {"content-type": "application/json"}
-_FORWARDED = frozenset(FORWARDED_REQUEST_HEADERS)
-
-
-async def channel_endpoint(hub: TunnelHub, ws: WebSocket) -> None:
+async def channel_endpoint(hub: Dispatcher, ws: WebSocket) -> None:
     """Authenticate a job's channel at the handshake, then relay its calls until it closes."""
     client = ws.client
     headers = ws.headers
     job = None
-    if client and is_loopback(client.host) and "x-forwarded-for" not in headers and "forwarded" not in headers:
-        scheme, _, token = headers.get("authorization", "").partition(" ")
-        job = hub.check_internal_token(ws.path_params["job_id"], token.strip() if scheme.lower() == "bearer" else None)
+    if local_caller(client.host if client else None, proxied="x-forwarded-for" in headers or "forwarded" in headers):
+        job = job_for_token(hub, ws.path_params["job_id"], headers.get("authorization"))
     if job is None or job.closed:
         # Refused before accepting: the server answers HTTP 403 and nothing is exchanged.
         log.info("job channel refused for %s", ws.url.path)
@@ -77,7 +73,7 @@ async def channel_endpoint(hub: TunnelHub, ws: WebSocket) -> None:
 class JobChannel:
     """One open channel of one job: its writer, its calls, and calls waiting for a tunnel slot."""
 
-    def __init__(self, hub: TunnelHub, job: _Job, ws: WebSocket) -> None:
+    def __init__(self, hub: Dispatcher, job: Job, ws: WebSocket) -> None:
         self.hub = hub
         self.job = job
         self.ws = ws
@@ -106,7 +102,7 @@ class JobChannel:
                 job.channels.remove(self)
             self.writer.close()
             writer_task.cancel()
-            await self.hub.close_websocket(self.ws, close_code, "")
+            await close_websocket(self.ws, close_code, "")
 
     async def _read(self) -> bool:
         """Take the job's messages until it leaves (True) or sends a malformed one (False)."""
@@ -167,7 +163,7 @@ class JobChannel:
             self.job.budget.give(entry[2])
 
     def send_error(self, rid: int, status: int, message: str, code: str, retry_after: bool = False) -> None:
-        headers = {**_JSON_HEADERS, "retry-after": "5"} if retry_after else _JSON_HEADERS
+        headers = {**JSON_HEADERS, "retry-after": "5"} if retry_after else JSON_HEADERS
         self.hub.channel_answers[status] += 1
         self.writer.put(
             protocol.encode(Kind.RESPONSE, rid, {"s": status, "h": headers}, json_error(status, message, code))
@@ -182,36 +178,30 @@ class JobChannel:
         path = str(meta.get("p", "")).lstrip("/")
         if forwarded_method(path) != method:
             job.budget.give(held)
-            message = f"{str(method)[:20]} /{path[:200]} is not forwarded to the private model"
-            self.send_error(rid, 404, message, "not_found")
+            self.send_error(rid, 404, not_forwarded(str(method), path), "not_found")
             return
         if rid in self.calls:
             job.budget.give(held)
             self.send_error(rid, 400, f"request id {rid} is already in use on this channel", "bad_request")
             return
-        timeout = hub.request_deadline
-        asked = meta.get("d")
-        if isinstance(asked, int | float) and not isinstance(asked, bool):
-            timeout = min(timeout, max(0.0, float(asked)))
-        out: dict[str, Any] = {"m": method, "p": "/" + path}
-        query = meta.get("q")
-        if isinstance(query, str) and query:
-            out["q"] = query
-        role = meta.get("r")
-        if isinstance(role, str) and role in job.roles:
-            out["r"] = role
+        timeout = call_timeout(hub.request_deadline, meta.get("d"))
         given = meta.get("h")
-        if isinstance(given, dict):
-            forwarded = {k: v for k, v in given.items() if isinstance(v, str) and k.lower() in _FORWARDED}
-            if forwarded:
-                out["h"] = forwarded
+        query = meta.get("q")
+        out = request_meta(
+            str(method),
+            path,
+            query if isinstance(query, str) else None,
+            given if isinstance(given, dict) else {},
+            meta.get("r"),
+            job,
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         hub_rid = hub.next_rid()
         call = _ChannelCall(self, rid, timeout)
         frames = protocol.encode_body(Kind.REQUEST, hub_rid, out, body)
         call.call = hub.new_call(job, hub_rid, frames, deadline, call, held)
-        call.timer = loop.call_at(deadline, call.put_nowait, ("expire",))
+        call.timer = loop.call_at(deadline, call.put_nowait, EXPIRE)
         self.calls[rid] = call
         slots = job.semaphore()
         if not self.backlog and slots.try_acquire():
@@ -282,18 +272,17 @@ class _ChannelCall:
         """A non-streamed answer that arrives in pieces, kept until its last piece."""
         self.head: dict[str, Any] = {}
 
-    def put_nowait(self, event: tuple[Any, ...]) -> None:
+    def put_nowait(self, event: CallEvent) -> None:
         if self.ended:
             return
-        tag = event[0]
         put = self.channel.writer.put
         rid = self.rid
-        if tag == "head":
-            meta: dict[str, Any] = event[1]
-            body: bytes = event[2]
-            if event[3] or meta.get("stream"):
+        if isinstance(event, Head):
+            meta = event.meta
+            body = event.body
+            if event.fin or meta.get("stream"):
                 self.channel.hub.channel_answers[meta.get("s", 0)] += 1
-            if event[3]:
+            if event.fin:
                 put(protocol.encode(Kind.RESPONSE, rid, meta, body))
                 self.end()
             elif meta.get("stream"):
@@ -305,8 +294,8 @@ class _ChannelCall:
             else:
                 self.parts = [body]
                 self.head = meta
-        elif tag == "data":
-            body, fin = event[1], event[2]
+        elif isinstance(event, Data):
+            body, fin = event.body, event.fin
             if self.streaming:
                 if body or fin:
                     put(protocol.encode(Kind.DATA, rid, None, body, fin=fin))
@@ -316,7 +305,7 @@ class _ChannelCall:
                 return
             if self.parts is None:
                 return  # stray data of an answer that was reset
-            # The hub caps the answer as its pieces arrive (a 502 "fail" event past the cap).
+            # The hub caps the answer as its pieces arrive (a 502 ``Fail`` past the cap).
             self.parts.append(body)
             if fin:
                 self.channel.hub.channel_answers[self.head.get("s", 0)] += 1
@@ -324,30 +313,26 @@ class _ChannelCall:
                 for frame in protocol.encode_body(Kind.RESPONSE, rid, self.head, whole):
                     put(frame)
                 self.end()
-        elif tag == "reset":
+        elif isinstance(event, Reset):
             self.parts = None  # the call is replayed; what arrived of it is void
-        elif tag == "fail":
+        elif isinstance(event, Fail):
             if self.streaming:
-                put(protocol.encode(Kind.DATA, rid, {"error": event[2]}, fin=True))
+                put(protocol.encode(Kind.DATA, rid, {"error": event.message}, fin=True))
             else:
-                self.channel.send_error(rid, event[1], event[2], event[3])
+                self.channel.send_error(rid, event.status, event.message, event.code)
             self.end()
-        elif tag == "expire":
+        elif isinstance(event, Expire):
             self._expire()
 
     def _expire(self) -> None:
         channel = self.channel
-        hub = channel.hub
-        job = channel.job
         if self.streaming:
             channel.writer.put(
                 protocol.encode(Kind.DATA, self.rid, {"error": "the stream passed its tunnel deadline"}, fin=True)
             )
         else:
-            status = 504 if self.call.dispatched and job.agents else 503
-            code = "waiting_for_tunnel" if status == 503 else "tunnel_timeout"
-            message = f"tunnel call timed out after {self.timeout:g} s: {hub.waiting_reason(job)}"
-            channel.send_error(self.rid, status, message, code, retry_after=status == 503)
+            answer = timeout_answer(channel.hub, channel.job, dispatched=self.call.dispatched, timeout=self.timeout)
+            channel.send_error(self.rid, answer.status, answer.message, answer.code, retry_after=answer.retry_after)
         self.end()
 
     def end(self) -> None:

@@ -31,25 +31,37 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable  # noqa: F401 - Awaitable: in a string annotation
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.types import ASGIApp
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from proctor.errors import AuthenticationError, NotFoundError, PermissionDeniedError, ProctorError
+from proctor.server.bearer import parse_bearer
+from proctor.server.tunnel.calls import (
+    RESET,
+    Agent,
+    Call,
+    CallEvents,
+    Data,
+    Fail,
+    Head,
+    Job,
+    Slots,
+)
+from proctor.server.tunnel.channel import channel_endpoint
+from proctor.server.tunnel.facade import FacadeApp, FastPath
+from proctor.server.tunnel.rules import close_websocket, over_budget, too_large
 from proctor.tunnel import protocol
-from proctor.server.tunnel.channel import JobChannel, channel_endpoint
-from proctor.server.tunnel.facade import over_budget, too_large
-from proctor.tunnel.protocol import Budget, Envelope, FrameWriter, Inbox, Kind
+from proctor.tunnel.protocol import CHANNEL_ROUTE, FACADE_ROUTE, Budget, Envelope, Kind
 
-__all__ = ["Budget", "Call", "CallEvents", "TunnelHub", "TunnelStateCallback"]
+__all__ = ["Budget", "Call", "CallEvents", "Job", "Slots", "TunnelHub", "TunnelStateCallback"]
 
 log = logging.getLogger("proctor.tunnel")
 
-TunnelStateCallback = Callable[[str, bool], "Awaitable[None] | None"]
+TunnelStateCallback = Callable[[str, bool], Awaitable[None] | None]
 """``on_tunnel_state(job_id, connected)``: False once a job has had no agent for ``grace``
 seconds while it needed one; True when an agent attaches again after that."""
 
@@ -81,122 +93,6 @@ def identity(user: Any) -> Any:
             if key in user:
                 return user[key]
     return user
-
-
-class Slots:
-    """FIFO cap on a job's calls in flight (backpressure: callers wait, nobody fails).
-
-    Not ``asyncio.Semaphore``: on Python 3.11 each release scans the woken-but-not-yet-run
-    waiters, which turns thousands of waiting calls into quadratic work. Here a release hands
-    the slot straight to the next live waiter, skipping cancelled ones, in O(1) amortized.
-    """
-
-    __slots__ = ("_free", "_waiters")
-
-    def __init__(self, size: int) -> None:
-        self._free = size
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def try_acquire(self) -> bool:
-        """Take a slot if one is free right now (the common case: no waiting, no timer)."""
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        if self.try_acquire():
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot was handed over just as the caller gave up: pass it on
-            raise
-
-    def release(self) -> None:
-        waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._free += 1
-
-
-class CallEvents(Protocol):
-    """Whatever receives a call's events: ``put_nowait(event)`` must not block."""
-
-    def put_nowait(self, item: tuple[Any, ...]) -> None: ...
-
-
-@dataclass(eq=False)
-class Call:
-    """One model call of a job waiting for (or getting) its answer over the tunnel.
-
-    The facade consumes ``events``: ``("head", meta, body, fin)``, ``("data", body, fin)``,
-    ``("reset",)`` (the agent answering it went away; drop what was received, it is replayed)
-    and ``("fail", status, message, code)``.
-    """
-
-    rid: int
-    frames: list[bytes]
-    deadline: float
-    budget: Budget
-    held: int = 0
-    """Bytes of this call held against ``budget``: its request body plus ``answer``."""
-    answer: int = 0
-    """Bytes of the answer received and not yet relayed (capped at the hub's ``max_body``)."""
-    events: Inbox | CallEvents = field(default_factory=Inbox)
-    """An ``Inbox`` a facade request awaits, or a job channel's call, which acts on each event."""
-    agent: _Agent | None = None
-    replayable: bool = True
-    """False once response bytes reached the caller (a started stream cannot be replayed)."""
-    done: bool = False
-    dispatched: bool = False
-
-
-class _Agent:
-    """One authenticated WebSocket connection of a job's agent."""
-
-    def __init__(self, ws: WebSocket, job: _Job) -> None:
-        self.ws = ws
-        self.job = job
-        self.writer = FrameWriter(ws.send_bytes)
-        self.calls: dict[int, Call] = {}
-        self.last_seen = time.monotonic()
-        self.served = 0
-        self.gone = False
-        self.received_messages = 0
-        self.received_envelopes = 0
-
-
-@dataclass(eq=False)
-class _Job:
-    job_id: str
-    owner: Any
-    roles: list[str]
-    secret_digest: bytes
-    token_digest: bytes
-    max_inflight: int
-    budget: Budget
-    agents: list[_Agent] = field(default_factory=list)
-    channels: list[JobChannel] = field(default_factory=list)
-    """The job process's open channels (``channel.py``); usually one."""
-    calls: dict[int, Call] = field(default_factory=dict)
-    waiting: deque[Call] = field(default_factory=deque)
-    slots: Slots | None = None
-    grace_timer: asyncio.TimerHandle | None = None
-    reported_down: bool = False
-    rr: int = 0
-    closed: bool = False
-
-    def semaphore(self) -> Slots:
-        if self.slots is None:
-            self.slots = Slots(self.max_inflight)
-        return self.slots
 
 
 class TunnelHub:
@@ -244,16 +140,30 @@ class TunnelHub:
         self.auth_timeout = auth_timeout
         self._authenticator: Authenticator | None = authenticator
         self._auth_takes_host = False
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._background: set[asyncio.Task[Any]] = set()
         self.channel_answers: Counter[int] = Counter()
         """Answers given over job channels, by HTTP status (for the server's metrics)."""
-        from proctor.server.tunnel.facade import build_router
+        self.router: APIRouter = self._build_router()
+        """Include in the server app: the tunnel WebSocket, the job channel and the job-facing facade."""
 
-        self.router: APIRouter = build_router(self)
-        """Include in the server app: the tunnel WebSocket and the job-facing facade."""
+    def _build_router(self) -> APIRouter:
+        router = APIRouter()
+        router.add_websocket_route("/v1/jobs/{job_id}/tunnel", self.websocket_endpoint, name="tunnel")
+        router.add_websocket_route(CHANNEL_ROUTE, self.channel_endpoint, name="tunnel_channel")
+        # An ASGI object (not a function) as endpoint: Starlette then skips its Request/Response
+        # wrapping, which is a third of the facade's CPU per call. Left out of the OpenAPI schema
+        # because nobody outside the server may call it.
+        router.add_route(
+            FACADE_ROUTE,
+            FacadeApp(self),  # type: ignore[arg-type]  # an ASGI app is a valid endpoint
+            methods=["GET", "POST"],
+            name="tunnel_facade",
+            include_in_schema=False,
+        )
+        return router
 
     # ------------------------------------------------------------------ server-facing API
 
@@ -323,26 +233,26 @@ class TunnelHub:
     ) -> str:
         internal_token = "pti_" + secrets.token_urlsafe(32)
         with self._lock:
-            old = self._jobs.get(job_id)
-            job = _Job(
-                job_id=job_id,
+            job = self._jobs.get(job_id)
+            if job is None:
+                job = self._jobs[job_id] = Job(
+                    job_id=job_id,
+                    owner=None,
+                    roles=[],
+                    secret_digest=b"",
+                    token_digest=b"",
+                    max_inflight=0,
+                    budget=Budget(self.max_job_bytes),
+                )
+            # A job registered again is the same object, changed in place: its agents, channels,
+            # waiting calls and the bytes they hold stay with it, and nothing sees a stale copy.
+            job.rekey(
                 owner=owner,
                 roles=list(roles),
                 secret_digest=secret_digest,
                 token_digest=digest(internal_token),
                 max_inflight=max_inflight or self.max_inflight,
-                budget=old.budget if old is not None else Budget(self.max_job_bytes),
             )
-            if old is not None:
-                # Keep connected agents, waiting calls and the bytes they hold of a re-registered job.
-                job.agents, job.calls, job.waiting, job.slots = old.agents, old.calls, old.waiting, old.slots
-                job.channels = old.channels
-                job.reported_down, job.grace_timer = old.reported_down, old.grace_timer
-                for agent in job.agents:
-                    agent.job = job
-                for channel in job.channels:
-                    channel.job = job
-            self._jobs[job_id] = job
         return internal_token
 
     def unregister_job(self, job_id: str) -> None:
@@ -373,8 +283,6 @@ class TunnelHub:
         Facade calls no longer pass through ``app``'s middleware; ``wrap_facade`` (e.g. a metrics
         middleware) is applied to the facade alone instead.
         """
-        from proctor.server.tunnel.facade import FastPath
-
         return FastPath(app, self, wrap_facade=wrap_facade)
 
     def is_connected(self, job_id: str) -> bool:
@@ -410,7 +318,7 @@ class TunnelHub:
 
     # ------------------------------------------------------------------ facade-facing API
 
-    def check_internal_token(self, job_id: str, token: str | None) -> _Job | None:
+    def check_internal_token(self, job_id: str, token: str | None) -> Job | None:
         """The job if ``token`` is its internal token, else None (same answer for unknown jobs)."""
         job = self._jobs.get(job_id)
         given = digest(token or "")
@@ -419,9 +327,7 @@ class TunnelHub:
             return None
         return job
 
-    def new_call(
-        self, job: _Job, rid: int, frames: list[bytes], deadline: float, events: CallEvents, held: int
-    ) -> Call:
+    def new_call(self, job: Job, rid: int, frames: list[bytes], deadline: float, events: CallEvents, held: int) -> Call:
         """A call whose request body (``held`` bytes, already taken from the job's budget) is
         given back to the budget when the call ends."""
         return Call(rid=rid, frames=frames, deadline=deadline, budget=job.budget, held=held, events=events)
@@ -438,13 +344,13 @@ class TunnelHub:
         """A request id unique among the calls in flight (u32 on the wire, 0 is reserved)."""
         return next(_rid_counter) % 0xFFFFFFFF + 1
 
-    def submit(self, job: _Job, call: Call) -> None:
+    def submit(self, job: Job, call: Call) -> None:
         """Hand a call to the job's least-busy agent, or queue it until one attaches."""
         self._loop = self._loop or asyncio.get_running_loop()
         job.calls[call.rid] = call
         self._dispatch(job, call)
 
-    def finish(self, job: _Job, call: Call) -> None:
+    def finish(self, job: Job, call: Call) -> None:
         """The caller is done with ``call`` (answered, timed out or gone): forget it everywhere."""
         if call.done:
             return
@@ -461,7 +367,7 @@ class TunnelHub:
             with contextlib.suppress(ValueError):  # gave up while waiting for an agent
                 job.waiting.remove(call)
 
-    def waiting_reason(self, job: _Job) -> str:
+    def waiting_reason(self, job: Job) -> str:
         if job.closed:
             return "the job has finished"
         if not job.agents:
@@ -474,7 +380,7 @@ class TunnelHub:
 
     # ------------------------------------------------------------------ dispatch internals
 
-    def _dispatch(self, job: _Job, call: Call) -> None:
+    def _dispatch(self, job: Job, call: Call) -> None:
         agent = self._pick(job)
         if agent is None:
             if not job.waiting and job.reported_down:
@@ -492,7 +398,7 @@ class TunnelHub:
             put(frame)
 
     @staticmethod
-    def _pick(job: _Job) -> _Agent | None:
+    def _pick(job: Job) -> Agent | None:
         agents = job.agents
         if not agents:
             return None
@@ -507,13 +413,13 @@ class TunnelHub:
                 best = agent
         return best
 
-    def _arm_grace(self, job: _Job) -> None:
+    def _arm_grace(self, job: Job) -> None:
         if job.agents or job.grace_timer is not None or job.reported_down or job.closed:
             return
         loop = asyncio.get_running_loop()
         job.grace_timer = loop.call_later(self.grace, self._grace_expired, job)
 
-    def _grace_expired(self, job: _Job) -> None:
+    def _grace_expired(self, job: Job) -> None:
         job.grace_timer = None
         if job.agents or job.closed:
             return
@@ -534,7 +440,7 @@ class TunnelHub:
         except Exception:  # a broken callback must not take the tunnel down
             log.exception("on_tunnel_state callback failed for job %s", job_id)
 
-    def _attach(self, job: _Job, agent: _Agent) -> None:
+    def _attach(self, job: Job, agent: Agent) -> None:
         job.agents.append(agent)
         if job.grace_timer is not None:
             job.grace_timer.cancel()
@@ -555,7 +461,7 @@ class TunnelHub:
             replayed,
         )
 
-    def _detach(self, agent: _Agent) -> None:
+    def _detach(self, agent: Agent) -> None:
         if agent.gone:
             return
         agent.gone = True
@@ -571,11 +477,11 @@ class TunnelHub:
                 continue
             if call.replayable:
                 self.release(call, call.answer)  # what arrived of the answer is void
-                call.events.put_nowait(("reset",))
+                call.events.put_nowait(RESET)
                 self._dispatch(job, call)
             else:
                 call.events.put_nowait(
-                    ("fail", 502, "the tunnel client disconnected in the middle of a stream", "tunnel_failed")
+                    Fail(502, "the tunnel client disconnected in the middle of a stream", "tunnel_failed")
                 )
         if not job.agents:
             self._arm_grace(job)
@@ -587,12 +493,12 @@ class TunnelHub:
             len(orphans),
         )
 
-    def _close_job(self, job: _Job) -> None:
+    def _close_job(self, job: Job) -> None:
         if job.grace_timer is not None:
             job.grace_timer.cancel()
             job.grace_timer = None
         for call in list(job.calls.values()):
-            call.events.put_nowait(("fail", 503, "the job has finished", "tunnel_failed"))
+            call.events.put_nowait(Fail(503, "the job has finished", "tunnel_failed"))
         job.waiting.clear()
         sockets = [agent.ws for agent in job.agents] + [channel.ws for channel in job.channels]
         for ws in sockets:
@@ -600,17 +506,12 @@ class TunnelHub:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    @staticmethod
-    async def close_websocket(ws: WebSocket, code: int, reason: str) -> None:
-        """Close ``ws`` if it is still open; a peer that is already gone is not an error."""
-        if ws.application_state != WebSocketState.CONNECTED:
-            return
-        with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):  # the peer is already gone
-            await ws.close(code, reason)
+    close_websocket = staticmethod(close_websocket)
+    """Close a WebSocket if it is still open (``rules.close_websocket``)."""
 
     # ------------------------------------------------------------------ WebSocket endpoint
 
-    async def _authenticate(self, ws: WebSocket, job_id: str, token: str | None, secret: str | None) -> _Job:
+    async def _authenticate(self, ws: WebSocket, job_id: str, token: str | None, secret: str | None) -> Job:
         """The job whose tunnel this connection may serve; raises 401/403 ``ProctorError``s."""
         user = None
         if self._authenticator is not None and (token or self._auth_takes_host):
@@ -636,7 +537,7 @@ class TunnelHub:
         """``/v1/jobs/{job_id}/tunnel``: authenticate, then serve until either side leaves."""
         self._loop = self._loop or asyncio.get_running_loop()
         job_id = ws.path_params["job_id"]
-        token = _bearer(ws.headers.get("authorization"))
+        token = parse_bearer(ws.headers.get("authorization"))
         secret = ws.headers.get(protocol.SECRET_HEADER)
         if token is not None or secret is not None:
             # Credentials in the handshake: refuse before accepting, so nothing is exchanged.
@@ -681,8 +582,8 @@ class TunnelHub:
         self._loop = self._loop or asyncio.get_running_loop()
         await channel_endpoint(self, ws)
 
-    async def _serve(self, ws: WebSocket, job: _Job) -> None:
-        agent = _Agent(ws, job)
+    async def _serve(self, ws: WebSocket, job: Job) -> None:
+        agent = Agent(ws, job)
         writer_task = asyncio.create_task(agent.writer.run())
         agent.writer.put(
             protocol.encode(
@@ -708,7 +609,7 @@ class TunnelHub:
             writer_task.cancel()
             await self.close_websocket(ws, close_code, "")
 
-    async def _read(self, agent: _Agent) -> bool:
+    async def _read(self, agent: Agent) -> bool:
         """Take the agent's messages until it leaves (True) or sends a malformed one (False)."""
         async for data in protocol.binary_messages(agent.ws.receive):
             agent.last_seen = time.monotonic()
@@ -722,7 +623,7 @@ class TunnelHub:
                 return False
         return True
 
-    def _on_envelope(self, agent: _Agent, env: Envelope) -> None:
+    def _on_envelope(self, agent: Agent, env: Envelope) -> None:
         kind = env.kind
         # A finished answer leaves ``agent.calls`` before its event is delivered: a job channel's
         # call acts on the event at once, and must not find itself still at the agent (which
@@ -747,16 +648,16 @@ class TunnelHub:
                 del agent.calls[env.rid]
                 agent.served += 1
             if kind == Kind.RESPONSE:
-                call.events.put_nowait(("head", meta, env.body, env.fin))
+                call.events.put_nowait(Head(meta, env.body, env.fin))
             elif env.meta and "error" in env.meta:  # the model broke off mid-stream
-                call.events.put_nowait(("fail", 502, str(env.meta["error"])[:500], "tunnel_failed"))
+                call.events.put_nowait(Fail(502, str(env.meta["error"])[:500], "tunnel_failed"))
             else:
-                call.events.put_nowait(("data", env.body, env.fin))
+                call.events.put_nowait(Data(env.body, env.fin))
         elif kind == Kind.PONG or kind == Kind.PING:
             pass  # last_seen is already updated
         # Unknown kinds are ignored so that newer agents can talk to older hubs.
 
-    def _refuse_answer(self, agent: _Agent, call: Call, over_cap: bool) -> None:
+    def _refuse_answer(self, agent: Agent, call: Call, over_cap: bool) -> None:
         """An answer past ``max_body`` or the job's budget: the job's call gets 502 at once, the
         agent is told to stop, and whatever more it sends of that answer is dropped on arrival."""
         agent.calls.pop(call.rid, None)
@@ -765,9 +666,9 @@ class TunnelHub:
         self.release(call, call.answer)
         message = too_large(self.max_body, "response") if over_cap else over_budget(call.budget)
         log.warning("tunnel of job %s: answer refused: %s", agent.job.job_id, message)
-        call.events.put_nowait(("fail", 502, message, "body_too_large"))
+        call.events.put_nowait(Fail(502, message, "body_too_large"))
 
-    async def _heartbeat(self, agent: _Agent) -> None:
+    async def _heartbeat(self, agent: Agent) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
             if time.monotonic() - agent.last_seen > 3 * self.heartbeat:
@@ -804,15 +705,6 @@ def response_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}")
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]{0,8192}")
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return None
 
 
 async def _deny(ws: WebSocket, exc: ProctorError) -> None:
