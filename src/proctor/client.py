@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import json
 import os
 import re
 import time
@@ -469,14 +468,3 @@ def spec_local_endpoints(spec_path: Path, roles: list[str]) -> dict[str, dict[st
                 entry["base_url"] = replica
         found[role] = entry
     return found
-
-
-def event_progress(line: str) -> dict[str, Any] | None:
-    """The progress record of a ``PROCTOR_PROGRESS {...}`` line, else None."""
-    if not line.startswith("PROCTOR_PROGRESS "):
-        return None
-    try:
-        value = json.loads(line[len("PROCTOR_PROGRESS ") :])
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None

@@ -29,6 +29,9 @@ from typing import Any, NoReturn
 from proctor._files import ensure_directory
 from proctor._loop import run as run_loop
 from proctor.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLE_ERRORS,
     ContextOverflowError,
     IncomparableRunError,
     InfraError,
@@ -47,8 +50,6 @@ from proctor.models.config import ModelConfig
 from proctor.profiling.events import EventLog
 
 log = logging.getLogger("proctor.run")
-
-EXIT_OK, EXIT_SAMPLE_ERRORS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @dataclass
