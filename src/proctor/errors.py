@@ -32,7 +32,7 @@ ProctorError                      exit 1, HTTP 500
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 # The process exit codes of every proctor command, owned here so the engine that sets them, the CLI
 # that raises them and the server that reads a job's code back all agree.
@@ -93,6 +93,11 @@ class ModelError(ProctorError):
     """A model call failed."""
 
     error_class: str = "model_error"
+    trajectory: list[dict[str, Any]] | None = None
+    """Set by the agent loop when the failure ends a sample: its messages up to the failure, which
+    the engine records as the error sample's trajectory (``traj_log_all.jsonl``)."""
+    turns: list[dict[str, Any]] | None = None
+    """Set with ``trajectory``: the per-turn records of the turns that completed."""
 
 
 class InfraError(ModelError):
