@@ -20,6 +20,19 @@ ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,4}$")
 
 
+JobState = Literal[
+    "queued",
+    "running",
+    "waiting_for_tunnel",
+    "waiting_for_credentials",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+]
+"""Every state a job can be in (docs/server.md); the store keeps them, the API reports them."""
+
+
 class ModelEndpoint(StrictModel):
     """Where one model role's requests go, and with which key (public mode)."""
 
@@ -106,7 +119,7 @@ class JobView(BaseModel):
     id: str
     owner: str
     kind: str
-    state: str
+    state: JobState
     created_at: float
     queued_at: float | None = None
     started_at: float | None = None
