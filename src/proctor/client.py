@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import json
 import os
 import re
 import time
@@ -26,6 +25,7 @@ import yaml
 
 from proctor import _yaml
 from proctor._files import ensure_directory
+from proctor.client_config import ClientSettings
 from proctor.errors import (
     AuthenticationError,
     ConflictError,
@@ -37,9 +37,6 @@ from proctor.errors import (
     QuotaExceededError,
 )
 
-CONFIG_PATH = Path("~/.config/proctor/client.yaml")
-DEFAULT_SERVER = "http://127.0.0.1:8080"
-
 
 @dataclass(slots=True)
 class LogEvent:
@@ -48,19 +45,6 @@ class LogEvent:
     event: str
     data: str
     id: int | None
-
-
-def load_client_config(path: Path | None = None) -> dict[str, Any]:
-    path = (path or CONFIG_PATH).expanduser()
-    if not path.is_file():
-        return {}
-    try:
-        data = _yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise InputError(f"cannot read client config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"client config {path} must be a mapping with 'server' and 'token'")
-    return data
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -100,9 +84,8 @@ class Client:
         timeout: float = 60.0,
         config_path: Path | None = None,
     ) -> None:
-        config = load_client_config(config_path) if (server is None or token is None) else {}
-        self.server = (server or os.environ.get("PROCTOR_SERVER") or config.get("server") or DEFAULT_SERVER).rstrip("/")
-        self.token = token or os.environ.get("PROCTOR_TOKEN") or config.get("token")
+        settings = ClientSettings.load(server, token, config_path=config_path)
+        self.server, self.token = settings.server, settings.token
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
 
@@ -493,14 +476,3 @@ def spec_local_endpoints(spec_path: Path, roles: list[str]) -> dict[str, dict[st
                 entry["base_url"] = replica
         found[role] = entry
     return found
-
-
-def event_progress(line: str) -> dict[str, Any] | None:
-    """The progress record of a ``PROCTOR_PROGRESS {...}`` line, else None."""
-    if not line.startswith("PROCTOR_PROGRESS "):
-        return None
-    try:
-        value = json.loads(line[len("PROCTOR_PROGRESS ") :])
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None

@@ -32,11 +32,22 @@ ProctorError                      exit 1, HTTP 500
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+# The process exit codes of every proctor command, owned here so the engine that sets them, the CLI
+# that raises them and the server that reads a job's code back all agree.
+EXIT_OK = 0
+"""Finished; every sample done."""
+EXIT_SAMPLE_ERRORS = 1
+"""Finished, but some samples errored (a server reports such a job as succeeded); for the commands
+that follow a server job (``submit``, ``resume``): the job did not succeed."""
+EXIT_BAD_INPUT = 2
+"""Bad input (spec, dataset, flag): nothing was run that should be kept."""
 CRASH_EXIT_CODE = 3
 """Exit code of a proctor command that crashed (an uncaught exception: a bug, or the job's memory
 ceiling). Kept apart from 1 ("finished, some samples errored"), which a server reports as success."""
+EXIT_INTERRUPTED = 130
+"""Stopped by SIGINT/SIGTERM (128 + SIGINT, the shell's convention); a run resumes where it stopped."""
 
 InfraErrorClass = Literal["connection", "timeout", "http_5xx", "rate_limited", "tool_crash", "tunnel"]
 """Why an infrastructure failure happened; stored in the ledger as the sample's error class."""
@@ -62,7 +73,7 @@ class ProctorError(Exception):
 class InputError(ProctorError):
     """The user's input (spec, dataset, flags, request body) is wrong."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
     http_status = 400
 
 
@@ -82,6 +93,11 @@ class ModelError(ProctorError):
     """A model call failed."""
 
     error_class: str = "model_error"
+    trajectory: list[dict[str, Any]] | None = None
+    """Set by the agent loop when the failure ends a sample: its messages up to the failure, which
+    the engine records as the error sample's trajectory (``traj_log_all.jsonl``)."""
+    turns: list[dict[str, Any]] | None = None
+    """Set with ``trajectory``: the per-turn records of the turns that completed."""
 
 
 class InfraError(ModelError):
@@ -123,7 +139,7 @@ class BadRequestError(ModelError):
 class ModelAbortError(ModelError):
     """Every further call would fail too (bad key, unknown model): stop the run at once."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
     error_class = "aborted"
     status: int | None = None
 
@@ -131,13 +147,13 @@ class ModelAbortError(ModelError):
 class NoHealthyReplicaError(ProctorError):
     """No replica of a role answered its health check at start."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class LaunchError(ProctorError):
     """A model server proctor was asked to launch did not become healthy."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 class ToolError(ProctorError):

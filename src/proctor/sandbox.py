@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import proctor
-from proctor.errors import ProctorError
+from proctor.errors import EXIT_BAD_INPUT, ProctorError
 
 PACKAGE = "bubblewrap"
 """The Debian/Ubuntu package that provides ``bwrap``; named in every error about it."""
@@ -69,7 +69,7 @@ _ETC_OFFLINE = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/et
 class SandboxUnavailableError(ProctorError):
     """bubblewrap is missing or cannot create namespaces here."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from proctor import __version__
-from proctor.errors import CRASH_EXIT_CODE, ProctorError
+from proctor.errors import CRASH_EXIT_CODE, EXIT_INTERRUPTED, EXIT_OK, ProctorError
 
 app = typer.Typer(
     name="proctor",
@@ -84,14 +84,14 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001 - e.g. pyo3's PanicException, which is no Exception
         # Usage errors from click (typer vendors its own copy, so match by shape, not class).
         if type(exc).__name__ == "Abort":
             print("interrupted", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         if hasattr(exc, "show"):
             exit_code = getattr(exc, "exit_code", None)
             if isinstance(exit_code, int):
@@ -102,7 +102,7 @@ def main() -> None:
         traceback.print_exc()
         sys.stderr.flush()
         sys.exit(CRASH_EXIT_CODE)
-    sys.exit(rc if isinstance(rc, int) else 0)
+    sys.exit(rc if isinstance(rc, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def child_argv(run: MatrixRun, child_args: list[str]) -> list[str]:
 
 
 async def _run_child(run: MatrixRun, child_args: list[str], *, console: Any) -> None:
-    from proctor.client import event_progress
+    from proctor.evals.progress import progress_record
 
     proc = await asyncio.create_subprocess_exec(
         *child_argv(run, child_args),
@@ -197,7 +197,7 @@ async def _run_child(run: MatrixRun, child_args: list[str], *, console: Any) -> 
     with open(run.run_dir / CHILD_LOG, "ab") as sink:  # noqa: ASYNC230 - local appends of a few lines
         sink.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(child_argv(run, child_args))}\n".encode())
         async for raw in proc.stdout:
-            record = event_progress(raw.decode("utf-8", "replace").rstrip("\n"))
+            record = progress_record(raw.rstrip(b"\n"))
             if record is not None:
                 run.progress = record
             else:

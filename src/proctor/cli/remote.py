@@ -23,7 +23,7 @@ import typer
 
 from proctor.batch import is_matrix
 from proctor.cli._console import LazyConsole
-from proctor.errors import InputError, NotFoundError, ProctorError
+from proctor.errors import EXIT_INTERRUPTED, EXIT_SAMPLE_ERRORS, InputError, NotFoundError, ProctorError
 
 if TYPE_CHECKING:
     from proctor.client import Client
@@ -67,15 +67,12 @@ def _key_overrides(api_key: str | None, api_key_env: list[str]) -> dict[str, str
 def _models(
     model: list[str], base_url: str | None, model_name: str | None, keys: dict[str, str]
 ) -> dict[str, dict[str, Any]]:
+    from proctor.evals.spec import ModelTarget
+
     models: dict[str, dict[str, Any]] = {}
     for item in model:
-        role, sep, target = item.partition("=")
-        if not sep or not target:
-            raise InputError(f"--model {item!r}: expected ROLE=URL@NAME")
-        url, at, name = target.rpartition("@")
-        if not at or "://" in name:
-            url, name = target, ""
-        models[role] = {"base_url": url.rstrip("/") or None, "model": name or None}
+        parsed = ModelTarget.parse(item)
+        models[parsed.role] = {"base_url": parsed.url or None, "model": parsed.name}
     if base_url or model_name:
         models.setdefault("subject", {}).update(
             {k: v for k, v in (("base_url", base_url and base_url.rstrip("/")), ("model", model_name)) if v}
@@ -237,7 +234,7 @@ def submit(
                 err_console.print(_tunnel_stopped(job["id"]))
             else:
                 err_console.print(f"\nstopped following; the job goes on. Follow again: proctor logs {job['id']} -f")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         finally:
             if agent is not None:
                 agent.stop()
@@ -252,7 +249,7 @@ def submit(
         run_dir = dest / "out" if (dest / "out" / "ledger.sqlite").is_file() else dest
         console.print(f"run directory: {run_dir.resolve()}", soft_wrap=True, markup=False)
         if final != "succeeded":
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_SAMPLE_ERRORS)
 
 
 def _check_roles(spec: Path, roles: list[str]) -> None:
@@ -387,7 +384,7 @@ def _start_tunnel_agent(client: Client, job_id: str, tunnel_secret: str | None, 
 
 def _follow(client: Client, job_id: str, *, log_file: Path | None, last_event_id: int | None = None) -> str:
     """Print the job's log as it comes, with a progress bar from its PROCTOR_PROGRESS lines."""
-    from proctor.client import event_progress
+    from proctor.evals.progress import progress_record
 
     final = "unknown"
     sink = open(log_file, "a", encoding="utf-8") if log_file else None  # noqa: SIM115
@@ -411,7 +408,7 @@ def _follow(client: Client, job_id: str, *, log_file: Path | None, last_event_id
                     final = _state_of(event.data)
                     break
                 for line in event.data.split("\n"):
-                    record = event_progress(line)
+                    record = progress_record(line)
                     if record is not None:
                         acc = record.get("accuracy")
                         progress.update(
@@ -515,7 +512,7 @@ def logs(
             final = _follow(client, job_id, log_file=None, last_event_id=offset or None)
             err_console.print(f"job {job_id} {final}")
             return
-        from proctor.client import event_progress
+        from proctor.evals.progress import progress_record
 
         # The engine's PROCTOR_PROGRESS lines are for machines (status, submit's bar): left out.
         # A line may straddle two pages, so the last partial line waits for the next page.
@@ -524,11 +521,11 @@ def logs(
             page = client.logs(job_id, offset=offset)
             lines = (partial + page["data"]).split("\n")
             partial = lines.pop()
-            sys.stdout.writelines(line + "\n" for line in lines if event_progress(line) is None)
+            sys.stdout.writelines(line + "\n" for line in lines if progress_record(line) is None)
             if page["eof"] or page["next_offset"] == offset:
                 break
             offset = page["next_offset"]
-        if partial and event_progress(partial) is None:
+        if partial and progress_record(partial) is None:
             sys.stdout.write(partial)
         sys.stdout.flush()
 
@@ -650,14 +647,14 @@ def resume(
             final = _follow(client, job_id, log_file=log_file)
         except KeyboardInterrupt:
             err_console.print(_tunnel_stopped(job_id))
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         finally:
             agent.stop()
         status = client.status(job_id)
     note = f" — {status['note']}" if status.get("note") else ""
     console.print(f"job {job_id} {final}{note}; download the results with: proctor results {job_id}")
     if final != "succeeded":
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_SAMPLE_ERRORS)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ import typer
 from proctor._loop import run as run_loop
 from proctor.batch import is_matrix
 from proctor.cli._console import make_console
-from proctor.errors import InputError
+from proctor.errors import EXIT_SAMPLE_ERRORS, InputError
 
 
 def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
@@ -197,7 +197,7 @@ def run(
     # Never wrapped nor marked up: the command must survive a copy and paste as printed.
     if result.interrupted:
         console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
-    elif result.exit_code == 1:
+    elif result.exit_code == EXIT_SAMPLE_ERRORS:
         console.print(
             f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
             soft_wrap=True,
@@ -239,7 +239,7 @@ def _run_lm_eval(
         console.print(result.message, markup=False)
     if result.interrupted:
         console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
-    elif result.exit_code == 1:
+    elif result.exit_code == EXIT_SAMPLE_ERRORS:
         console.print(
             f"re-run the failed requests with: {resume_command(run_dir)} --retry-errors", soft_wrap=True, markup=False
         )

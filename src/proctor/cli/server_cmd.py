@@ -192,7 +192,7 @@ def serve_main() -> None:
     """Entry point of ``python -m proctor.server``: ``serve``'s options, errors printed like the CLI's."""
     import sys
 
-    from proctor.errors import ProctorError
+    from proctor.errors import EXIT_INTERRUPTED, ProctorError
 
     app = typer.Typer(add_completion=False)
     app.command()(serve_command)
@@ -207,7 +207,7 @@ def serve_main() -> None:
         typer.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 __all__ = ["register", "serve_command", "serve_main", "token_create"]

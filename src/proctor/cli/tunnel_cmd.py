@@ -92,7 +92,7 @@ def tunnel(
     ] = 1,
 ) -> None:
     """Serve a private-mode job's model calls from a model on this machine, until the job ends."""
-    from proctor.client import DEFAULT_SERVER, load_client_config
+    from proctor.client_config import DEFAULT_SERVER, load_client_config
     from proctor.tunnel.agent import run_agent
 
     config = load_client_config() if (server is None or not os.environ.get(token_env)) else {}

@@ -7,17 +7,16 @@ line 1,781 is exactly what proctor exists to prevent.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import random
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from proctor.errors import DatasetError
+from proctor.evals.rows import infer_format, read_rows
 from proctor.evals.spec import DatasetConfig, FieldName
 from proctor.evals.types import Sample
 
@@ -48,85 +47,13 @@ def load_dataset(config: DatasetConfig, *, base_dir: Path, limit: int | None = N
         raise DatasetError(f"dataset file not found: {path}", hint="dataset.path is relative to the spec file")
     if path.is_dir():
         raise DatasetError(f"dataset path is a directory, not a file: {path}")
-    fmt = config.format or _infer_format(path)
+    fmt = config.format or infer_format(path)
     raw = path.read_bytes()
-    rows = list(_read_rows(path, raw, fmt))
+    rows = list(read_rows(path, raw, fmt))
     samples = [_to_sample(row, where, index, config) for index, (where, row) in enumerate(rows)]
     _check_unique(samples, rows)
     selected = _select(samples, config, limit)
     return LoadedDataset(selected, samples, path, hashlib.sha256(raw).hexdigest(), len(rows))
-
-
-def _infer_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    formats = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-    if suffix not in formats:
-        raise DatasetError(
-            f"cannot tell the format of {path.name} from its extension {suffix or '(none)'}",
-            hint="set dataset.format to one of jsonl, json, csv, parquet",
-        )
-    return formats[suffix]
-
-
-def _read_rows(path: Path, raw: bytes, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (where, row) pairs; ``where`` is how an error message points at the row."""
-    if fmt == "parquet":
-        yield from _read_parquet(path)
-        return
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"{path} is not UTF-8 text (byte {exc.start})") from None
-    if fmt == "jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}: line {lineno} is not valid JSON: {exc.msg} (column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}: line {lineno} is a JSON {type(row).__name__}, expected an object")
-            yield f"line {lineno}", row
-    elif fmt == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(
-                f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-            ) from None
-        if isinstance(data, dict):
-            lists = [k for k, v in data.items() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise DatasetError(
-                    f"{path}: expected a JSON list of objects (or an object with exactly one list in it)"
-                )
-            data = data[lists[0]]
-        if not isinstance(data, list):
-            raise DatasetError(f"{path}: expected a JSON list of objects, got a {type(data).__name__}")
-        for index, row in enumerate(data):
-            if not isinstance(row, dict):
-                raise DatasetError(f"{path}: item {index} is a JSON {type(row).__name__}, expected an object")
-            yield f"item {index}", row
-    elif fmt == "csv":
-        reader = csv.DictReader(text.splitlines())
-        for index, row in enumerate(reader):
-            if None in row:
-                raise DatasetError(f"{path}: row {index + 2} has more cells than the header has columns")
-            yield f"row {index + 2}", dict(row)
-    else:  # pragma: no cover - guarded by the spec's Literal
-        raise DatasetError(f"unknown dataset format {fmt!r}")
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    import pyarrow.parquet as pq  # deferred: pyarrow costs ~0.2 s to import
-
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several unrelated types for a bad file
-        raise DatasetError(f"{path} is not a readable Parquet file: {exc}") from None
-    for index, row in enumerate(table.to_pylist()):
-        yield f"row {index}", row
 
 
 def _lookup(row: dict[str, Any], name: FieldName) -> Any:

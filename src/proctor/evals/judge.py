@@ -23,12 +23,13 @@ from typing import Any
 
 from pydantic import Field
 
+from proctor._validation import StrictModel
 from proctor.errors import ProctorError
 from proctor.evals.content import question_text
 from proctor.evals.options import validate_options
 from proctor.evals.scorers import targets as sample_targets
 from proctor.evals.types import Sample, Score, SolveContext, SolveResult, register_scorer
-from proctor.models.config import GenerateParams, StrictModel
+from proctor.models.config import GenerateParams
 
 __all__ = [
     "DEFAULT_JUDGE_PROMPT",

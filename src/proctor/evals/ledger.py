@@ -288,7 +288,20 @@ class Ledger:
         self._put(_UPSERT_SCORE, self._score_params(sample_id, score, scorer, now))
         self._put("UPDATE samples SET state='scored', finished=? WHERE id=?", (now, sample_id))
 
-    def record_error(self, sample_id: str, error_class: str, message: str) -> None:
+    def record_error(
+        self,
+        sample_id: str,
+        error_class: str,
+        message: str,
+        *,
+        partial: SolveResult | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """The sample failed; ``partial`` (what the solver did before the failure) is kept as its
+        generation, with no output, so its trajectory reaches ``traj_log_all.jsonl``."""
+        if partial is not None:
+            params = self._generation_params(sample_id, partial, duration or 0.0, time.time())
+            self._put(_UPSERT_GENERATION, (sample_id, None, *params[2:]))
         self._put(
             "UPDATE samples SET state='error', error_class=?, error=?, finished=? WHERE id=?",
             (error_class, message[:4000], time.time(), sample_id),

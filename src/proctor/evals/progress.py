@@ -16,6 +16,20 @@ from types import TracebackType
 from typing import Any
 
 PROGRESS_PREFIX = "PROCTOR_PROGRESS "
+"""Starts a machine-readable progress line in a job's log. Owned here, where the lines are written;
+the server (log follower, crash note) and the remote CLI read them back with ``progress_record``."""
+
+
+def progress_record(line: str | bytes) -> dict[str, Any] | None:
+    """The progress record of a ``PROCTOR_PROGRESS {...}`` line (text or bytes), else None."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    if not text.startswith(PROGRESS_PREFIX):
+        return None
+    try:
+        value = json.loads(text[len(PROGRESS_PREFIX) :])
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _fmt_eta(seconds: float | None) -> str:

@@ -29,10 +29,14 @@ from typing import Any, NoReturn
 from proctor._files import ensure_directory
 from proctor._loop import run as run_loop
 from proctor.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLE_ERRORS,
     ContextOverflowError,
     IncomparableRunError,
     InfraError,
     ModelAbortError,
+    ModelError,
     ProctorError,
     SpecError,
 )
@@ -47,8 +51,6 @@ from proctor.models.config import ModelConfig
 from proctor.profiling.events import EventLog
 
 log = logging.getLogger("proctor.run")
-
-EXIT_OK, EXIT_SAMPLE_ERRORS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 @dataclass
@@ -409,7 +411,7 @@ class Runner:
             except TimeoutError:
                 self._error(ledger, sample, "time_limit", f"sample exceeded its time limit of {time_limit:g} s")
             except InfraError as exc:
-                self._error(ledger, sample, exc.error_class, str(exc))
+                self._error(ledger, sample, exc.error_class, str(exc), _partial(exc), time.time() - started)
             except ModelAbortError as exc:
                 self._abort = exc
                 self._stop_dispatch.set()
@@ -421,7 +423,8 @@ class Runner:
                 ledger.record_score(sample.id, await scorer(sample, result, sample_ctx), self.spec.scorer.type)
                 self.counters.scored += 1
             except ProctorError as exc:
-                self._error(ledger, sample, getattr(exc, "error_class", None) or type(exc).__name__, str(exc))
+                error_class = getattr(exc, "error_class", None) or type(exc).__name__
+                self._error(ledger, sample, error_class, str(exc), _partial(exc), time.time() - started)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in a solver/scorer must not end the whole run
@@ -433,8 +436,16 @@ class Runner:
             # only the calls in flight (at most one per worker), never an answer received.
             await ledger.durable()
 
-    def _error(self, ledger: Ledger, sample: Sample, error_class: str, message: str) -> None:
-        ledger.record_error(sample.id, error_class, message)
+    def _error(
+        self,
+        ledger: Ledger,
+        sample: Sample,
+        error_class: str,
+        message: str,
+        partial: SolveResult | None = None,
+        duration: float | None = None,
+    ) -> None:
+        ledger.record_error(sample.id, error_class, message, partial=partial, duration=duration)
         self.counters.errors += 1
         log.warning("sample %s: %s: %s", sample.id, error_class, message.splitlines()[0] if message else "")
 
@@ -521,3 +532,10 @@ def _attach_run_log(path: Path) -> logging.Handler:
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
     return handler
+
+
+def _partial(exc: ProctorError) -> SolveResult | None:
+    """What the agent loop did before ``exc`` ended the sample (kept as the sample's trajectory)."""
+    if not isinstance(exc, ModelError) or exc.trajectory is None:
+        return None
+    return SolveResult(output="", messages=exc.trajectory, outcome=exc.error_class, extra={"turns": exc.turns or []})

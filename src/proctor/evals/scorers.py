@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from proctor._validation import StrictModel
 from proctor.evals.options import validate_options
 from proctor.evals.solvers import LETTERS
 from proctor.evals.types import Sample, Score, SolveContext, SolveResult, register_scorer
-from proctor.models.config import StrictModel
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _SPACES = re.compile(r"\s+")

@@ -10,11 +10,11 @@ import string
 from collections.abc import Mapping
 from typing import Any
 
+from proctor._validation import StrictModel
 from proctor.errors import ContextOverflowError, SpecError
 from proctor.evals.content import check_images, user_content
 from proctor.evals.options import validate_options
 from proctor.evals.types import Sample, SolveContext, SolveResult, register_solver
-from proctor.models.config import StrictModel
 
 LETTERS = string.ascii_uppercase
 

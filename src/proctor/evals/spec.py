@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, Self, TypeVar
 
@@ -19,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, Valid
 from pydantic_core import to_jsonable_python
 
 from proctor import _yaml
+from proctor._validation import StrictModel
 from proctor.errors import SpecError
 from proctor.evals.options import location, plain_message
-from proctor.models.config import GenerateParams, ModelConfig, StrictModel
+from proctor.models.config import GenerateParams, ModelConfig
 from proctor.models.private import PrivateEndpoints
 
 FieldName = str | list[str]
@@ -236,14 +238,32 @@ def apply_private_endpoints(spec: TaskSpec, environ: Mapping[str, str]) -> TaskS
     return spec.model_copy(update={"models": private.apply(spec.models)})
 
 
+@dataclass(frozen=True, slots=True)
+class ModelTarget:
+    """A ``--model ROLE=URL@NAME`` (or ``ROLE=URL``) flag, parsed once for every command that takes it."""
+
+    role: str
+    url: str
+    """The base URL without a trailing slash."""
+    name: str | None
+    """The model name, None when the flag gave only a URL."""
+
+    @classmethod
+    def parse(cls, text: str) -> ModelTarget:
+        """Split ``ROLE=URL@NAME`` at the last ``@``; if what follows holds ``://``, it was all the URL."""
+        role, sep, target = text.partition("=")
+        if not sep or not role or not target:
+            raise SpecError(f"--model {text!r}: expected ROLE=URL@NAME, e.g. subject=http://127.0.0.1:8000/v1@qwen")
+        url, at, name = target.rpartition("@")
+        if not at or "://" in name:
+            url, name = target, ""
+        return cls(role=role, url=url.rstrip("/"), name=name or None)
+
+
 def apply_model_override(spec: _SpecT, override: str) -> _SpecT:
     """``ROLE=URL@NAME`` (or ``ROLE=URL``) replaces where that role's requests go."""
-    role, sep, target = override.partition("=")
-    if not sep or not role or not target:
-        raise SpecError(f"--model {override!r}: expected ROLE=URL@NAME, e.g. subject=http://127.0.0.1:8000/v1@qwen")
-    url, at, name = target.rpartition("@")
-    if not at or "://" in name:
-        url, name = target, ""
+    parsed = ModelTarget.parse(override)
+    role, url, name = parsed.role, parsed.url, parsed.name
     if not url.startswith(("http://", "https://")):
         raise SpecError(f"--model {override!r}: the URL must start with http:// or https://")
     used = spec.roles_used()
@@ -253,7 +273,7 @@ def apply_model_override(spec: _SpecT, override: str) -> _SpecT:
     if current is None and not name:
         raise SpecError(f"--model {override!r}: role {role!r} is not in the spec, so a model name is needed (URL@NAME)")
     base = current.model_dump(exclude={"base_url", "replicas", "pool_file", "launch"}) if current else {}
-    base.update(base_url=url.rstrip("/"), model=name or base.get("model"))
+    base.update(base_url=url, model=name or base.get("model"))
     models = dict(spec.models)
     models[role] = ModelConfig.model_validate(base)
     return spec.model_copy(update={"models": models})

@@ -23,14 +23,18 @@ from pydantic_core import to_jsonable_python
 
 from proctor._files import ensure_directory
 from proctor._loop import run as run_loop
-from proctor.errors import IncomparableRunError, InputError, SpecError
+from proctor.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLE_ERRORS,
+    IncomparableRunError,
+    InputError,
+    SpecError,
+)
 from proctor.evals.ledger import Ledger
 from proctor.evals.progress import Progress
 from proctor.evals.reports import atomic_write
 from proctor.evals.runner import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_SAMPLE_ERRORS,
     RunDirectory,
     RunOptions,
     RunResult,

@@ -6,9 +6,10 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
+from proctor._validation import StrictModel
 from proctor.errors import SpecError
 from proctor.evals.spec import _digest, format_validation_error, require_subject
-from proctor.models.config import ModelConfig, StrictModel
+from proctor.models.config import ModelConfig
 
 
 class LmEvalConfig(StrictModel):

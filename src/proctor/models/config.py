@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class StrictModel(BaseModel):
-    """Rejects unknown keys so a typo in a spec is an error, not a silently ignored option."""
-
-    model_config = ConfigDict(extra="forbid")
+from proctor._validation import StrictModel
 
 
 class GenerateParams(StrictModel):

@@ -5,12 +5,10 @@ Plain slotted dataclasses, not pydantic: one is made per model call on the engin
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-EventSink = Callable[[dict[str, Any]], None]
-"""Receives one event record (a JSON-able dict) per model or tool call; must not block."""
+from proctor.profiling.events import EventSink as EventSink  # the event records are typed there
 
 
 @dataclass(slots=True)

@@ -1,37 +1,103 @@
-"""The events log: one JSON line per model call and tool call.
+"""The events log: one JSON line per model call, tool call and agent sample.
 
 Events are appended, not rewritten: across resumptions the file is the whole history of a run's
-calls. Lines are buffered in memory and written every ``flush_interval`` seconds (and at close),
-so the hot path is a list append; a crash loses at most the last interval, and a reader skips a
-torn last line.
+calls. Lines are buffered in memory and written whenever the run's ticker calls ``flush`` (each
+progress refresh: every 0.25 s with the rich display, 1 s otherwise; 0.5 s for lm-eval runs) and
+at close, so the hot path is a list append; a crash loses at most the last interval, and a reader
+skips a torn last line.
+
+The records are typed here (``ModelEvent``, ``ToolEvent``, ``SampleEvent``): the model layer and
+the agent build them, ``EventLog`` is their one serializer, ``proctor.profiling.analysis`` reads
+them back. They are ``TypedDict``s, i.e. plain dicts at run time: an event costs nothing to build
+on the hot path, its line is byte-for-byte what it always was, and every sink (a test's list, a
+plugin) keeps reading ``event["kind"]``.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
+
+
+class ModelEvent(TypedDict):
+    """One model call (after its retries), emitted by ``proctor.models.router``."""
+
+    kind: Literal["model"]
+    role: str
+    model: str
+    endpoint: str | None
+    sample_id: str | None
+    start: float
+    """Wall-clock time the call was asked for (queueing included)."""
+    duration: float
+    ttft: float | None
+    tokens_in: int | None
+    tokens_out: int | None
+    attempts: int
+    retries: int
+    queue_s: float
+    """Seconds spent waiting for a replica slot before the first attempt."""
+    status: str
+    """``ok``, an infra error class, ``cancelled`` or an exception's name."""
+    http_status: int | None
+
+
+class ToolEvent(TypedDict):
+    """One tool call of the agent loop (``proctor.evals.agent.tools.base``)."""
+
+    kind: Literal["tool"]
+    tool: str
+    sample_id: str
+    call_id: str
+    turn: int
+    start: float
+    duration: float
+    status: str
+    steps: dict[str, Any]
+    expert_role: NotRequired[str]
+    expert_model: NotRequired[str]
+    fallback: NotRequired[str]
+    error: NotRequired[str]
+    """The first 500 characters of what went wrong, when ``status`` is not ``ok``."""
+
+
+class SampleEvent(TypedDict):
+    """One agent sample, when it ends (``proctor.evals.agent.loop``)."""
+
+    kind: Literal["sample"]
+    sample_id: str
+    start: float
+    duration: float
+    turns: int
+    tool_calls: int
+    outcome: str | None
+
+
+Event = ModelEvent | ToolEvent | SampleEvent
+"""A line of ``events.jsonl``."""
+
+EventSink = Callable[[Event], None]
+"""Receives one event per model call, tool call or agent sample; must not block."""
 
 
 class EventLog:
     """Buffered JSONL appender; ``write`` is safe to call from the event loop at any rate."""
 
-    def __init__(self, path: Path, *, flush_interval: float = 0.5) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.flush_interval = flush_interval
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[Event] = []
         self._lock = threading.Lock()
         self._file = path.open("a", encoding="utf-8")
-        self._last_flush = time.monotonic()
         self.model_durations: list[float] = []
         """Durations of this process's model calls (for the latency summary)."""
         self.count = 0
 
-    def write(self, event: dict[str, Any]) -> None:
+    def write(self, event: Event) -> None:
         self.count += 1
-        if event.get("kind") == "model" and event.get("duration") is not None:
+        if event["kind"] == "model" and event.get("duration") is not None:
             self.model_durations.append(event["duration"])
         self._buffer.append(event)
 
@@ -45,7 +111,6 @@ class EventLog:
                 except OSError:
                     self._buffer[:0] = buffer  # nothing is lost: they go out with the next flush
                     raise
-            self._last_flush = time.monotonic()
 
     def close(self) -> None:
         self.flush()

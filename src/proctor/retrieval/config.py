@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from proctor.models.config import StrictModel
+from proctor._validation import StrictModel
 
 __all__ = ["RetrievalLaunch"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from proctor.errors import DatasetError
 
 # The dataset loader's row readers: one parser (and one set of messages) for every tabular file.
-from proctor.evals.dataset import _infer_format, _read_rows
+from proctor.evals.rows import infer_format, read_rows
 
 __all__ = ["CorpusFields", "Document", "load_corpus"]
 
@@ -77,14 +77,14 @@ def load_corpus(path: str | Path, *, fields: CorpusFields | None = None, fmt: st
         raise DatasetError(f"corpus file not found: {path}")
     if path.is_dir():
         raise DatasetError(f"corpus path is a directory, not a file: {path}")
-    fmt = fmt or _infer_format(path)
+    fmt = fmt or infer_format(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"cannot read the corpus file {path}: {exc.strerror or exc}") from None
     docs: list[Document] = []
     places: list[str] = []
-    for where, row in _read_rows(path, raw, fmt):
+    for where, row in read_rows(path, raw, fmt):
         doc_id = _first(row, fields.id)
         content = _first(row, fields.content)
         for part, value, names in (("id", doc_id, fields.id), ("content", content, fields.content)):

@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proctor import __version__
+from proctor._validation import problems
 from proctor.errors import InputError, ProctorError
 from proctor.retrieval.batcher import MicroBatcher
 from proctor.retrieval.encoder import Encoder
@@ -222,10 +223,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         state.counters["refused"] += 1
         # The message names fields, never echoes values (a query may be long or private).
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
-        )
-        return _error(422, f"invalid request: {problems}")
+        return _error(422, f"invalid request: {problems(exc.errors())}")
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Scope
 
 from proctor import __version__
+from proctor._validation import problems
 from proctor.errors import InputError, NotFoundError, ProctorError
 from proctor.server import artifacts, logs
 from proctor.server.auth import Authenticator, Principal, anonymize, check_access
@@ -108,10 +109,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         # Same shape as every other error; the message never echoes input values (they may be keys).
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
-        )
-        return error_response(422, f"invalid request: {problems}")
+        return error_response(422, f"invalid request: {problems(exc.errors())}")
 
     def caller(request: Request) -> Principal:
         principal = auth.identify(request)

@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from proctor.evals.progress import progress_record
+
 log = logging.getLogger("proctor.server")
 
-PROGRESS_PREFIX = b"PROCTOR_PROGRESS "
 MAX_CHUNK = 64 * 1024
 KEEPALIVE_SECONDS = 15.0
 
@@ -106,13 +107,9 @@ class LogTail:
         lines = text.split(b"\n")
         self._partial = lines.pop()[-4096:]
         for line in reversed(lines):
-            if line.startswith(PROGRESS_PREFIX):
-                try:
-                    progress = json.loads(line[len(PROGRESS_PREFIX) :])
-                except ValueError:
-                    continue
-                if isinstance(progress, dict):
-                    self.on_progress(progress)
+            progress = progress_record(line)
+            if progress is not None:
+                self.on_progress(progress)
                 break
 
 

@@ -1,22 +1,28 @@
-"""Prometheus metrics, in the text exposition format written by hand.
+"""Prometheus metrics: the server's own counts, exposed through ``prometheus-client``.
 
-A dozen series do not justify a dependency; the format is four lines of spec. Request latency
-is recorded per route template (``/v1/jobs/{job_id}``), never per concrete path, so job ids do
-not blow up the label set.
+The scheduler and the middleware keep plain counts (an increment on the hot path, no lock); a
+collector turns them into metric families at scrape time, in one registry per app (several apps
+in one process, as in the tests, never share series), next to the library's process collector
+(open file descriptors, memory, CPU). Request latency is recorded per route template
+(``/v1/jobs/{job_id}``), never per concrete path, so job ids do not blow up the label set.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class Metrics:
+class Metrics(Collector):
     def __init__(self) -> None:
         self.outcomes: dict[str, int] = defaultdict(int)
         self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -24,6 +30,11 @@ class Metrics:
         self.latency_sum: dict[tuple[str, str], float] = defaultdict(float)
         self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
         self.submitted = 0
+        self._gauges: dict[str, int] = {}
+        self._channel_answers: Mapping[int, int] | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests[(method, route, str(status))] += 1
@@ -47,64 +58,61 @@ class Metrics:
     ) -> str:
         """The exposition text; ``channel_answers`` counts private calls of proctor jobs by status
         (they travel over the job channel, a WebSocket, so the HTTP series do not see them)."""
-        lines = [
-            "# HELP proctor_queue_length Jobs waiting for a slot.",
-            "# TYPE proctor_queue_length gauge",
-            f"proctor_queue_length {queued}",
-            "# HELP proctor_jobs_running Jobs holding a slot.",
-            "# TYPE proctor_jobs_running gauge",
-            f"proctor_jobs_running {running}",
-            "# HELP proctor_jobs_waiting_for_credentials Jobs waiting for their owner to re-supply keys.",
-            "# TYPE proctor_jobs_waiting_for_credentials gauge",
-            f"proctor_jobs_waiting_for_credentials {waiting}",
-            "# HELP proctor_jobs_waiting_for_tunnel Private-mode jobs (holding a slot) whose submitter's tunnel is gone.",
-            "# TYPE proctor_jobs_waiting_for_tunnel gauge",
-            f"proctor_jobs_waiting_for_tunnel {waiting_tunnel}",
-            "# HELP proctor_slots Concurrent job slots.",
-            "# TYPE proctor_slots gauge",
-            f"proctor_slots {slots}",
-            "# HELP proctor_jobs_submitted_total Jobs accepted since the server started.",
-            "# TYPE proctor_jobs_submitted_total counter",
-            f"proctor_jobs_submitted_total {self.submitted}",
-            "# HELP proctor_job_outcomes_total Jobs that ended, by final state.",
-            "# TYPE proctor_job_outcomes_total counter",
-        ]
+        self._gauges = {
+            "queue_length": queued,
+            "jobs_running": running,
+            "jobs_waiting_for_credentials": waiting,
+            "jobs_waiting_for_tunnel": waiting_tunnel,
+            "slots": slots,
+        }
+        self._channel_answers = channel_answers
+        return generate_latest(self.registry).decode("utf-8")
+
+    def collect(self) -> Iterator[Metric]:
+        """The server's series from its own counts (read at scrape time; the scheduler keeps them)."""
+        for name, value in self._gauges.items():
+            yield GaugeMetricFamily(f"proctor_{name}", _GAUGE_HELP[name], value=value)
+        yield CounterMetricFamily(
+            "proctor_jobs_submitted", "Jobs accepted since the server started.", value=self.submitted
+        )
+        outcomes = CounterMetricFamily("proctor_job_outcomes", "Jobs that ended, by final state.", labels=["state"])
         for state in ("succeeded", "failed", "cancelled", "timed_out"):
-            lines.append(f'proctor_job_outcomes_total{{state="{state}"}} {self.outcomes.get(state, 0)}')
-        lines += [
-            "# HELP proctor_http_requests_total HTTP requests by route template and status.",
-            "# TYPE proctor_http_requests_total counter",
-        ]
-        for (method, route, status), n in sorted(self.requests.items()):
-            lines.append(
-                f'proctor_http_requests_total{{method="{method}",route="{_esc(route)}",status="{status}"}} {n}'
+            outcomes.add_metric([state], self.outcomes.get(state, 0))
+        yield outcomes
+        requests = CounterMetricFamily(
+            "proctor_http_requests", "HTTP requests by route template and status.", labels=["method", "route", "status"]
+        )
+        for labels, n in sorted(self.requests.items()):
+            requests.add_metric(list(labels), n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "proctor_http_request_duration_seconds",
+            "HTTP request latency (SSE: until the stream ends).",
+            labels=["method", "route"],
+        )
+        for key, counts in sorted(self.latency_buckets.items()):
+            buckets = [(str(bound), float(n)) for bound, n in zip(BUCKETS, counts, strict=True)]
+            buckets.append(("+Inf", float(self.latency_count[key])))
+            latency.add_metric(list(key), buckets, sum_value=self.latency_sum[key])
+        yield latency
+        if self._channel_answers is not None:
+            channel = CounterMetricFamily(
+                "proctor_private_channel_calls",
+                "Private-mode model calls of proctor jobs by status.",
+                labels=["status"],
             )
-        lines += [
-            "# HELP proctor_http_request_duration_seconds HTTP request latency (SSE: until the stream ends).",
-            "# TYPE proctor_http_request_duration_seconds histogram",
-        ]
-        for (method, route), buckets in sorted(self.latency_buckets.items()):
-            labels = f'method="{method}",route="{_esc(route)}"'
-            for bound, n in zip(BUCKETS, buckets, strict=True):
-                lines.append(f'proctor_http_request_duration_seconds_bucket{{{labels},le="{bound}"}} {n}')
-            count = self.latency_count[(method, route)]
-            lines.append(f'proctor_http_request_duration_seconds_bucket{{{labels},le="+Inf"}} {count}')
-            lines.append(
-                f"proctor_http_request_duration_seconds_sum{{{labels}}} {self.latency_sum[(method, route)]:.6f}"
-            )
-            lines.append(f"proctor_http_request_duration_seconds_count{{{labels}}} {count}")
-        if channel_answers is not None:
-            lines += [
-                "# HELP proctor_private_channel_calls_total Private-mode model calls of proctor jobs by status.",
-                "# TYPE proctor_private_channel_calls_total counter",
-            ]
-            for code, n in sorted(channel_answers.items()):
-                lines.append(f'proctor_private_channel_calls_total{{status="{code}"}} {n}')
-        return "\n".join(lines) + "\n"
+            for code, n in sorted(self._channel_answers.items()):
+                channel.add_metric([str(code)], n)
+            yield channel
 
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
+_GAUGE_HELP = {
+    "queue_length": "Jobs waiting for a slot.",
+    "jobs_running": "Jobs holding a slot.",
+    "jobs_waiting_for_credentials": "Jobs waiting for their owner to re-supply keys.",
+    "jobs_waiting_for_tunnel": "Private-mode jobs (holding a slot) whose submitter's tunnel is gone.",
+    "slots": "Concurrent job slots.",
+}
 
 
 class MetricsMiddleware:

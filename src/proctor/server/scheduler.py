@@ -26,12 +26,17 @@ from typing import Any
 from proctor import sandbox as sandbox_mod
 from proctor.errors import (
     CRASH_EXIT_CODE,
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SAMPLE_ERRORS,
     ConflictError,
     InputError,
     PermissionDeniedError,
     ProctorError,
     QueueFullError,
 )
+from proctor.evals.progress import PROGRESS_PREFIX
 from proctor.server import jobs as jobmod
 from proctor.server.auth import Principal, check_access
 from proctor.server.batches import submission_labels
@@ -83,20 +88,20 @@ def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, st
     ``last_line``: the job log's last line, which for a crash is the error itself. A sandboxed
     job's exit code comes from bwrap, which reports death by signal N as 128 + N.
     """
-    if code == 0:
+    if code == EXIT_OK:
         return "succeeded", None
-    if code == 1 and kind == "lm_eval":
+    if code == EXIT_SAMPLE_ERRORS and kind == "lm_eval":
         return "failed", "some requests failed after their retries; metrics withheld (resume with --retry-errors)"
-    if code == 1 and kind == "proctor":
+    if code == EXIT_SAMPLE_ERRORS and kind == "proctor":
         return (
             "succeeded",
             "the run finished but some samples errored (see eval_stats.json; resume with --retry-errors)",
         )
-    if code == 2:
+    if code == EXIT_BAD_INPUT:
         return "failed", "bad input (see the job log)"
     if code == CRASH_EXIT_CODE and kind in ("proctor", "lm_eval"):
         return "failed", f"the engine crashed: {last_line or 'see the job log'}"
-    if code in (130, -2):
+    if code in (EXIT_INTERRUPTED, -2):
         return "failed", "interrupted"
     if code < 0:
         return "failed", f"killed by signal {-code}"
@@ -113,7 +118,7 @@ def last_log_line(path: Path, *, tail: int = 8192) -> str | None:
             lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines()]
     except OSError:
         return None
-    lines = [ln for ln in lines if ln and not ln.startswith("PROCTOR_PROGRESS ")]
+    lines = [ln for ln in lines if ln and not ln.startswith(PROGRESS_PREFIX)]
     return lines[-1][:300] if lines else None
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
+
+from proctor._validation import StrictModel
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{7,63}$")
 """A client-chosen job id: 8-64 characters of the URL-safe base64 alphabet, not starting with ``-``
@@ -20,11 +22,20 @@ ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,4}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+JobState = Literal[
+    "queued",
+    "running",
+    "waiting_for_tunnel",
+    "waiting_for_credentials",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+]
+"""Every state a job can be in (docs/server.md); the store keeps them, the API reports them."""
 
 
-class ModelEndpoint(_Strict):
+class ModelEndpoint(StrictModel):
     """Where one model role's requests go, and with which key (public mode)."""
 
     base_url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
@@ -33,12 +44,12 @@ class ModelEndpoint(_Strict):
     """Kept in the server's memory and the job process's environment only."""
 
 
-class UploadedFile(_Strict):
+class UploadedFile(StrictModel):
     content: str
     encoding: Literal["utf-8", "base64"] = "utf-8"
 
 
-class JobLimits(_Strict):
+class JobLimits(StrictModel):
     """Lower ceilings for this job's sandbox; each must be at most the server's (``sandbox.*``)."""
 
     memory_mb: int | None = Field(default=None, ge=64)
@@ -47,7 +58,7 @@ class JobLimits(_Strict):
     open_files: int | None = Field(default=None, ge=64)
 
 
-class SubmitRequest(_Strict):
+class SubmitRequest(StrictModel):
     """A job submission: a task spec (kind ``proctor``; ``lm_eval`` for a spec with ``lm_eval:``)
     or a command template (kind ``command``)."""
 
@@ -104,7 +115,7 @@ class SubmitRequest(_Strict):
         return value
 
 
-class ResumeRequest(_Strict):
+class ResumeRequest(StrictModel):
     """Re-supply what the server could not keep (API keys) and queue the job again."""
 
     models: dict[str, ModelEndpoint] = Field(default_factory=dict)
@@ -117,7 +128,7 @@ class JobView(BaseModel):
     id: str
     owner: str
     kind: str
-    state: str
+    state: JobState
     created_at: float
     queued_at: float | None = None
     started_at: float | None = None

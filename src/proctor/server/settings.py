@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from proctor import _yaml
+from proctor._validation import StrictModel, problems
 from proctor.errors import InputError
 from proctor.server.lmeval_policy import LmEvalServerSettings
 
@@ -31,11 +32,7 @@ def _default_cleanup_hooks() -> list[list[str] | str]:
     return ["docker"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TemplateParam(_Strict):
+class TemplateParam(StrictModel):
     """One placeholder a client fills in a command template."""
 
     pattern: str = PARAM_PATTERN_DEFAULT
@@ -53,7 +50,7 @@ class TemplateParam(_Strict):
         return value
 
 
-class CommandTemplate(_Strict):
+class CommandTemplate(StrictModel):
     """An admin-registered program a ``command`` job runs, with ``{placeholders}`` in its argv.
 
     Built-in placeholders: ``{job_id}``, ``{job_dir}``, ``{out_dir}``, ``{python}``, ``{model}``
@@ -68,7 +65,7 @@ class CommandTemplate(_Strict):
     description: str | None = None
 
 
-class SandboxSettings(_Strict):
+class SandboxSettings(StrictModel):
     """The server's ceilings for every job and every python-tool call, and what plugins it trusts.
 
     A submission may lower a ceiling (its ``limits``, a python tool's options), never raise it.
@@ -105,7 +102,7 @@ class SandboxSettings(_Strict):
     """Ceiling of a python tool's ``memory_mb`` (a spec's ``null``, unlimited, is refused)."""
 
 
-class ServerSettings(_Strict):
+class ServerSettings(StrictModel):
     """Everything ``create_app`` needs; ``proctor serve`` builds it from flags and the config file."""
 
     host: str = "127.0.0.1"
@@ -236,5 +233,4 @@ def load_settings(config_file: Path | None, **overrides: Any) -> ServerSettings:
     try:
         return ServerSettings.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InputError(f"invalid server settings: {problems}") from None
+        raise InputError(f"invalid server settings: {problems(exc.errors())}") from None

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -39,17 +39,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine, make_url
 
 from proctor.errors import ConflictError, InputError, NotFoundError
+from proctor.server.schemas import JobState
 
-JobState = Literal[
-    "queued",
-    "running",
-    "waiting_for_tunnel",
-    "waiting_for_credentials",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 ACTIVE_STATES: frozenset[str] = frozenset({"running", "waiting_for_tunnel"})
 
@@ -145,7 +136,7 @@ class JobRow:
     id: str
     owner: str
     kind: str
-    state: str
+    state: JobState
     priority: int
     seq: int
     created_at: float

@@ -47,13 +47,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from proctor._validation import StrictModel
 from proctor.errors import ContextOverflowError, ModelError
 from proctor.evals.agent.tools import Tool, ToolCall, ToolCallContext, ToolOutcome, build_tools, invoke_tool
 from proctor.evals.agent.tools._http import close_sessions
 from proctor.evals.content import check_images, user_content
 from proctor.evals.options import validate_options
 from proctor.evals.types import Sample, SampleSkipped, SolveContext, SolveResult, register_solver
-from proctor.models.config import GenerateParams, StrictModel
+from proctor.models.config import GenerateParams
 
 __all__ = [
     "AgentOptions",
@@ -455,8 +456,8 @@ class AgentSolver:
                 outcome = "turn_limit"
         except ModelError as exc:
             # Infra failure or abort: the engine records it; keep what happened for the record.
-            exc.trajectory = trajectory  # type: ignore[attr-defined]
-            exc.turns = turns  # type: ignore[attr-defined]
+            exc.trajectory = trajectory
+            exc.turns = turns
             outcome = exc.error_class
             raise
         except asyncio.CancelledError:  # the engine's hard time limit, or a stopping run

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from proctor._validation import StrictModel
 from proctor.evals.agent.tools.base import Tool, ToolCallContext
-from proctor.models.config import StrictModel
 
 __all__ = ["AnswerOptions", "AnswerTool"]
 

@@ -17,12 +17,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from proctor.errors import ContextOverflowError, InfraError, ModelAbortError, ProctorError, ToolError
 
 if TYPE_CHECKING:
     from proctor.evals.types import Sample, SolveContext
+    from proctor.profiling.events import ToolEvent
 
 __all__ = ["Tool", "ToolCall", "ToolCallContext", "ToolOutcome", "invoke_tool", "validate_args"]
 
@@ -219,8 +220,8 @@ async def invoke_tool(
 
 def _event(
     call: ToolCall, ctx: ToolCallContext, start: float, duration: float, status: str, turn: int, error: str | None
-) -> dict[str, Any]:
-    event: dict[str, Any] = {
+) -> ToolEvent:
+    event: ToolEvent = {
         "kind": "tool",
         "tool": call.name,
         "sample_id": ctx.sample.id,
@@ -231,7 +232,7 @@ def _event(
         "status": status,
         "steps": dict(ctx.steps),
     }
-    event.update(ctx.info)
+    event.update(cast("ToolEvent", ctx.info))  # expert_role, expert_model, fallback; a plugin's own keys
     if error is not None:
         event["error"] = error[:500]
     return event

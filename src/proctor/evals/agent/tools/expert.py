@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from proctor._validation import StrictModel
 from proctor.errors import ToolError
 from proctor.evals.agent.tools._http import get_session
 from proctor.evals.agent.tools.base import Tool, ToolCallContext
@@ -28,7 +29,7 @@ from proctor.evals.agent.tools.python import PythonOptions, format_result, run_p
 from proctor.evals.agent.tools.retrieve import RetrieveOptions, format_hits, retrieve
 from proctor.evals.agent.tools.web_search import WebSearchOptions, format_search, make_provider
 from proctor.evals.content import question_text
-from proctor.models.config import GenerateParams, StrictModel
+from proctor.models.config import GenerateParams
 
 __all__ = ["DEFAULT_PROMPTS", "ExpertOptions", "ExpertTool", "render"]
 

@@ -40,9 +40,9 @@ import psutil
 from pydantic import Field
 
 from proctor import sandbox
+from proctor._validation import StrictModel
 from proctor.errors import ToolError
 from proctor.evals.agent.tools.base import Tool, ToolCallContext
-from proctor.models.config import StrictModel
 
 __all__ = ["PythonOptions", "PythonTool", "SandboxResult", "run_python"]
 

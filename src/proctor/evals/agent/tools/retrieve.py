@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 from pydantic import Field, model_validator
 
+from proctor._validation import StrictModel
 from proctor.errors import ToolError
 from proctor.evals.agent.tools._http import get_session
 from proctor.evals.agent.tools.base import Tool, ToolCallContext
-from proctor.models.config import StrictModel
 from proctor.retrieval.config import RetrievalLaunch
 
 __all__ = ["RetrieveOptions", "RetrieveTool", "retrieve", "format_hits"]

@@ -15,10 +15,10 @@ from typing import Any, Literal, Protocol
 import aiohttp
 from pydantic import Field
 
+from proctor._validation import StrictModel
 from proctor.errors import ToolError
 from proctor.evals.agent.tools._http import get_session
 from proctor.evals.agent.tools.base import Tool, ToolCallContext
-from proctor.models.config import StrictModel
 
 __all__ = ["SearchHit", "SearchProvider", "TavilyProvider", "WebSearchOptions", "WebSearchTool", "make_provider"]
 
