@@ -1,4 +1,4 @@
-"""The jobs list puts a batch's jobs together, and works the same without any batch field."""
+"""The jobs list: a batch's jobs together (and the same without any batch field); job names."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from web_helpers import Runs
 
 from proctor.web.pages import jobs_page
 from proctor.web.render import Templates
+from proctor.web.server_source import spec_name
 from proctor.web.source import JobInfo
 
 
@@ -33,3 +34,14 @@ def test_without_batches_there_is_one_group_and_no_heading(runs: Runs) -> None:
     assert [g["batch_id"] for g in data["batches"]] == [None]
     html = Templates().render("jobs.html", data=data, viewer=None, read_only=True, login_needed=False, csrf=None)
     assert "batch " not in html
+
+
+def test_a_jobs_name_before_its_reports_exist(tmp_path: Path) -> None:
+    def name(text: str) -> str | None:
+        (tmp_path / "spec.yaml").write_text(text, encoding="utf-8")
+        return spec_name(tmp_path / "spec.yaml")
+
+    assert name("name: arith\nsolver: generate\n") == "arith"
+    assert name("solver: generate\nname: 'hle full'  # the whole set\n") == "hle full"
+    assert name("dataset:\n  name: nested\n") is None
+    assert spec_name(tmp_path / "missing.yaml") is None
