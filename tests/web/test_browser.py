@@ -126,11 +126,15 @@ def test_watch_a_running_jobs_progress_move(served: Served, slow_job: str, page:
     assert page.evaluate("window.notReloaded") is True  # the list moved without a reload
     shot(page, tmp_path, "jobs-live")
     page.goto(f"{served.server.url}/jobs/{slow_job}")
+    assert page.inner_text("h1").startswith("arith ")  # the spec's name before any report exists
     done = "#summary .done"
     before = int(page.inner_text(done))
     page.wait_for_function(f"Number(document.querySelector('{done}').textContent) > {before}")
     page.wait_for_function("document.getElementById('log').textContent.includes('PROCTOR_PROGRESS')")
     assert page.inner_text("#summary .eta") != "–"
+    page.wait_for_function(  # one source for both figures: the ledger
+        "document.querySelector('#summary .accuracy').textContent === document.getElementById('accuracy').textContent"
+    )
     shot(page, tmp_path, "job-running")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import httpx
 import pytest
 from helpers import stop_process
 from web_helpers import FAILING, Runs
+
+from proctor.web.render import Templates
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,14 @@ def test_samples_are_paged_and_filtered_in_sql(view: httpx.Client) -> None:
     assert second["samples"] == [] and second["page"] == 2
     html = view.get("/jobs/arith/samples", params={"state": "error"}).text
     assert all(f">{sid}<" in html for sid in FAILING)
+
+
+def test_the_pager_keeps_the_filters(view: httpx.Client) -> None:
+    data = view.get("/jobs/arith/samples.json", params={"q": "is 1 & 2", "state": "scored"}).json()
+    data.update(page=1, pages=3)  # as if more than one page matched
+    html = Templates().render("samples.html", data=data, viewer=None, read_only=True, login_needed=False, csrf=None)
+    link = re.search(r'href="([^"]*)" id="next"', html)
+    assert link and link.group(1) == "?state=scored&amp;q=is+1+%26+2&amp;page=2"
 
 
 def test_a_samples_trajectory(view: httpx.Client) -> None:

@@ -15,17 +15,20 @@ BATCHLESS = ""
 
 
 def _progress(job: JobInfo, summary: dict[str, Any]) -> dict[str, Any]:
-    """done / total / errors / accuracy / ETA: the engine's live line while it runs, else the ledger."""
+    """done / total / errors / accuracy from the ledger (what is recorded), so the list, the job
+    page and the samples table agree; the ETA from the engine's live line while it runs (its rate
+    is the engine's own), else from the ledger's last minute."""
     counts = summary["counts"]
     live = job.progress if (job.active and job.progress) else None
-    accuracy = summary["accuracy"]
+    total = counts["total"] or (live.get("total", 0) if live else 0)
+    eta = live.get("eta") if live else None
     return {
-        "done": live.get("done", summary["done"]) if live else summary["done"],
-        "total": live.get("total", counts["total"]) if live else counts["total"],
+        "done": summary["done"],
+        "total": total,
         "errors": counts["error"],
-        "accuracy": live.get("accuracy") if live and live.get("accuracy") is not None else accuracy["value"],
-        "ci95": accuracy["ci95"],
-        "eta_s": live.get("eta") if live else (summary["eta_s"] if job.active else None),
+        "accuracy": summary["accuracy"]["value"],
+        "ci95": summary["accuracy"]["ci95"],
+        "eta_s": eta if eta is not None or not job.active else summary["eta_s"],
     }
 
 

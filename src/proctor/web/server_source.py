@@ -6,7 +6,9 @@ A job the viewer may not access is reported as absent, so a page for another use
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from proctor.errors import NotFoundError
@@ -28,6 +30,20 @@ def batch_of(job: JobRow) -> str | None:
     return str(value) if value else None
 
 
+_NAME_LINE = re.compile(r"^name:[ \t]*['\"]?([^'\"#\n]+?)['\"]?[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+def spec_name(spec_path: Path) -> str | None:
+    """The spec's top-level ``name:`` (the job's ``spec.yaml``), before the engine's reports exist."""
+    try:
+        with open(spec_path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(64 * 1024)
+    except OSError:
+        return None
+    match = _NAME_LINE.search(head)
+    return match.group(1).strip() if match else None
+
+
 class ServerSource:
     """Jobs of a running server, as the viewer (a ``Principal``) may see them."""
 
@@ -46,7 +62,7 @@ class ServerSource:
             actions.append("cancel")
         if stopped or job.state == "waiting_for_credentials":
             actions += ["resume", "delete"]
-        default_name = str((job.request or {}).get("template") or job.kind)
+        default_name = spec_name(job_dir / "spec.yaml") or str((job.request or {}).get("template") or job.kind)
         return JobInfo(
             id=job.id,
             name=run_name(job_dir / "out", default_name),
