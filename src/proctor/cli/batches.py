@@ -73,8 +73,7 @@ def submit_batch(
         console.print(_plain_table(queued))
         console.print(f"watch it with: proctor status {batch_id} --watch", markup=False)
         return 0
-    final = watch(lambda: list(client.batch(batch_id)["jobs"]), interval=interval)
-    return 0 if all(job["state"] == "succeeded" for job in final) else 1
+    return outcome(watch(lambda: list(client.batch(batch_id)["jobs"]), interval=interval))
 
 
 def _partial_report(batch_id: str, queued: list[dict[str, Any]], total: int, refused: str) -> str:
@@ -113,6 +112,11 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], *, interval: float) -> list
         err_console.print("\nstopped watching; nothing was cancelled")
         raise typer.Exit(130) from None
     return jobs
+
+
+def outcome(jobs: list[dict[str, Any]]) -> int:
+    """A watch's exit code: 0 when every job succeeded, else 1."""
+    return 0 if all(job["state"] == "succeeded" for job in jobs) else 1
 
 
 def _finished(jobs: list[dict[str, Any]]) -> bool:
@@ -168,8 +172,7 @@ def status_of(client: Client, target: str, *, watching: bool, interval: float) -
     if not watching:
         console.print(job_table(fetch(), title=target))
         return 0
-    jobs = watch(fetch, interval=interval)
-    return 0 if all(job["state"] == "succeeded" for job in jobs) else 1
+    return outcome(watch(fetch, interval=interval))
 
 
 def refuse_in_batch(**given: Any) -> None:

@@ -574,10 +574,12 @@ def list_jobs(
     """Your jobs on the server (--watch: a live table of their progress)."""
     with _client(server, token) as client:
         if watch:
+            from proctor.cli.batches import outcome
             from proctor.cli.batches import watch as watch_jobs
 
-            watch_jobs(lambda: client.list(all_users=all_users, batch=batch), interval=interval)
-            return
+            raise typer.Exit(
+                outcome(watch_jobs(lambda: client.list(all_users=all_users, batch=batch), interval=interval))
+            )
         jobs = client.list(all_users=all_users, batch=batch)
     from rich.table import Table
 
