@@ -70,7 +70,7 @@ def submit_batch(
         queued.append(answer["job"])
     console.print(f"batch {batch_id}: {len(queued)} jobs queued", markup=False)
     if detach:
-        console.print(_plain_table(queued))
+        console.print(_plain_table(list(client.batch(batch_id)["jobs"])))  # as they are now, not as queued
         console.print(f"watch it with: proctor status {batch_id} --watch", markup=False)
         return 0
     return outcome(watch(lambda: list(client.batch(batch_id)["jobs"]), interval=interval))
