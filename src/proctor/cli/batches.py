@@ -63,7 +63,8 @@ def submit_batch(
         try:
             answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
         except ProctorError:
-            err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.model_label}"))
+            names = {role: model.get("model") or model.get("base_url") or "-" for role, model in models.items()}
+            err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.label(names)}"))
             raise
         for warning in answer.get("warnings", []):
             err_console.print(f"[yellow]warning:[/] {warning}")

@@ -46,7 +46,8 @@ class MatrixRun:
     cell: Cell
     name: str
     run_dir: Path
-    task: str
+    label: str
+    """The models that set this run apart (``Cell.label``)."""
     exit_code: int | None = None
     started: bool = False
     progress: dict[str, Any] = field(default_factory=dict)
@@ -59,8 +60,8 @@ class MatrixRun:
         return "running" if self.started else "waiting"
 
 
-def task_names(cells: Sequence[Cell]) -> list[str]:
-    """Each cell's task name, loading its spec with its models as ``proctor run`` will.
+def describe_cells(cells: Sequence[Cell]) -> list[tuple[str, str]]:
+    """Each cell's task name and model label, loading its spec with its models as ``proctor run`` will.
 
     Bad input in any cell (a spec that does not load, a ``--model`` for a role the spec does not
     use) stops the whole matrix here, before any run starts.
@@ -68,12 +69,14 @@ def task_names(cells: Sequence[Cell]) -> list[str]:
     from proctor.evals.spec import apply_overrides, is_lm_eval_spec, parse_spec, read_spec_data
     from proctor.harness.spec import parse_lm_eval_spec
 
-    names = []
+    described = []
     for cell in cells:
         data = read_spec_data(cell.spec)
         parse = parse_lm_eval_spec if is_lm_eval_spec(data) else parse_spec
-        names.append(apply_overrides(parse(data, source=str(cell.spec)), list(cell.models), None).name)
-    return names
+        task = apply_overrides(parse(data, source=str(cell.spec)), list(cell.models), None)
+        names = {role: config.model or config.base_url or "-" for role, config in task.models.items()}
+        described.append((task.name, cell.label(names)))
+    return described
 
 
 def run_matrix(
@@ -94,11 +97,11 @@ def run_matrix(
     if dry_run:
         raise InputError("--dry-run takes one spec and one model per role", hint="dry-run each cell on its own")
     cells = expand(specs, models)
-    tasks = task_names(cells)
+    tasks, labels = zip(*describe_cells(cells), strict=True)
     root = (out or Path("runs")).resolve()
     runs = [
-        MatrixRun(cell, name, root / name, task)
-        for cell, name, task in zip(cells, run_names(cells, tasks), tasks, strict=True)
+        MatrixRun(cell, name, root / name, label)
+        for cell, name, label in zip(cells, run_names(cells, tasks, labels), labels, strict=True)
     ]
     for run in runs:
         ensure_directory(run.run_dir, what="run directory")
@@ -254,7 +257,7 @@ def _table(runs: list[MatrixRun], *, final: bool) -> Any:
         accuracy, done, total, errors = _figures(run, final=final)
         row = [
             run.name,
-            run.cell.model_label,
+            run.label,
             "not started" if final and not run.started else run.state,
             "-" if accuracy is None else f"{accuracy:.1%}",
             f"{done}/{'?' if total is None else total}",
