@@ -6,10 +6,15 @@ column and its index come from the store's own schema setup on both.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,3 +183,51 @@ def test_a_batch_the_server_refuses_halfway_reports_what_was_queued(tmp_path: Pa
             assert len(jobs) == int(report.group(2)) >= 1
         finally:
             stop_process(proc)
+
+
+def test_ctrl_c_stops_watching_a_live_table_and_cancels_nothing(setup: Setup) -> None:
+    """On a terminal (a pty here) the table is redrawn in place; Ctrl-C exits 130 and the jobs go on."""
+    setup.llms[0].reconfigure(latency=0.4)
+    result = setup.proctor("submit", *setup.specs, "--model", setup.model(0), "-d")
+    batch = batch_id_of(result.stdout)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proctor", "status", batch, "--watch", "--interval", "0.2"],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        env=dict(setup.env(), COLUMNS="150", TERM="xterm"),
+        text=True,
+    )
+    os.close(secondary)
+    seen = bytearray()
+
+    def read() -> None:  # drains the pty, so the watcher never blocks on a full buffer
+        with contextlib.suppress(OSError):
+            while chunk := os.read(primary, 4096):
+                seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        with setup.http() as http:
+            for _ in range(600):  # bounded: until a job runs and the table was drawn twice
+                states = {j["state"] for j in http.get(f"/v1/batches/{batch}").json()["jobs"]}
+                if "running" in states and seen.count(b"job") >= 2:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"no job ran while watched: {states}, {bytes(seen)[-500:]!r}")
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+            assert proc.returncode == 130, stderr
+            assert "stopped watching; nothing was cancelled" in stderr and "Traceback" not in stderr
+            assert b"\x1b[1A" in seen and b"running" in seen  # redrawn in place (cursor up), with the running job
+            jobs = http.get(f"/v1/batches/{batch}").json()["jobs"]
+            assert not {j["state"] for j in jobs} & {"cancelled"}
+            assert {j["state"] for j in jobs} & {"running", "queued", "succeeded"}
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        os.close(primary)
+        reader.join(timeout=10)
