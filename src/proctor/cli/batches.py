@@ -134,8 +134,8 @@ def job_table(jobs: list[dict[str, Any]], *, title: str | None = None) -> Any:
     for column in ("job", "spec", "model", "state", "progress", "accuracy", "ETA"):
         table.add_column(column, overflow="fold")
     for job in jobs:
-        record = job.get("progress") if isinstance(job.get("progress"), dict) else {}
-        assert isinstance(record, dict)
+        progress = job.get("progress")
+        record: dict[str, Any] = progress if isinstance(progress, dict) else {}
         total, done = record.get("total"), record.get("done") or 0
         accuracy = record.get("accuracy")
         running = job["state"] not in TERMINAL and job["state"] != "queued"

@@ -36,6 +36,9 @@ from proctor.errors import InputError
 CHILD_LOG = "console.log"
 """A cell's own output (its progress lines left out), in its run directory."""
 
+MAX_LINE = 1 << 24
+"""The longest line a child may print (its tracebacks, its progress lines are far shorter)."""
+
 STATES = {0: "done", 1: "done, some errored", 130: "interrupted", 2: "bad input", 3: "crashed"}
 
 
@@ -160,7 +163,7 @@ async def _run_all(runs: list[MatrixRun], parallel: int, child_args: list[str], 
         async with slots:
             if stop.is_set():
                 return
-            await _run_child(run, child_args, console=None if live else console)
+            await _run_child(run, child_args, stop, console=None if live else console)
 
     display = asyncio.create_task(_display(runs, console)) if live else None
     try:
@@ -182,7 +185,7 @@ def child_argv(run: MatrixRun, child_args: list[str]) -> list[str]:
     return argv + ["--progress", "none", *child_args]
 
 
-async def _run_child(run: MatrixRun, child_args: list[str], *, console: Any) -> None:
+async def _run_child(run: MatrixRun, child_args: list[str], stop: asyncio.Event, *, console: Any) -> None:
     from proctor.client import event_progress
 
     proc = await asyncio.create_subprocess_exec(
@@ -192,8 +195,11 @@ async def _run_child(run: MatrixRun, child_args: list[str], *, console: Any) -> 
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PROCTOR_PROGRESS": "json"},
         start_new_session=True,  # Ctrl-C at a terminal reaches the parent only, which passes it on once
+        limit=MAX_LINE,
     )
     run.pid, run.started = proc.pid, True
+    if stop.is_set():  # the signal came while this child was being spawned: it gets it too
+        os.kill(proc.pid, signal.SIGINT)
     if console is not None:
         console.print(f"started  {run.name}", markup=False, soft_wrap=True)
     assert proc.stdout is not None

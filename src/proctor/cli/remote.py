@@ -91,7 +91,7 @@ def submit(
         typer.Argument(
             help="Task spec YAML; its dataset is uploaded from beside it. Several specs (or one role given "
             "by several --model) are queued as one batch: every spec with every model.",
-            metavar="SPEC...",
+            metavar="SPEC",
         ),
     ] = None,
     server: ServerOpt = None,

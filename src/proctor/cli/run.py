@@ -68,7 +68,10 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
 
 def run(
     specs: list[Path] = typer.Argument(
-        ..., help="Task spec (YAML); several specs run as a matrix (see --parallel).", show_default=False
+        ...,
+        help="Task spec (YAML); several specs run as a matrix (see --parallel).",
+        show_default=False,
+        metavar="SPEC",
     ),
     out: Path = typer.Option(
         None,
