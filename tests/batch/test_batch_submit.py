@@ -187,7 +187,7 @@ def test_a_batch_the_server_refuses_halfway_reports_what_was_queued(tmp_path: Pa
 
 def test_ctrl_c_stops_watching_a_live_table_and_cancels_nothing(setup: Setup) -> None:
     """On a terminal (a pty here) the table is redrawn in place; Ctrl-C exits 130 and the jobs go on."""
-    setup.llms[0].reconfigure(latency=0.4)
+    setup.llms[0].reconfigure(hang_rate=1.0, hang_seconds=60.0)  # the jobs run until the test is done
     result = setup.proctor("submit", *setup.specs, "--model", setup.model(0), "-d")
     batch = batch_id_of(result.stdout)
     primary, secondary = pty.openpty()
@@ -226,6 +226,8 @@ def test_ctrl_c_stops_watching_a_live_table_and_cancels_nothing(setup: Setup) ->
             jobs = http.get(f"/v1/batches/{batch}").json()["jobs"]
             assert not {j["state"] for j in jobs} & {"cancelled"}
             assert {j["state"] for j in jobs} & {"running", "queued", "succeeded"}
+            for job in jobs:  # now this test's own handle stops them, rather than the server's shutdown
+                http.post(f"/v1/jobs/{job['id']}/cancel")
     finally:
         proc.kill()
         proc.wait(timeout=30)
