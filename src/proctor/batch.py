@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,23 +35,24 @@ class Cell:
     """The values among ``models`` whose role was named more than once: what sets this cell apart."""
 
     @property
-    def model_label(self) -> str:
-        """The varied models as a table shows them (``qwen``, or ``subject=qwen judge=gpt``)."""
-        shown = self.varied or tuple(m for m in self.models if _role(m) == "subject")
-        if len(shown) == 1:
-            return target_label(shown[0])
-        return " ".join(f"{_role(m)}={target_label(m)}" for m in shown) or "-"
+    def varied_roles(self) -> tuple[str, ...]:
+        return tuple(_role(value) for value in self.varied)
+
+    def label(self, names: Mapping[str, str]) -> str:
+        """The models that set this cell apart, as a table shows them (``qwen``, or
+        ``subject=qwen judge=gpt``); the subject's when none varies.
+
+        ``names``: each role's model name (or URL), as the caller's parser of ``ROLE=URL@NAME``
+        read this cell's models.
+        """
+        roles = self.varied_roles or ("subject",)
+        if len(roles) == 1:
+            return names.get(roles[0]) or "-"
+        return " ".join(f"{role}={names.get(role) or '-'}" for role in roles)
 
 
 def _role(value: str) -> str:
     return value.partition("=")[0]
-
-
-def target_label(value: str) -> str:
-    """``ROLE=URL@NAME`` → ``NAME``; ``ROLE=URL`` → ``URL`` (the part a person recognises)."""
-    target = value.partition("=")[2] or value
-    url, at, name = target.rpartition("@")
-    return name if at and name and "://" not in name else target
 
 
 def is_matrix(specs: Sequence[Path], models: Sequence[str]) -> bool:
@@ -76,16 +77,16 @@ def expand(specs: Sequence[Path], models: Sequence[str]) -> list[Cell]:
     return cells
 
 
-def run_names(cells: Sequence[Cell], task_names: Sequence[str]) -> list[str]:
+def run_names(cells: Sequence[Cell], task_names: Sequence[str], labels: Sequence[str]) -> list[str]:
     """A run directory name per cell, the same on every invocation of the same command.
 
     ``TASK`` alone when no model varies (what a single ``proctor run`` would use), else
-    ``TASK--MODEL``; names that would still collide (two specs named alike, one model name on
-    two URLs) get a short digest of the cell's spec path and models.
+    ``TASK--LABEL`` (``Cell.label``); names that would still collide (two specs named alike, one
+    model name on two URLs) get a short digest of the cell's spec path and models.
     """
     names = [
-        _slug(task if not cell.varied else f"{task}--{cell.model_label}")
-        for cell, task in zip(cells, task_names, strict=True)
+        _slug(task if not cell.varied else f"{task}--{label}")
+        for cell, task, label in zip(cells, task_names, labels, strict=True)
     ]
     counts: dict[str, int] = {}
     for name in names:

@@ -6,10 +6,15 @@ column and its index come from the store's own schema setup on both.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,14 +136,100 @@ def test_a_batch_is_watched_by_submit_and_a_role_typo_queues_nothing(setup: Setu
     with setup.http() as http:
         assert http.get("/v1/jobs").json()["jobs"] == []  # nothing was queued
 
-    # Without -d, submit watches the batch's table itself until every job is final.
+    # Without -d, submit watches the batch's table itself until every job is final; a job that
+    # fails (a model name its server does not serve) makes the exit code 1.
+    missing = f"subject={setup.llms[1].base_url}@no-such-model"
     result = setup.proctor(
-        "submit", setup.specs[0], "--model", setup.model(0), "--model", setup.model(1), "--interval", "0.2", timeout=240
+        "submit", setup.specs[0], "--model", setup.model(0), "--model", missing, "--interval", "0.2", timeout=240
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
     batch = batch_id_of(result.stdout)
-    assert result.stdout.rsplit("job ", 1)[-1].count("succeeded") == 2
+    last = result.stdout.rsplit("job ", 1)[-1]
+    assert last.count("succeeded") == 1 and last.count("failed") == 1, result.stdout
     listed = setup.proctor("list", "--watch", "--batch", batch, "--interval", "0.2")
-    assert listed.returncode == 0 and listed.stdout.count("succeeded") == 2, listed.stdout
+    assert listed.returncode == 1 and listed.stdout.count("succeeded") == 1, listed.stdout
     shown = setup.proctor("status", batch)  # without --watch: the table once
-    assert shown.returncode == 0 and shown.stdout.count("succeeded") == 2, shown.stdout
+    assert shown.returncode == 0 and "no-such-model" in shown.stdout and "failed" in shown.stdout, shown.stdout
+
+
+def test_a_batch_the_server_refuses_halfway_reports_what_was_queued(tmp_path: Path, store_backend: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    token = create_token(data, "alice")
+    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.5)) as llm:
+        spec = write_spec(tmp_path, llm.base_url, n=20, concurrency=1)
+        proc, url = start_server(data, tmp_path / "server.log", "--queue-max", "1")
+        try:
+            env = dict(os.environ, PROCTOR_SERVER=url, PROCTOR_TOKEN=token)
+            models = [arg for i in range(4) for arg in ("--model", f"subject={llm.base_url}@m{i}")]
+            result = subprocess.run(
+                [sys.executable, "-m", "proctor", "submit", str(spec), *models, "-d"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=120,
+            )
+            assert result.returncode == 1, result.stdout + result.stderr  # 503: the queue is full
+            assert "Traceback" not in result.stderr and "queue is full" in result.stderr
+            report = re.search(
+                r"batch (\S+): (\d) of 4 jobs were queued \(([^)]*)\) before the server refused", result.stderr
+            )
+            assert report, result.stderr
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+                jobs = http.get("/v1/jobs", params={"batch": report.group(1)}).json()["jobs"]
+                for job in jobs:
+                    http.post(f"/v1/jobs/{job['id']}/cancel")
+            assert sorted(j["id"] for j in jobs) == sorted(report.group(3).split(", "))
+            assert len(jobs) == int(report.group(2)) >= 1
+        finally:
+            stop_process(proc)
+
+
+def test_ctrl_c_stops_watching_a_live_table_and_cancels_nothing(setup: Setup) -> None:
+    """On a terminal (a pty here) the table is redrawn in place; Ctrl-C exits 130 and the jobs go on."""
+    setup.llms[0].reconfigure(hang_rate=1.0, hang_seconds=60.0)  # the jobs run until the test is done
+    result = setup.proctor("submit", *setup.specs, "--model", setup.model(0), "-d")
+    batch = batch_id_of(result.stdout)
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proctor", "status", batch, "--watch", "--interval", "0.2"],
+        stdin=subprocess.DEVNULL,
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+        env=dict(setup.env(), COLUMNS="150", TERM="xterm"),
+        text=True,
+    )
+    os.close(secondary)
+    seen = bytearray()
+
+    def read() -> None:  # drains the pty, so the watcher never blocks on a full buffer
+        with contextlib.suppress(OSError):
+            while chunk := os.read(primary, 4096):
+                seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        with setup.http() as http:
+            for _ in range(600):  # bounded: until a job runs and the table was drawn twice
+                states = {j["state"] for j in http.get(f"/v1/batches/{batch}").json()["jobs"]}
+                if "running" in states and seen.count(b"job") >= 2:
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"no job ran while watched: {states}, {bytes(seen)[-500:]!r}")
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+            assert proc.returncode == 130, stderr
+            assert "stopped watching; nothing was cancelled" in stderr and "Traceback" not in stderr
+            assert b"\x1b[1A" in seen and b"running" in seen  # redrawn in place (cursor up), with the running job
+            jobs = http.get(f"/v1/batches/{batch}").json()["jobs"]
+            assert not {j["state"] for j in jobs} & {"cancelled"}
+            assert {j["state"] for j in jobs} & {"running", "queued", "succeeded"}
+            for job in jobs:  # now this test's own handle stops them, rather than the server's shutdown
+                http.post(f"/v1/jobs/{job['id']}/cancel")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        os.close(primary)
+        reader.join(timeout=10)

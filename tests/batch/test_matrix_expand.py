@@ -20,9 +20,15 @@ def test_roles_given_several_times_multiply_and_a_role_given_once_applies_to_eve
         ("b.yaml", (A, J)),
         ("b.yaml", (B, J)),
     ]
-    assert [c.model_label for c in cells] == ["qwen", "llama", "qwen", "llama"]
+    assert [c.varied_roles for c in cells] == [("subject",)] * 4
+    assert cells[1].label({"subject": "llama", "judge": "gpt"}) == "llama"
     both = expand([Path("a.yaml")], [A, B, J, "judge=http://127.0.0.1:4/v1"])
-    assert len(both) == 4 and both[1].model_label == "subject=qwen judge=http://127.0.0.1:4/v1"
+    assert len(both) == 4 and both[1].varied == (A, "judge=http://127.0.0.1:4/v1")
+    assert (
+        both[1].label({"subject": "qwen", "judge": "http://127.0.0.1:4/v1"})
+        == "subject=qwen judge=http://127.0.0.1:4/v1"
+    )
+    assert expand([Path("a.yaml"), Path("b.yaml")], [J])[0].label({"subject": "fake", "judge": "gpt"}) == "fake"
 
 
 def test_what_is_a_matrix() -> None:
@@ -33,16 +39,17 @@ def test_what_is_a_matrix() -> None:
 
 
 def test_run_names_are_stable_readable_and_unique() -> None:
-    cells = expand([Path("a.yaml"), Path("other/a.yaml")], [A, B])
-    names = run_names(cells, ["arith", "arith", "arith", "arith"])
-    assert names == run_names(expand([Path("a.yaml"), Path("other/a.yaml")], [A, B]), ["arith"] * 4)
+    def names_of(specs: list[str], models: list[str], tasks: list[str], labels: list[str]) -> list[str]:
+        return run_names(expand([Path(s) for s in specs], models), tasks, labels)
+
+    names = names_of(["a.yaml", "other/a.yaml"], [A, B], ["arith"] * 4, ["qwen", "llama"] * 2)
+    assert names == names_of(["a.yaml", "other/a.yaml"], [A, B], ["arith"] * 4, ["qwen", "llama"] * 2)
     assert len(set(names)) == 4  # two specs named alike: a digest tells them apart
     assert all(name.startswith(("arith--qwen-", "arith--llama-")) for name in names)
-    assert run_names(expand([Path("a.yaml")], [A, B]), ["arith", "arith"]) == ["arith--qwen", "arith--llama"]
+    assert names_of(["a.yaml"], [A, B], ["arith"] * 2, ["qwen", "llama"]) == ["arith--qwen", "arith--llama"]
     # no model varies: the name a single `proctor run` would use, so either resumes the other
-    assert run_names(expand([Path("a.yaml"), Path("b.yaml")], [A]), ["one", "two"]) == ["one", "two"]
-    odd = expand([Path("a.yaml")], ["subject=http://h:1/v1@org/model name", "subject=http://h:1/v1@x"])
-    assert run_names(odd, ["t", "t"])[0] == "t--org-model-name"
+    assert names_of(["a.yaml", "b.yaml"], [A], ["one", "two"], ["qwen", "qwen"]) == ["one", "two"]
+    assert names_of(["a.yaml"], [A, B], ["t", "t"], ["org/model name", "x"])[0] == "t--org-model-name"
 
 
 def test_the_worst_exit_code_wins() -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from helpers import run_proctor, write_spec
 
@@ -56,14 +57,18 @@ def test_an_interrupted_matrix_resumes_with_the_same_command_and_redoes_nothing(
             if to == "parent":
                 proc.send_signal(signal.SIGINT)  # it passes it on to the run it started
             else:
-                os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: every process of its group
+                # The runs are in process groups of their own, so the terminal's Ctrl-C (a SIGINT
+                # to every process of the foreground group) reaches the parent alone.
+                runs_now = psutil.Process(proc.pid).children()
+                assert runs_now and all(os.getpgid(child.pid) != proc.pid for child in runs_now)
+                os.killpg(proc.pid, signal.SIGINT)
             stdout, stderr = proc.communicate(timeout=60)
         finally:
             proc.kill()
         assert proc.returncode == 130, stdout + stderr
         assert "Traceback" not in stdout + stderr
         first = runs / "arith--m-one"
-        assert "interrupted" in stdout and "not started" in stdout
+        assert "interrupted" in stdout and "not started" in stdout and "started  arith--m-one" in stdout
         assert f"arith--m-one: proctor run {first / 'spec.yaml'} --out {first}" in stdout  # its own resume
         assert "run the same command again" in stdout
         done_before = dict(one.counts)
@@ -101,13 +106,15 @@ def test_one_failing_run_leaves_the_others_and_the_exit_code_is_the_worst(tmp_pa
             f"subject={llm.base_url}@fake",
             "--parallel",
             "3",
+            "--limit",
+            "3",
             "--out",
             tmp_path / "runs",
             timeout=180,
         )
     # the run whose model is unreachable fails at start (bad input, 2); the other three finish
     assert result.returncode == 2, result.stdout + result.stderr
-    for name, total in (("arith--fake", 6), ("second--fake", 4)):
+    for name, total in (("arith--fake", 3), ("second--fake", 3)):  # --limit 3 reached every run
         assert json.loads((tmp_path / "runs" / name / "eval_stats.json").read_text())["counts"]["scored"] == total
     assert "bad input" in result.stdout
 
@@ -126,6 +133,9 @@ def test_bad_input_in_any_cell_starts_nothing(tmp_path: Path) -> None:
         tmp_path / "runs",
     )
     assert result.returncode == 2 and "judg" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+    dry = run_proctor("run", spec, spec, "--dry-run", "--out", tmp_path / "runs")
+    assert dry.returncode == 2 and "--dry-run takes one spec" in dry.stderr and "Traceback" not in dry.stderr
     assert not (tmp_path / "runs").exists()
 
 

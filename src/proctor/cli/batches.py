@@ -63,18 +63,18 @@ def submit_batch(
         try:
             answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
         except ProctorError:
-            err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.model_label}"))
+            names = {role: model.get("model") or model.get("base_url") or "-" for role, model in models.items()}
+            err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.label(names)}"))
             raise
         for warning in answer.get("warnings", []):
             err_console.print(f"[yellow]warning:[/] {warning}")
         queued.append(answer["job"])
     console.print(f"batch {batch_id}: {len(queued)} jobs queued", markup=False)
     if detach:
-        console.print(_plain_table(queued))
+        console.print(_plain_table(list(client.batch(batch_id)["jobs"])))  # as they are now, not as queued
         console.print(f"watch it with: proctor status {batch_id} --watch", markup=False)
         return 0
-    final = watch(lambda: list(client.batch(batch_id)["jobs"]), interval=interval)
-    return 0 if all(job["state"] == "succeeded" for job in final) else 1
+    return outcome(watch(lambda: list(client.batch(batch_id)["jobs"]), interval=interval))
 
 
 def _partial_report(batch_id: str, queued: list[dict[str, Any]], total: int, refused: str) -> str:
@@ -115,6 +115,11 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], *, interval: float) -> list
     return jobs
 
 
+def outcome(jobs: list[dict[str, Any]]) -> int:
+    """A watch's exit code: 0 when every job succeeded, else 1."""
+    return 0 if all(job["state"] == "succeeded" for job in jobs) else 1
+
+
 def _finished(jobs: list[dict[str, Any]]) -> bool:
     return all(job["state"] in TERMINAL for job in jobs)
 
@@ -129,8 +134,8 @@ def job_table(jobs: list[dict[str, Any]], *, title: str | None = None) -> Any:
     for column in ("job", "spec", "model", "state", "progress", "accuracy", "ETA"):
         table.add_column(column, overflow="fold")
     for job in jobs:
-        record = job.get("progress") if isinstance(job.get("progress"), dict) else {}
-        assert isinstance(record, dict)
+        progress = job.get("progress")
+        record: dict[str, Any] = progress if isinstance(progress, dict) else {}
         total, done = record.get("total"), record.get("done") or 0
         accuracy = record.get("accuracy")
         running = job["state"] not in TERMINAL and job["state"] != "queued"
@@ -168,8 +173,7 @@ def status_of(client: Client, target: str, *, watching: bool, interval: float) -
     if not watching:
         console.print(job_table(fetch(), title=target))
         return 0
-    jobs = watch(fetch, interval=interval)
-    return 0 if all(job["state"] == "succeeded" for job in jobs) else 1
+    return outcome(watch(fetch, interval=interval))
 
 
 def refuse_in_batch(**given: Any) -> None:

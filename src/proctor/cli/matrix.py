@@ -36,6 +36,9 @@ from proctor.errors import InputError
 CHILD_LOG = "console.log"
 """A cell's own output (its progress lines left out), in its run directory."""
 
+MAX_LINE = 1 << 24
+"""The longest line a child may print (its tracebacks, its progress lines are far shorter)."""
+
 STATES = {0: "done", 1: "done, some errored", 130: "interrupted", 2: "bad input", 3: "crashed"}
 
 
@@ -46,7 +49,8 @@ class MatrixRun:
     cell: Cell
     name: str
     run_dir: Path
-    task: str
+    label: str
+    """The models that set this run apart (``Cell.label``)."""
     exit_code: int | None = None
     started: bool = False
     progress: dict[str, Any] = field(default_factory=dict)
@@ -59,8 +63,8 @@ class MatrixRun:
         return "running" if self.started else "waiting"
 
 
-def task_names(cells: Sequence[Cell]) -> list[str]:
-    """Each cell's task name, loading its spec with its models as ``proctor run`` will.
+def describe_cells(cells: Sequence[Cell]) -> list[tuple[str, str]]:
+    """Each cell's task name and model label, loading its spec with its models as ``proctor run`` will.
 
     Bad input in any cell (a spec that does not load, a ``--model`` for a role the spec does not
     use) stops the whole matrix here, before any run starts.
@@ -68,12 +72,14 @@ def task_names(cells: Sequence[Cell]) -> list[str]:
     from proctor.evals.spec import apply_overrides, is_lm_eval_spec, parse_spec, read_spec_data
     from proctor.harness.spec import parse_lm_eval_spec
 
-    names = []
+    described = []
     for cell in cells:
         data = read_spec_data(cell.spec)
         parse = parse_lm_eval_spec if is_lm_eval_spec(data) else parse_spec
-        names.append(apply_overrides(parse(data, source=str(cell.spec)), list(cell.models), None).name)
-    return names
+        task = apply_overrides(parse(data, source=str(cell.spec)), list(cell.models), None)
+        names = {role: config.model or config.base_url or "-" for role, config in task.models.items()}
+        described.append((task.name, cell.label(names)))
+    return described
 
 
 def run_matrix(
@@ -94,11 +100,11 @@ def run_matrix(
     if dry_run:
         raise InputError("--dry-run takes one spec and one model per role", hint="dry-run each cell on its own")
     cells = expand(specs, models)
-    tasks = task_names(cells)
+    tasks, labels = zip(*describe_cells(cells), strict=True)
     root = (out or Path("runs")).resolve()
     runs = [
-        MatrixRun(cell, name, root / name, task)
-        for cell, name, task in zip(cells, run_names(cells, tasks), tasks, strict=True)
+        MatrixRun(cell, name, root / name, label)
+        for cell, name, label in zip(cells, run_names(cells, tasks, labels), labels, strict=True)
     ]
     for run in runs:
         ensure_directory(run.run_dir, what="run directory")
@@ -157,7 +163,7 @@ async def _run_all(runs: list[MatrixRun], parallel: int, child_args: list[str], 
         async with slots:
             if stop.is_set():
                 return
-            await _run_child(run, child_args, console=None if live else console)
+            await _run_child(run, child_args, stop, console=None if live else console)
 
     display = asyncio.create_task(_display(runs, console)) if live else None
     try:
@@ -179,7 +185,7 @@ def child_argv(run: MatrixRun, child_args: list[str]) -> list[str]:
     return argv + ["--progress", "none", *child_args]
 
 
-async def _run_child(run: MatrixRun, child_args: list[str], *, console: Any) -> None:
+async def _run_child(run: MatrixRun, child_args: list[str], stop: asyncio.Event, *, console: Any) -> None:
     from proctor.evals.progress import progress_record
 
     proc = await asyncio.create_subprocess_exec(
@@ -189,8 +195,11 @@ async def _run_child(run: MatrixRun, child_args: list[str], *, console: Any) -> 
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PROCTOR_PROGRESS": "json"},
         start_new_session=True,  # Ctrl-C at a terminal reaches the parent only, which passes it on once
+        limit=MAX_LINE,
     )
     run.pid, run.started = proc.pid, True
+    if stop.is_set():  # the signal came while this child was being spawned: it gets it too
+        os.kill(proc.pid, signal.SIGINT)
     if console is not None:
         console.print(f"started  {run.name}", markup=False, soft_wrap=True)
     assert proc.stdout is not None
@@ -254,7 +263,7 @@ def _table(runs: list[MatrixRun], *, final: bool) -> Any:
         accuracy, done, total, errors = _figures(run, final=final)
         row = [
             run.name,
-            run.cell.model_label,
+            run.label,
             "not started" if final and not run.started else run.state,
             "-" if accuracy is None else f"{accuracy:.1%}",
             f"{done}/{'?' if total is None else total}",

@@ -88,7 +88,7 @@ def submit(
         typer.Argument(
             help="Task spec YAML; its dataset is uploaded from beside it. Several specs (or one role given "
             "by several --model) are queued as one batch: every spec with every model.",
-            metavar="SPEC...",
+            metavar="SPEC",
         ),
     ] = None,
     server: ServerOpt = None,
@@ -571,10 +571,12 @@ def list_jobs(
     """Your jobs on the server (--watch: a live table of their progress)."""
     with _client(server, token) as client:
         if watch:
+            from proctor.cli.batches import outcome
             from proctor.cli.batches import watch as watch_jobs
 
-            watch_jobs(lambda: client.list(all_users=all_users, batch=batch), interval=interval)
-            return
+            raise typer.Exit(
+                outcome(watch_jobs(lambda: client.list(all_users=all_users, batch=batch), interval=interval))
+            )
         jobs = client.list(all_users=all_users, batch=batch)
     from rich.table import Table
 

@@ -69,7 +69,11 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
 def run(
     specs: Annotated[
         list[Path],
-        typer.Argument(help="Task spec (YAML); several specs run as a matrix (see --parallel).", show_default=False),
+        typer.Argument(
+            help="Task spec (YAML); several specs run as a matrix (see --parallel).",
+            show_default=False,
+            metavar="SPEC",
+        ),
     ],
     out: Annotated[
         Path | None,
