@@ -1,4 +1,7 @@
-"""Slots, the persistent queue, and the life of each job from submission to its final state.
+"""Slots, the persistent queue, and each job's way from submission to a claimed slot.
+
+What happens once a job holds a slot (spawning, supervision, recording its end) is
+``supervisor.py``'s; scrubbing a finished job's secrets is ``scrub.py``'s.
 
 The queue is the ``jobs`` table itself (state ``queued``, ordered by priority then arrival), so a
 restart loses nothing. One scheduler task sleeps on an ``asyncio.Event``; a submission, a resume or
@@ -13,56 +16,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import logging
 import math
 import secrets as secrets_mod
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from proctor import sandbox as sandbox_mod
-from proctor.errors import (
-    CRASH_EXIT_CODE,
-    ConflictError,
-    InputError,
-    PermissionDeniedError,
-    ProctorError,
-    QueueFullError,
-)
+from proctor.errors import ConflictError, InputError, PermissionDeniedError, QueueFullError
 from proctor.server import jobs as jobmod
 from proctor.server.auth import Principal, check_access
 from proctor.server.jobs import JobSecrets, key_env_name
-from proctor.server.logs import LogTail, Watch
+from proctor.server.logs import Watch
 from proctor.server.metrics import Metrics
 from proctor.server.quotas import Quota
 from proctor.server.schemas import JOB_ID_RE, JobView, ResumeRequest, SubmitRequest
 from proctor.server.settings import ServerSettings
 from proctor.server.store import ACTIVE_STATES, TERMINAL_STATES, JobRow, JobStore
+from proctor.server.supervisor import Running, Supervisor, outcome
 
 log = logging.getLogger("proctor.server")
 
 SHARED_QUEUE_POLL = 1.0
 """Seconds between looks at a shared store's queue (see ``JobStore.shared``) when nothing woke us."""
-
-
-@dataclass(slots=True)
-class Running:
-    """A job holding a slot."""
-
-    job_id: str
-    proc: asyncio.subprocess.Process | None = None
-    task: asyncio.Task[None] | None = None
-    tail: LogTail | None = None
-    stop_reason: str | None = None
-    """``cancelled`` / ``timed_out`` / ``shutdown`` once the server decided to stop the job."""
-    secrets: list[str] = field(default_factory=list)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the process is spawned (or failed to): a cancel waits for it, never misses it."""
-    slot: int = 0
-    """Which slot it holds: as root, the job runs as uid ``sandbox.uid + slot``."""
 
 
 def new_job_id() -> str:
@@ -72,44 +50,6 @@ def new_job_id() -> str:
     reads as an option (``proctor status -x5...``); base32 is also safe in any shell or file name.
     """
     return base64.b32encode(secrets_mod.token_bytes(16)).decode("ascii").rstrip("=").lower()
-
-
-def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, str | None]:
-    """Map the engine's exit code to a final state and a note for the user.
-
-    ``last_line``: the job log's last line, which for a crash is the error itself. A sandboxed
-    job's exit code comes from bwrap, which reports death by signal N as 128 + N.
-    """
-    if code == 0:
-        return "succeeded", None
-    if code == 1 and kind == "proctor":
-        return (
-            "succeeded",
-            "the run finished but some samples errored (see eval_stats.json; resume with --retry-errors)",
-        )
-    if code == 2:
-        return "failed", "bad input (see the job log)"
-    if code == CRASH_EXIT_CODE and kind == "proctor":
-        return "failed", f"the engine crashed: {last_line or 'see the job log'}"
-    if code in (130, -2):
-        return "failed", "interrupted"
-    if code < 0:
-        return "failed", f"killed by signal {-code}"
-    if 128 < code < 160:
-        return "failed", f"killed by signal {code - 128} (a sandbox ceiling, e.g. memory?)"
-    return "failed", f"exited with code {code}" + (f": {last_line}" if last_line else "")
-
-
-def last_log_line(path: Path, *, tail: int = 8192) -> str | None:
-    """The last non-empty line of a job log (its end only is read), cut to 300 characters."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, 2) - tail))
-            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines()]
-    except OSError:
-        return None
-    lines = [ln for ln in lines if ln and not ln.startswith("PROCTOR_PROGRESS ")]
-    return lines[-1][:300] if lines else None
 
 
 class JobManager:
@@ -123,12 +63,12 @@ class JobManager:
         self.hub: Any = None
         self.port = settings.port
         self.secrets: dict[str, JobSecrets] = {}
-        self.running: dict[str, Running] = {}
         self.watches: dict[str, Watch] = {}
         self.wake = asyncio.Event()
+        self.supervisor = Supervisor(settings, store, metrics, watch=self.watch, on_end=self._ended)
+        self.running: dict[str, Running] = self.supervisor.running
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._progress_saved: dict[str, float] = {}
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
 
     # lifecycle ------------------------------------------------------------------------------------
@@ -147,13 +87,7 @@ class JobManager:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        for run in list(self.running.values()):
-            run.stop_reason = "shutdown"
-            if run.proc is not None:
-                await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
-        tasks = [r.task for r in self.running.values() if r.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self.supervisor.stop_all()
 
     async def recover(self) -> None:
         """After a restart: kill orphans of the old server, re-queue their jobs ahead of newer ones."""
@@ -387,6 +321,11 @@ class JobManager:
             log.info("job %s %s", job_id, "running again: its tunnel is back" if connected else "waiting_for_tunnel")
             self.watch(job_id).notify()
 
+    def _ended(self, job_id: str) -> None:
+        """A job left its slot for good: drop its secrets, and let the next job have the slot."""
+        self._forget(job_id)
+        self.wake.set()
+
     def _forget(self, job_id: str) -> None:
         self.secrets.pop(job_id, None)
         if self.hub is not None:
@@ -422,115 +361,11 @@ class JobManager:
             exit_code=None,
         ):
             return
-        used = {r.slot for r in self.running.values()}
-        run = Running(job.id, slot=min(set(range(len(self.running) + 1)) - used))
-        self.running[job.id] = run
-        job_dir = self.job_dir(job.id)
-        secrets = self.secrets.get(job.id, JobSecrets())
-        run.secrets = secrets.values()
-        try:
-            private_urls = {role: self.facade_url(job.id) for role in job.private_roles}
-            if job.kind == "proctor" and job.private_roles:
-                jobmod.set_private_endpoints(
-                    job_dir,
-                    job.private_roles,
-                    self.facade_url(job.id),
-                    tunnel_deadline=self.settings.tunnel_request_deadline,
-                )
-            argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
-            env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)
-            log_path = job_dir / "job.log"
-            box, limits = None, None
-            if self.settings.sandbox.enabled:
-                uid = self.settings.sandbox.uid + run.slot
-                if sandbox_mod.running_as_root():
-                    await asyncio.to_thread(jobmod.give_out_dir, job_dir, uid)
-                box = jobmod.job_sandbox(job.request, job_dir, self.settings, uid=uid)
-                limits = jobmod.job_limits(job.request, self.settings)
-            run.proc = await jobmod.spawn(argv, cwd=job_dir, env=env, log_path=log_path, sandbox=box, limits=limits)
-        except (OSError, ProctorError) as exc:
-            await self._finish(job, run, "failed", None, f"could not start: {exc}")
-            run.started.set()
-            return
-        proc_start = _create_time(run.proc.pid)
-        self.store.update(job.id, pid=run.proc.pid, proc_start=proc_start)
-        log.info("job %s started (pid %s, attempt %s)", job.id, run.proc.pid, job.attempts + 1)
-        run.tail = LogTail(
-            log_path,
-            self.watch(job.id),
-            interval=self.settings.log_poll_interval,
-            on_progress=functools.partial(self._progress, job.id),
-        )
-        run.tail.start()
-        self.watch(job.id).notify()
-        run.task = asyncio.create_task(self._supervise(job, run, job.timeout or self.settings.job_timeout))
-        run.started.set()
+        run = self.supervisor.take_slot(job.id)
+        await self.supervisor.launch(job, run, self.secrets.get(job.id, JobSecrets()), self.facade_url(job.id))
 
     def facade_url(self, job_id: str) -> str:
         return f"http://{self.settings.internal_host}:{self.port}/internal/jobs/{job_id}/v1"
 
-    def _progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        # The engine prints ~1 line/s; store at most one per second per job, and always the last.
-        now = time.monotonic()
-        done = progress.get("done") is not None and progress.get("done") == progress.get("total")
-        if now - self._progress_saved.get(job_id, 0.0) >= 1.0 or done:
-            self._progress_saved[job_id] = now
-            self.store.update(job_id, progress=progress)
 
-    async def _supervise(self, job: JobRow, run: Running, timeout: float) -> None:
-        assert run.proc is not None
-        code: int | None
-        try:
-            code = await asyncio.wait_for(asyncio.shield(run.proc.wait()), timeout)
-        except TimeoutError:
-            if run.stop_reason is None:
-                run.stop_reason = "timed_out"
-            await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
-            code = run.proc.returncode
-        if run.stop_reason == "shutdown":
-            if run.tail is not None:
-                await run.tail.stop()
-            self.running.pop(job.id, None)
-            return
-        if run.stop_reason in ("cancelled", "timed_out"):
-            # The leader may have exited on SIGTERM before its children: make sure none is left.
-            await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
-            await jobmod.run_cleanup_hooks(job.id, self.job_dir(job.id), self.settings)
-            note = "cancelled by its owner" if run.stop_reason == "cancelled" else f"timed out after {timeout:g} s"
-            current = self.store.find(job.id)
-            if run.stop_reason == "timed_out" and current is not None and current.state == "waiting_for_tunnel":
-                note += " while waiting for its tunnel (no `proctor tunnel` client was connected)"
-            await self._finish(job, run, run.stop_reason, code, note)
-            return
-        # Even a job that ended by itself may have left children in its group.
-        if jobmod.group_members(run.proc.pid):
-            await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
-        state, end_note = outcome(
-            job.kind, code if code is not None else -9, last_log_line(self.job_dir(job.id) / "job.log")
-        )
-        await self._finish(job, run, state, code, end_note)
-
-    async def _finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:
-        if run.tail is not None:
-            await run.tail.stop()
-        if run.secrets:
-            await asyncio.to_thread(jobmod.scrub_secrets, self.job_dir(job.id), run.secrets)
-        self.store.update(job.id, state=state, exit_code=code, note=note, finished_at=time.time(), pid=None)
-        self.metrics.outcomes[state] += 1
-        self._forget(job.id)
-        self.running.pop(job.id, None)
-        log.info("job %s %s (exit code %s)", job.id, state, code)
-        self.watch(job.id).notify()
-        self.wake.set()
-
-
-def _create_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-__all__ = ["JobManager", "PermissionDeniedError", "new_job_id", "outcome"]
+__all__ = ["JobManager", "PermissionDeniedError", "Running", "new_job_id", "outcome"]
