@@ -29,6 +29,7 @@ from proctor.errors import ConflictError, InputError, PermissionDeniedError, Que
 from proctor.server import jobs as jobmod
 from proctor.server.auth import Principal, check_access
 from proctor.server.jobs import JobSecrets, key_env_name
+from proctor.server.leases import Instance, Leases
 from proctor.server.logs import Watch
 from proctor.server.metrics import Metrics
 from proctor.server.quotas import Quota
@@ -41,6 +42,8 @@ log = logging.getLogger("proctor.server")
 
 SHARED_QUEUE_POLL = 1.0
 """Seconds between looks at a shared store's queue (see ``JobStore.shared``) when nothing woke us."""
+REMOTE_FOLLOW_POLL = 0.25
+"""Seconds between looks at the log of a job another server of the fleet may be running."""
 
 
 def new_job_id() -> str:
@@ -65,9 +68,12 @@ class JobManager:
         self.secrets: dict[str, JobSecrets] = {}
         self.watches: dict[str, Watch] = {}
         self.wake = asyncio.Event()
-        self.supervisor = Supervisor(settings, store, metrics, watch=self.watch, on_end=self._ended)
+        self.instance = Instance.current()
+        self.leases = Leases(store, self.instance, settings.lease_seconds)
+        self.supervisor = Supervisor(settings, store, metrics, self.leases, watch=self.watch, on_end=self._ended)
         self.running: dict[str, Running] = self.supervisor.running
         self._loop_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._stopping = False
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -78,53 +84,90 @@ class JobManager:
             await asyncio.to_thread(sandbox_mod.require)  # never run a job unsandboxed by accident
         await self.recover()
         self._loop_task = asyncio.create_task(self._schedule())
+        self._lease_task = asyncio.create_task(self._keep_leases())
         self.wake.set()
 
     async def stop(self) -> None:
         """Stop the jobs but keep them ``running`` in the store: the next start re-queues them."""
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for task in (self._loop_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.supervisor.stop_all()
+        try:
+            self.leases.release()
+        except Exception as exc:  # noqa: BLE001 - the store may be gone; the leases then lapse by themselves
+            log.warning("could not release this server's leases: %s", exc)
 
     async def recover(self) -> None:
-        """After a restart: kill orphans of the old server, re-queue their jobs ahead of newer ones."""
+        """After a restart: kill orphans of the old server, re-queue their jobs ahead of newer ones.
+
+        On a shared store only the jobs no live instance owns (see ``leases.py``) are touched.
+        """
+        now = time.time()
         for job in self.store.list_jobs(states=set(ACTIVE_STATES) | {"queued"}):
-            if job.state in ACTIVE_STATES and jobmod.is_same_process(job.pid, job.proc_start):
+            if self.store.shared and not self.leases.orphaned(job, now):
+                continue
+            if (
+                job.state in ACTIVE_STATES
+                and self.instance.same_host(job.instance)
+                and jobmod.is_same_process(job.pid, job.proc_start)
+            ):
                 assert job.pid is not None
                 log.info("job %s: stopping the process the previous server left running", job.id)
                 await jobmod.kill_tree(job.pid, grace=self.settings.kill_grace)
             if job.private_roles and not job.key_envs and job.tunnel_digest and self.hub is not None:
                 # Nothing was lost but the internal token, which is new at each start anyway: the
                 # submitter's agent reconnects with the secret it holds, and the job runs again.
-                internal_token = self.hub.restore_job(
-                    job.id, owner=job.owner, roles=job.private_roles, secret_digest=job.tunnel_digest
-                )
-                self._set_internal_token(job.id, job.private_roles, internal_token)
+                values: dict[str, Any] = {"pid": None, **self.leases.owned()}
                 if job.state in ACTIVE_STATES:
-                    self.store.update(
-                        job.id,
+                    values.update(
                         state="queued",
                         priority=0,
-                        pid=None,
                         note="re-queued after a server restart; its tunnel client reconnects by itself",
                     )
+                if self._take(job, **values):
+                    internal_token = self.hub.restore_job(
+                        job.id, owner=job.owner, roles=job.private_roles, secret_digest=job.tunnel_digest
+                    )
+                    self._set_internal_token(job.id, job.private_roles, internal_token)
             elif job.key_envs or job.private_roles:
-                self.store.update(
-                    job.id,
+                self._take(
+                    job,
                     state="waiting_for_credentials",
                     pid=None,
                     note="the server restarted and kept no keys: re-supply them with `proctor resume " + job.id + "`",
+                    **self.leases.unowned(),
                 )
             elif job.state in ACTIVE_STATES:
-                self.store.update(job.id, state="queued", priority=0, pid=None, note="re-queued after a server restart")
+                self._take(
+                    job,
+                    state="queued",
+                    priority=0,
+                    pid=None,
+                    note="re-queued after a server restart",
+                    **self.leases.unowned(),
+                )
+
+    def _take(self, job: JobRow, **values: Any) -> bool:
+        """Change a job this server found orphaned; on a shared store, only if no other server
+        changed it first (compare-and-set on its owner and lease)."""
+        if self.store.shared:
+            return self.leases.take(job, **values)
+        self.store.update(job.id, **values)
+        return True
 
     # queries --------------------------------------------------------------------------------------
 
     def watch(self, job_id: str) -> Watch:
         return self.watches.setdefault(job_id, Watch())
+
+    def follow_poll(self, job_id: str) -> float | None:
+        """How often a log follower looks at the file by itself: on a shared store the job may run
+        on another server, whose tail task wakes nobody here; else never (our tail wakes it)."""
+        return max(self.settings.log_poll_interval, REMOTE_FOLLOW_POLL) if self.store.shared else None
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id
@@ -218,6 +261,8 @@ class JobManager:
             pid=None,
             proc_start=None,
             progress=None,
+            # A job whose secrets live in this server's memory can run only here: it is ours while queued.
+            **(self.leases.owned(now) if prepared.key_envs or prepared.private_roles else self.leases.unowned()),
         )
         if existing:
             self.store.update(job_id, **values)
@@ -266,7 +311,15 @@ class JobManager:
         self.secrets[job.id] = JobSecrets(env={k: v for k, v in supplied.env.items() if k in job.key_envs})
         request = dict(job.request)
         request["retry_errors"] = req.retry_errors
-        self.store.update(job.id, state="queued", priority=0, queued_at=time.time(), note="resumed", request=request)
+        self.store.update(
+            job.id,
+            state="queued",
+            priority=0,
+            queued_at=time.time(),
+            note="resumed",
+            request=request,
+            **(self.leases.owned() if job.key_envs or job.private_roles else self.leases.unowned()),
+        )
         if job.private_roles and self.hub is not None:
             with contextlib.suppress(Exception):
                 self.hub.unregister_job(job.id)
@@ -343,10 +396,39 @@ class JobManager:
                 await self.wake.wait()
             self.wake.clear()
             while not self._stopping and len(self.running) < self.settings.slots:
-                queue = self.store.queued()
-                if not queue:
+                job = next((j for j in self.store.queued() if self._can_run(j)), None)
+                if job is None:
                     break
-                await self._start(queue[0])
+                await self._start(job)
+
+    def _can_run(self, job: JobRow) -> bool:
+        """A job needing secrets runs only on the server holding them (another fleet member's
+        memory is out of reach); any server runs the others."""
+        return not (job.key_envs or job.private_roles) or job.id in self.secrets
+
+    async def _keep_leases(self) -> None:
+        """Renew this server's leases; stop jobs it no longer owns; take over lapsed ones."""
+        while True:
+            await asyncio.sleep(self.leases.renew_every)
+            try:
+                mine = self.leases.renew()
+            except Exception as exc:  # noqa: BLE001 - a store outage must not end the loop
+                log.warning("could not renew this server's leases: %s", exc)
+                if self.leases.overdue():
+                    await self.supervisor.fence(set(self.running))
+                continue
+            await self.supervisor.fence(set(self.running) - mine)
+            if self.store.shared:
+                try:
+                    taken = await self.leases.take_over_expired(self.settings.kill_grace)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not look for jobs whose lease lapsed: %s", exc)
+                    continue
+                for job_id in taken:
+                    log.info("job %s taken over from a server that stopped renewing its lease", job_id)
+                    self.watch(job_id).notify()
+                if taken:
+                    self.wake.set()
 
     async def _start(self, job: JobRow) -> None:
         # The claim: a conditional UPDATE, so of several servers sharing the store exactly one
@@ -359,6 +441,7 @@ class JobManager:
             finished_at=None,
             attempts=job.attempts + 1,
             exit_code=None,
+            **self.leases.owned(),
         ):
             return
         run = self.supervisor.take_slot(job.id)

@@ -94,6 +94,10 @@ jobs_table = Table(
     Column("tunnel_digest", String(64)),
     # tunnel_digest: sha256 of a private job's tunnel secret (never the secret), so that the
     # submitter's agent is let back in after a server restart without `proctor resume`.
+    Column("instance", String(160)),
+    # instance: the server instance that runs the job, or holds its secrets while it is queued.
+    Column("lease_until", Float),
+    # lease_until: when that instance's claim lapses unless renewed (see server/leases.py).
 )
 
 submissions_table = Table(
@@ -156,6 +160,8 @@ class JobRow:
     proc_start: float | None = None
     progress: dict[str, Any] | None = None
     tunnel_digest: str | None = None
+    instance: str | None = None
+    lease_until: float | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:

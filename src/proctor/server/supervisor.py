@@ -20,6 +20,7 @@ from proctor import sandbox as sandbox_mod
 from proctor.errors import CRASH_EXIT_CODE, ProctorError
 from proctor.server import jobs as jobmod
 from proctor.server.jobs import JobSecrets
+from proctor.server.leases import Leases
 from proctor.server.logs import LogTail, Watch
 from proctor.server.metrics import Metrics
 from proctor.server.scrub import scrub_secrets
@@ -97,6 +98,7 @@ class Supervisor:
         settings: ServerSettings,
         store: JobStore,
         metrics: Metrics,
+        leases: Leases,
         *,
         watch: Callable[[str], Watch],
         on_end: Callable[[str], None],
@@ -104,6 +106,7 @@ class Supervisor:
         self.settings = settings
         self.store = store
         self.metrics = metrics
+        self.leases = leases
         self.watch = watch
         self.on_end = on_end
         self.running: dict[str, Running] = {}
@@ -171,6 +174,20 @@ class Supervisor:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def fence(self, job_ids: set[str]) -> None:
+        """Stop the jobs this server may no longer run (its lease on them lapsed or was taken):
+        another server may start them, and a job must never run twice at once."""
+        for job_id in job_ids:
+            run = self.running.get(job_id)
+            if run is None or run.stop_reason is not None:
+                continue
+            log.warning("job %s: this server lost its lease; stopping its process", job_id)
+            run.stop_reason = "lease_lost"
+            await run.started.wait()
+            if run.proc is not None:
+                grace = min(self.settings.kill_grace, self.leases.seconds / 4)
+                await jobmod.kill_tree(run.proc.pid, grace=grace, proc=run.proc)
+
     def _progress(self, job_id: str, progress: dict[str, Any]) -> None:
         # The engine prints ~1 line/s; store at most one per second per job, and always the last.
         now = time.monotonic()
@@ -189,10 +206,12 @@ class Supervisor:
                 run.stop_reason = "timed_out"
             await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
             code = run.proc.returncode
-        if run.stop_reason == "shutdown":
+        if run.stop_reason in ("shutdown", "lease_lost"):
             if run.tail is not None:
                 await run.tail.stop()
             self.running.pop(job.id, None)
+            if run.stop_reason == "lease_lost":
+                self.on_end(job.id)  # the job is another server's now: its secrets go, the slot is free
             return
         if run.stop_reason in ("cancelled", "timed_out"):
             # The leader may have exited on SIGTERM before its children: make sure none is left.
@@ -217,8 +236,10 @@ class Supervisor:
             await run.tail.stop()
         if run.secrets:
             await asyncio.to_thread(scrub_secrets, self.job_dir(job.id), run.secrets)
-        self.store.update(job.id, state=state, exit_code=code, note=note, finished_at=time.time(), pid=None)
-        self.metrics.outcomes[state] += 1
+        if self.leases.record_end(job.id, state=state, exit_code=code, note=note, finished_at=time.time(), pid=None):
+            self.metrics.outcomes[state] += 1
+        else:
+            log.warning("job %s ended here after another server took it over: its end is not recorded", job.id)
         self.running.pop(job.id, None)
         self.on_end(job.id)
         log.info("job %s %s (exit code %s)", job.id, state, code)
