@@ -161,7 +161,7 @@ def test_a_killed_servers_running_job_is_taken_over_and_finished_without_redoing
         fleet.stop()
 
 
-def test_a_job_whose_keys_died_with_its_server_waits_for_them_and_never_runs_elsewhere(tmp_path: Path) -> None:
+def test_jobs_whose_keys_or_tunnel_died_with_their_server_wait_and_never_run_elsewhere(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
     gate = tmp_path / "gates" / "open"
     try:
@@ -181,16 +181,23 @@ def test_a_job_whose_keys_died_with_its_server_waits_for_them_and_never_runs_els
             r = client.post("/v1/jobs", json=body)
             assert r.status_code == 201, r.text
             keyed = r.json()["job"]["id"]
+            # and a private-mode job: its tunnel is registered in that server only
+            private = client.post("/v1/jobs", json={**_spec(tmp_path, "http://127.0.0.1:9/v1"), "private": True})
+            assert private.status_code == 201, private.text
+            tunnelled = private.json()["job"]["id"]
         with fleet.client(1 - busy) as idle:
             # the idle server runs a keyless job at once, which shows it is looking at the queue...
             free = idle.post("/v1/jobs", json=_script("lines", "1")).json()["job"]["id"]
             _wait(idle, free, lambda j: j["state"] == "succeeded", "succeeded")
-            # ...but it never ran the key job it holds no key for
+            # ...but it never ran the key job it holds no key for, nor the private job
             assert _job(idle, keyed)["state"] == "queued"
+            assert _job(idle, tunnelled)["state"] == "queued"
             fleet.sigkill(owner)
             waiting = _wait(idle, keyed, lambda j: j["state"] == "waiting_for_credentials", "waiting for its keys")
             assert waiting["attempts"] == 0
             assert f"proctor resume {keyed}" in waiting["note"]
+            waiting = _wait(idle, tunnelled, lambda j: j["state"] == "waiting_for_credentials", "waiting for a tunnel")
+            assert waiting["attempts"] == 0 and "tunnel" in waiting["note"]
             # the keyless gated job is taken over and runs again on the survivor
             gate.touch()
             assert _wait(idle, held, lambda j: j["state"] == "succeeded", "succeeded")["attempts"] == 2
