@@ -53,7 +53,7 @@ def test_scrubbing_the_key_keeps_every_scored_sample(secure_server) -> None:
 def test_large_files_are_scrubbed_in_place_a_chunk_at_a_time(tmp_path, monkeypatch) -> None:
     """A job may leave files of many GB: they are scrubbed in chunks (never read whole), and a key
     across a chunk boundary is still found."""
-    from proctor.server import jobs
+    from proctor.server import scrub as jobs  # the scrub moved from jobs.py to scrub.py
 
     monkeypatch.setattr(jobs, "_CHUNK", 16)
     data = ("x" * 13 + KEY + "y" * 5 + KEY + "z" * 40 + KEY) * 3

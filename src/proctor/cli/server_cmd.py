@@ -65,6 +65,13 @@ def serve_command(
             "--tunnel-max-inflight", help="Private mode: model calls forwarded at once per job (default 256)."
         ),
     ] = None,
+    lease_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--lease-seconds",
+            help="Fleet: seconds without a lease renewal before another server takes a job over (default 30).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     no_sandbox: Annotated[
         bool,
@@ -97,6 +104,7 @@ def serve_command(
         tunnel_grace=tunnel_grace,
         tunnel_request_deadline=tunnel_deadline,
         tunnel_max_inflight=tunnel_max_inflight,
+        lease_seconds=lease_seconds,
     )
     if no_sandbox:
         settings = settings.model_copy(update={"sandbox": settings.sandbox.model_copy(update={"enabled": False})})

@@ -291,7 +291,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             return current.state if current.state in TERMINAL_STATES else None
 
         return StreamingResponse(
-            logs.follow(path, offset, manager.watch(job.id), finished),
+            logs.follow(path, offset, manager.watch(job.id), finished, poll=manager.follow_poll(job.id)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

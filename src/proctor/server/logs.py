@@ -151,13 +151,18 @@ async def follow(
     offset: int,
     watch: Watch,
     is_finished: Callable[[], str | None],
+    *,
+    poll: float | None = None,
 ) -> AsyncIterator[bytes]:
     """SSE stream of the log from ``offset`` until the job ends (then an ``end`` event).
 
     ``is_finished`` returns the final state once the job is over (None while it may still write).
-    Only whole lines are sent while the job runs, so an event never splits a line.
+    Only whole lines are sent while the job runs, so an event never splits a line. ``poll``: look
+    at the file this often even when ``watch`` says nothing, for a job another server of a fleet
+    runs (its tail task, which notifies ``watch``, is on that server).
     """
     yield b"retry: 1000\n\n"
+    quiet_since = asyncio.get_running_loop().time()
     while True:
         seen = watch.version
         final = is_finished()
@@ -173,5 +178,9 @@ async def follow(
         if final is not None and offset >= size:
             yield sse_event(json.dumps({"state": final}), event="end", event_id=offset)
             return
-        if not await watch.wait(seen, KEEPALIVE_SECONDS):
+        if await watch.wait(seen, poll or KEEPALIVE_SECONDS):
+            continue
+        now = asyncio.get_running_loop().time()
+        if now - quiet_since >= KEEPALIVE_SECONDS:
+            quiet_since = now
             yield b": keepalive\n\n"

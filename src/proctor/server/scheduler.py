@@ -1,4 +1,7 @@
-"""Slots, the persistent queue, and the life of each job from submission to its final state.
+"""Slots, the persistent queue, and each job's way from submission to a claimed slot.
+
+What happens once a job holds a slot (spawning, supervision, recording its end) is
+``supervisor.py``'s; scrubbing a finished job's secrets is ``scrub.py``'s.
 
 The queue is the ``jobs`` table itself (state ``queued``, ordered by priority then arrival), so a
 restart loses nothing. One scheduler task sleeps on an ``asyncio.Event``; a submission, a resume or
@@ -13,40 +16,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import logging
 import math
 import secrets as secrets_mod
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from proctor import sandbox as sandbox_mod
-from proctor.errors import (
-    CRASH_EXIT_CODE,
-    EXIT_BAD_INPUT,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_SAMPLE_ERRORS,
-    ConflictError,
-    InputError,
-    PermissionDeniedError,
-    ProctorError,
-    QueueFullError,
-)
-from proctor.evals.progress import PROGRESS_PREFIX
+from proctor.errors import ConflictError, InputError, PermissionDeniedError, QueueFullError
 from proctor.server import jobs as jobmod
 from proctor.server.auth import Principal, check_access
 from proctor.server.batches import submission_labels
 from proctor.server.jobs import JobSecrets, key_env_name
-from proctor.server.logs import LogTail, Watch
+from proctor.server.leases import Instance, Leases
+from proctor.server.logs import Watch
 from proctor.server.metrics import Metrics
 from proctor.server.quotas import Quota
 from proctor.server.schemas import JOB_ID_RE, JobView, ResumeRequest, SubmitRequest
 from proctor.server.settings import ServerSettings
 from proctor.server.store import ACTIVE_STATES, TERMINAL_STATES, JobRow, JobStore
+from proctor.server.supervisor import Running, Supervisor, outcome
 from proctor.server.tunnel.hub import TunnelHub
 from proctor.tunnel.protocol import facade_base_url
 
@@ -54,23 +45,8 @@ log = logging.getLogger("proctor.server")
 
 SHARED_QUEUE_POLL = 1.0
 """Seconds between looks at a shared store's queue (see ``JobStore.shared``) when nothing woke us."""
-
-
-@dataclass(slots=True)
-class Running:
-    """A job holding a slot."""
-
-    job_id: str
-    proc: asyncio.subprocess.Process | None = None
-    task: asyncio.Task[None] | None = None
-    tail: LogTail | None = None
-    stop_reason: str | None = None
-    """``cancelled`` / ``timed_out`` / ``shutdown`` once the server decided to stop the job."""
-    secrets: list[str] = field(default_factory=list)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the process is spawned (or failed to): a cancel waits for it, never misses it."""
-    slot: int = 0
-    """Which slot it holds: as root, the job runs as uid ``sandbox.uid + slot``."""
+REMOTE_FOLLOW_POLL = 0.25
+"""Seconds between looks at the log of a job another server of the fleet may be running."""
 
 
 def new_job_id() -> str:
@@ -80,46 +56,6 @@ def new_job_id() -> str:
     reads as an option (``proctor status -x5...``); base32 is also safe in any shell or file name.
     """
     return base64.b32encode(secrets_mod.token_bytes(16)).decode("ascii").rstrip("=").lower()
-
-
-def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, str | None]:
-    """Map the engine's exit code to a final state and a note for the user.
-
-    ``last_line``: the job log's last line, which for a crash is the error itself. A sandboxed
-    job's exit code comes from bwrap, which reports death by signal N as 128 + N.
-    """
-    if code == EXIT_OK:
-        return "succeeded", None
-    if code == EXIT_SAMPLE_ERRORS and kind == "lm_eval":
-        return "failed", "some requests failed after their retries; metrics withheld (resume with --retry-errors)"
-    if code == EXIT_SAMPLE_ERRORS and kind == "proctor":
-        return (
-            "succeeded",
-            "the run finished but some samples errored (see eval_stats.json; resume with --retry-errors)",
-        )
-    if code == EXIT_BAD_INPUT:
-        return "failed", "bad input (see the job log)"
-    if code == CRASH_EXIT_CODE and kind in ("proctor", "lm_eval"):
-        return "failed", f"the engine crashed: {last_line or 'see the job log'}"
-    if code in (EXIT_INTERRUPTED, -2):
-        return "failed", "interrupted"
-    if code < 0:
-        return "failed", f"killed by signal {-code}"
-    if 128 < code < 160:
-        return "failed", f"killed by signal {code - 128} (a sandbox ceiling, e.g. memory?)"
-    return "failed", f"exited with code {code}" + (f": {last_line}" if last_line else "")
-
-
-def last_log_line(path: Path, *, tail: int = 8192) -> str | None:
-    """The last non-empty line of a job log (its end only is read), cut to 300 characters."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, 2) - tail))
-            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines()]
-    except OSError:
-        return None
-    lines = [ln for ln in lines if ln and not ln.startswith(PROGRESS_PREFIX)]
-    return lines[-1][:300] if lines else None
 
 
 class JobManager:
@@ -133,12 +69,15 @@ class JobManager:
         self.hub: TunnelHub | None = None
         self.port = settings.port
         self.secrets: dict[str, JobSecrets] = {}
-        self.running: dict[str, Running] = {}
         self.watches: dict[str, Watch] = {}
         self.wake = asyncio.Event()
+        self.instance = Instance.current()
+        self.leases = Leases(store, self.instance, settings.lease_seconds)
+        self.supervisor = Supervisor(settings, store, metrics, self.leases, watch=self.watch, on_end=self._ended)
+        self.running: dict[str, Running] = self.supervisor.running
         self._loop_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._progress_saved: dict[str, float] = {}
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
 
     # lifecycle ------------------------------------------------------------------------------------
@@ -148,59 +87,90 @@ class JobManager:
             await asyncio.to_thread(sandbox_mod.require)  # never run a job unsandboxed by accident
         await self.recover()
         self._loop_task = asyncio.create_task(self._schedule())
+        self._lease_task = asyncio.create_task(self._keep_leases())
         self.wake.set()
 
     async def stop(self) -> None:
         """Stop the jobs but keep them ``running`` in the store: the next start re-queues them."""
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        for run in list(self.running.values()):
-            run.stop_reason = "shutdown"
-            if run.proc is not None:
-                await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
-        tasks = [r.task for r in self.running.values() if r.task is not None]
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in (self._loop_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.supervisor.stop_all()
+        try:
+            self.leases.release()
+        except Exception as exc:  # noqa: BLE001 - the store may be gone; the leases then lapse by themselves
+            log.warning("could not release this server's leases: %s", exc)
 
     async def recover(self) -> None:
-        """After a restart: kill orphans of the old server, re-queue their jobs ahead of newer ones."""
+        """After a restart: kill orphans of the old server, re-queue their jobs ahead of newer ones.
+
+        On a shared store only the jobs no live instance owns (see ``leases.py``) are touched.
+        """
+        now = time.time()
         for job in self.store.list_jobs(states=set(ACTIVE_STATES) | {"queued"}):
-            if job.state in ACTIVE_STATES and jobmod.is_same_process(job.pid, job.proc_start):
+            if self.store.shared and not self.leases.orphaned(job, now):
+                continue
+            if (
+                job.state in ACTIVE_STATES
+                and self.instance.same_host(job.instance)
+                and jobmod.is_same_process(job.pid, job.proc_start)
+            ):
                 assert job.pid is not None
                 log.info("job %s: stopping the process the previous server left running", job.id)
                 await jobmod.kill_tree(job.pid, grace=self.settings.kill_grace)
             if job.private_roles and not job.key_envs and job.tunnel_digest and self.hub is not None:
                 # Nothing was lost but the internal token, which is new at each start anyway: the
                 # submitter's agent reconnects with the secret it holds, and the job runs again.
-                internal_token = self.hub.restore_job(
-                    job.id, owner=job.owner, roles=job.private_roles, secret_digest=job.tunnel_digest
-                )
-                self._set_internal_token(job.id, job.private_roles, internal_token)
+                values: dict[str, Any] = {"pid": None, **self.leases.owned()}
                 if job.state in ACTIVE_STATES:
-                    self.store.update(
-                        job.id,
+                    values.update(
                         state="queued",
                         priority=0,
-                        pid=None,
                         note="re-queued after a server restart; its tunnel client reconnects by itself",
                     )
+                if self._take(job, **values):
+                    internal_token = self.hub.restore_job(
+                        job.id, owner=job.owner, roles=job.private_roles, secret_digest=job.tunnel_digest
+                    )
+                    self._set_internal_token(job.id, job.private_roles, internal_token)
             elif job.key_envs or job.private_roles:
-                self.store.update(
-                    job.id,
+                self._take(
+                    job,
                     state="waiting_for_credentials",
                     pid=None,
                     note="the server restarted and kept no keys: re-supply them with `proctor resume " + job.id + "`",
+                    **self.leases.unowned(),
                 )
             elif job.state in ACTIVE_STATES:
-                self.store.update(job.id, state="queued", priority=0, pid=None, note="re-queued after a server restart")
+                self._take(
+                    job,
+                    state="queued",
+                    priority=0,
+                    pid=None,
+                    note="re-queued after a server restart",
+                    **self.leases.unowned(),
+                )
+
+    def _take(self, job: JobRow, **values: Any) -> bool:
+        """Change a job this server found orphaned; on a shared store, only if no other server
+        changed it first (compare-and-set on its owner and lease)."""
+        if self.store.shared:
+            return self.leases.take(job, **values)
+        self.store.update(job.id, **values)
+        return True
 
     # queries --------------------------------------------------------------------------------------
 
     def watch(self, job_id: str) -> Watch:
         return self.watches.setdefault(job_id, Watch())
+
+    def follow_poll(self, job_id: str) -> float | None:
+        """How often a log follower looks at the file by itself: on a shared store the job may run
+        on another server, whose tail task wakes nobody here; else never (our tail wakes it)."""
+        return max(self.settings.log_poll_interval, REMOTE_FOLLOW_POLL) if self.store.shared else None
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id
@@ -297,6 +267,8 @@ class JobManager:
             pid=None,
             proc_start=None,
             progress=None,
+            # A job whose secrets live in this server's memory can run only here: it is ours while queued.
+            **(self.leases.owned(now) if prepared.key_envs or prepared.private_roles else self.leases.unowned()),
         )
         values.update(submission_labels(req))  # batch id and table labels (server/batches.py)
         if existing:
@@ -346,7 +318,15 @@ class JobManager:
         self.secrets[job.id] = JobSecrets(env={k: v for k, v in supplied.env.items() if k in job.key_envs})
         request = dict(job.request)
         request["retry_errors"] = req.retry_errors
-        self.store.update(job.id, state="queued", priority=0, queued_at=time.time(), note="resumed", request=request)
+        self.store.update(
+            job.id,
+            state="queued",
+            priority=0,
+            queued_at=time.time(),
+            note="resumed",
+            request=request,
+            **(self.leases.owned() if job.key_envs or job.private_roles else self.leases.unowned()),
+        )
         if job.private_roles and self.hub is not None:
             with contextlib.suppress(Exception):
                 self.hub.unregister_job(job.id)
@@ -401,6 +381,11 @@ class JobManager:
             log.info("job %s %s", job_id, "running again: its tunnel is back" if connected else "waiting_for_tunnel")
             self.watch(job_id).notify()
 
+    def _ended(self, job_id: str) -> None:
+        """A job left its slot for good: drop its secrets, and let the next job have the slot."""
+        self._forget(job_id)
+        self.wake.set()
+
     def _forget(self, job_id: str) -> None:
         self.secrets.pop(job_id, None)
         if self.hub is not None:
@@ -418,10 +403,39 @@ class JobManager:
                 await self.wake.wait()
             self.wake.clear()
             while not self._stopping and len(self.running) < self.settings.slots:
-                queue = self.store.queued()
-                if not queue:
+                job = next((j for j in self.store.queued() if self._can_run(j)), None)
+                if job is None:
                     break
-                await self._start(queue[0])
+                await self._start(job)
+
+    def _can_run(self, job: JobRow) -> bool:
+        """A job needing secrets runs only on the server holding them (another fleet member's
+        memory is out of reach); any server runs the others."""
+        return not (job.key_envs or job.private_roles) or job.id in self.secrets
+
+    async def _keep_leases(self) -> None:
+        """Renew this server's leases; stop jobs it no longer owns; take over lapsed ones."""
+        while True:
+            await asyncio.sleep(self.leases.renew_every)
+            try:
+                mine = self.leases.renew()
+            except Exception as exc:  # noqa: BLE001 - a store outage must not end the loop
+                log.warning("could not renew this server's leases: %s", exc)
+                if self.leases.overdue():
+                    await self.supervisor.fence(set(self.running))
+                continue
+            await self.supervisor.fence(set(self.running) - mine)
+            if self.store.shared:
+                try:
+                    taken = await self.leases.take_over_expired(self.settings.kill_grace)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not look for jobs whose lease lapsed: %s", exc)
+                    continue
+                for job_id in taken:
+                    log.info("job %s taken over from a server that stopped renewing its lease", job_id)
+                    self.watch(job_id).notify()
+                if taken:
+                    self.wake.set()
 
     async def _start(self, job: JobRow) -> None:
         # The claim: a conditional UPDATE, so of several servers sharing the store exactly one
@@ -434,114 +448,14 @@ class JobManager:
             finished_at=None,
             attempts=job.attempts + 1,
             exit_code=None,
+            **self.leases.owned(),
         ):
             return
-        used = {r.slot for r in self.running.values()}
-        run = Running(job.id, slot=min(set(range(len(self.running) + 1)) - used))
-        self.running[job.id] = run
-        job_dir = self.job_dir(job.id)
-        secrets = self.secrets.get(job.id, JobSecrets())
-        run.secrets = secrets.values()
-        try:
-            private_urls = {role: self.facade_url(job.id) for role in job.private_roles}
-            if job.kind in jobmod.ENGINE_KINDS and job.private_roles:
-                jobmod.set_private_waits(
-                    job_dir, job.private_roles, tunnel_deadline=self.settings.tunnel_request_deadline
-                )
-            argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
-            env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)
-            log_path = job_dir / "job.log"
-            box, limits = None, None
-            if self.settings.sandbox.enabled:
-                uid = self.settings.sandbox.uid + run.slot
-                if sandbox_mod.running_as_root():
-                    await asyncio.to_thread(jobmod.give_out_dir, job_dir, uid)
-                box = jobmod.job_sandbox(job.request, job_dir, self.settings, uid=uid)
-                limits = jobmod.job_limits(job.request, self.settings)
-            run.proc = await jobmod.spawn(argv, cwd=job_dir, env=env, log_path=log_path, sandbox=box, limits=limits)
-        except (OSError, ProctorError) as exc:
-            await self._finish(job, run, "failed", None, f"could not start: {exc}")
-            run.started.set()
-            return
-        proc_start = _create_time(run.proc.pid)
-        self.store.update(job.id, pid=run.proc.pid, proc_start=proc_start)
-        log.info("job %s started (pid %s, attempt %s)", job.id, run.proc.pid, job.attempts + 1)
-        run.tail = LogTail(
-            log_path,
-            self.watch(job.id),
-            interval=self.settings.log_poll_interval,
-            on_progress=functools.partial(self._progress, job.id),
-        )
-        run.tail.start()
-        self.watch(job.id).notify()
-        run.task = asyncio.create_task(self._supervise(job, run, job.timeout or self.settings.job_timeout))
-        run.started.set()
+        run = self.supervisor.take_slot(job.id)
+        await self.supervisor.launch(job, run, self.secrets.get(job.id, JobSecrets()), self.facade_url(job.id))
 
     def facade_url(self, job_id: str) -> str:
         return facade_base_url(self.settings.internal_host, self.port, job_id)
 
-    def _progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        # The engine prints ~1 line/s; store at most one per second per job, and always the last.
-        now = time.monotonic()
-        done = progress.get("done") is not None and progress.get("done") == progress.get("total")
-        if now - self._progress_saved.get(job_id, 0.0) >= 1.0 or done:
-            self._progress_saved[job_id] = now
-            self.store.update(job_id, progress=progress)
 
-    async def _supervise(self, job: JobRow, run: Running, timeout: float) -> None:
-        assert run.proc is not None
-        code: int | None
-        try:
-            code = await asyncio.wait_for(asyncio.shield(run.proc.wait()), timeout)
-        except TimeoutError:
-            if run.stop_reason is None:
-                run.stop_reason = "timed_out"
-            await jobmod.kill_tree(run.proc.pid, grace=self.settings.kill_grace, proc=run.proc)
-            code = run.proc.returncode
-        if run.stop_reason == "shutdown":
-            if run.tail is not None:
-                await run.tail.stop()
-            self.running.pop(job.id, None)
-            return
-        if run.stop_reason in ("cancelled", "timed_out"):
-            # The leader may have exited on SIGTERM before its children: make sure none is left.
-            await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
-            await jobmod.run_cleanup_hooks(job.id, self.job_dir(job.id), self.settings)
-            note = "cancelled by its owner" if run.stop_reason == "cancelled" else f"timed out after {timeout:g} s"
-            current = self.store.find(job.id)
-            if run.stop_reason == "timed_out" and current is not None and current.state == "waiting_for_tunnel":
-                note += " while waiting for its tunnel (no `proctor tunnel` client was connected)"
-            await self._finish(job, run, run.stop_reason, code, note)
-            return
-        # Even a job that ended by itself may have left children in its group.
-        if jobmod.group_members(run.proc.pid):
-            await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
-        state, end_note = outcome(
-            job.kind, code if code is not None else -9, last_log_line(self.job_dir(job.id) / "job.log")
-        )
-        await self._finish(job, run, state, code, end_note)
-
-    async def _finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:
-        if run.tail is not None:
-            await run.tail.stop()
-        if run.secrets:
-            await asyncio.to_thread(jobmod.scrub_secrets, self.job_dir(job.id), run.secrets)
-        self.store.update(job.id, state=state, exit_code=code, note=note, finished_at=time.time(), pid=None)
-        self.metrics.outcomes[state] += 1
-        self._forget(job.id)
-        self.running.pop(job.id, None)
-        log.info("job %s %s (exit code %s)", job.id, state, code)
-        self.watch(job.id).notify()
-        self.wake.set()
-
-
-def _create_time(pid: int) -> float | None:
-    import psutil
-
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-__all__ = ["JobManager", "PermissionDeniedError", "new_job_id", "outcome"]
+__all__ = ["JobManager", "PermissionDeniedError", "Running", "new_job_id", "outcome"]

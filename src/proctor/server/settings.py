@@ -168,6 +168,9 @@ class ServerSettings(StrictModel):
     before the job gets a 503/504 for it. Private roles' ``request_timeout`` is raised to match."""
     tunnel_max_inflight: int = Field(default=256, ge=1, le=100_000)
     """Private mode: model calls forwarded at once per job; more wait (backpressure, not failure)."""
+    lease_seconds: float = Field(default=30.0, ge=1, le=86400)
+    """Fleet: a running job's lease. Its server renews it every quarter of this; when it has not for
+    this long, another server of a shared store takes the job over (see ``server/leases.py``)."""
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     lm_eval: LmEvalServerSettings = Field(default_factory=LmEvalServerSettings)
     """``lm_eval`` jobs: registered task directories, allowed built-in tasks, ``env_vars`` allow-list."""

@@ -90,6 +90,10 @@ jobs_table = Table(
     Column("spec_name", String(128)),
     Column("model_name", String(256)),
     # spec_name, model_name: the task's name and the subject's model, for tables of many jobs.
+    Column("instance", String(160)),
+    # instance: the server instance that runs the job, or holds its secrets while it is queued.
+    Column("lease_until", Float),
+    # lease_until: when that instance's claim lapses unless renewed (see server/leases.py).
 )
 
 submissions_table = Table(
@@ -157,6 +161,8 @@ class JobRow:
     batch_id: str | None = None
     spec_name: str | None = None
     model_name: str | None = None
+    instance: str | None = None
+    lease_until: float | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:
