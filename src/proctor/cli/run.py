@@ -96,14 +96,20 @@ def run(
     report_interval: float = typer.Option(
         10.0, "--report-interval", min=0.1, help="Seconds between refreshes of the output files during the run."
     ),
+    executor: str = typer.Option(None, "--executor", help="local | ray (default: the spec's executor, else local)."),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (default: a private local Ray)."
+    ),
+    workers: int = typer.Option(None, "--workers", min=1, help="Ray actors (default: the spec's, else 2)."),
 ) -> None:
     """Run an evaluation (resumable: run it again to continue where it stopped).
 
     Exit codes: 0 all samples done, 1 finished but some samples errored, 2 bad input,
     3 crashed, 130 interrupted.
     """
-    from proctor.evals.runner import Runner, RunOptions, resume_command
+    from proctor.evals.runner import RunOptions, resume_command
     from proctor.evals.spec import apply_overrides, is_lm_eval_spec, parse_spec, read_spec_data
+    from proctor.executors.choose import build_runner
 
     if progress not in ("auto", "rich", "plain", "none"):
         raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
@@ -139,16 +145,25 @@ def run(
         progress=progress,
         report_interval=report_interval,
     )
-    runner = Runner(task, spec_dir=spec.parent.resolve(), options=options, limit=limit, console=console)
+    runner, ray_flags = build_runner(
+        task,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
+        spec_dir=spec.parent.resolve(),
+        options=options,
+        limit=limit,
+        console=console,
+    )
     result = runner.run()
     if progress != "none" or result.exit_code:
         _summary(result.stats, run_dir, console=console)
     # Never wrapped nor marked up: the command must survive a copy and paste as printed.
     if result.interrupted:
-        console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
+        console.print(f"interrupted; resume with: {resume_command(run_dir)}{ray_flags}", soft_wrap=True, markup=False)
     elif result.exit_code == 1:
         console.print(
-            f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
+            f"some samples errored; re-run them with: {resume_command(run_dir)}{ray_flags} --retry-errors",
             soft_wrap=True,
             markup=False,
         )

@@ -34,6 +34,7 @@ import yaml
 
 from proctor import _yaml
 from proctor.errors import InputError
+from proctor.executors.on_server import check_executor, ray_argv, ray_env
 from proctor.sandbox import Limits, Sandbox
 from proctor.server import policy
 from proctor.server.schemas import ModelEndpoint, SubmitRequest
@@ -128,6 +129,7 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
     spec = _rewrite_spec(req, settings, private_roles, set(secrets.env))
     if settings.sandbox.enabled:
         policy.check_spec(spec, settings.sandbox)
+    request["ray"] = check_executor(spec, settings.ray_address)
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "out").mkdir(exist_ok=True)
     for name, upload in req.files.items():
@@ -385,7 +387,7 @@ def build_argv(request: dict[str, Any], job_id: str, job_dir: Path, settings: Se
             argv += ["--concurrency", str(request["concurrency"])]
         if request.get("retry_errors"):
             argv.append("--retry-errors")
-        return argv
+        return argv + ray_argv(request, settings.ray_address)
     template = settings.templates.get(request["template"])
     if template is None:
         raise InputError(f"command template {request['template']!r} is no longer registered on this server")
@@ -427,6 +429,7 @@ def build_env(
         env.pop("PYTHONPATH", None)
         env.pop("USER", None)
     env.update(secrets.env)
+    env.update(ray_env(request))
     if request["kind"] == "command":
         template = settings.templates.get(request["template"])
         if template is not None:
