@@ -51,6 +51,8 @@ def ledger_rows(out: Path) -> dict[str, tuple[str, int]]:
     conn = sqlite3.connect(out / "ledger.sqlite")
     try:
         return {r[0]: (r[1], r[2]) for r in conn.execute("SELECT id, state, dispatches FROM samples")}
+    except sqlite3.OperationalError:  # the run has created the file but not its tables yet
+        return {}
     finally:
         conn.close()
 
