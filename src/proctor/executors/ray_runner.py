@@ -242,6 +242,13 @@ class RayRunner(Runner):
                 self._abort = exc
                 self._stop_dispatch.set()
                 return
+            except Exception as exc:  # the call itself failed (e.g. a result Ray could not pickle)
+                for sample, _ in batch:
+                    self._error(ledger, sample, "internal", f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                    self.counters.done += 1
+                    self.counters.finished_this_run += 1
+                await ledger.durable()
+                continue
             for event in reply.events:
                 ctx.emit(event)
             if not self._replay(reply, ledger):
