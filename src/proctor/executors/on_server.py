@@ -46,8 +46,9 @@ def ray_env(request: Mapping[str, Any], environ: Mapping[str, str] | None = None
     """What a Ray job's environment needs: the cluster's auth token (Ray 2.x clusters require one).
 
     Read from the server's own ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``
-    at each start, and handed over in the job's environment (the sandboxed job sees neither the
-    server's environment nor its home): never in argv, a job record or a file of the job.
+    at each start, and handed over in the job's environment as its API keys are (the sandboxed job
+    sees neither the server's environment nor its home): never in ``proctor run``'s argv, the job's
+    record or a file of the job.
     """
     if not request.get("ray"):
         return {}
