@@ -15,12 +15,11 @@ import psutil
 import pytest
 from ray_kit import RayCluster
 
-if importlib.util.find_spec("ray") is None:  # not imported here: Ray must be imported after its settings
-    pytest.skip("the ray extra is not installed (pip install 'proctor[ray]')", allow_module_level=True)
-
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
+    if importlib.util.find_spec("ray") is None:  # not imported here: Ray must be imported after its settings
+        pytest.skip("the ray extra is not installed (pip install 'proctor[ray]')")
     from proctor.executors.ray_cluster import RaySession
 
     me = psutil.Process()
