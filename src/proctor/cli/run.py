@@ -126,13 +126,22 @@ def run(
             "--out/NAME (default runs/NAME); the same command again resumes them.",
         ),
     ] = None,
+    executor: Annotated[
+        str | None, typer.Option("--executor", help="local | ray (default: the spec's executor, else local).")
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="Join this Ray cluster (default: a private local Ray).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Ray actors (default: the spec's, else 2).")
+    ] = None,
 ) -> None:
     """Run an evaluation (resumable: run it again to continue where it stopped).
 
     Exit codes: 0 all samples done, 1 finished but some samples errored, 2 bad input,
     3 crashed, 130 interrupted.
     """
-    from proctor.evals.runner import Runner, RunOptions, resume_command
+    from proctor.evals.runner import RunOptions, resume_command
     from proctor.evals.spec import (
         apply_overrides,
         apply_private_endpoints,
@@ -140,6 +149,7 @@ def run(
         parse_spec,
         read_spec_data,
     )
+    from proctor.executors.choose import build_runner
 
     if progress not in ("auto", "rich", "plain", "none"):
         raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
@@ -194,16 +204,25 @@ def run(
         progress=progress,
         report_interval=report_interval,
     )
-    runner = Runner(task, spec_dir=spec.parent.resolve(), options=options, limit=limit, console=console)
+    runner, ray_flags = build_runner(
+        task,
+        executor=executor,
+        ray_address=ray_address,
+        workers=workers,
+        spec_dir=spec.parent.resolve(),
+        options=options,
+        limit=limit,
+        console=console,
+    )
     result = runner.run()
     if progress != "none" or result.exit_code:
         _summary(result.stats, run_dir, console=console)
     # Never wrapped nor marked up: the command must survive a copy and paste as printed.
     if result.interrupted:
-        console.print(f"interrupted; resume with: {resume_command(run_dir)}", soft_wrap=True, markup=False)
+        console.print(f"interrupted; resume with: {resume_command(run_dir)}{ray_flags}", soft_wrap=True, markup=False)
     elif result.exit_code == EXIT_SAMPLE_ERRORS:
         console.print(
-            f"some samples errored; re-run them with: {resume_command(run_dir)} --retry-errors",
+            f"some samples errored; re-run them with: {resume_command(run_dir)}{ray_flags} --retry-errors",
             soft_wrap=True,
             markup=False,
         )

@@ -15,7 +15,7 @@ from proctor.evals.spec import ComponentConfig
 from proctor.evals.types import SCORERS, SOLVERS, Scorer, Solver
 
 _LAZY_SOLVERS = {"agent": "proctor.evals.agent"}
-_LAZY_SCORERS = {"judge": "proctor.evals.judge"}
+_LAZY_SCORERS = {"judge": "proctor.evals.judge", "busy_numeric": "proctor.testing.busy"}
 
 
 def _ensure_builtins() -> None:

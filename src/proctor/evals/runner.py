@@ -21,10 +21,10 @@ import sys
 import time
 import traceback
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 from proctor._files import ensure_directory
 from proctor._loop import run as run_loop
@@ -46,11 +46,30 @@ from proctor.evals.progress import Progress
 from proctor.evals.registry import build_scorer, build_solver
 from proctor.evals.reports import write_reports
 from proctor.evals.spec import TaskSpec, dump_spec
-from proctor.evals.types import Sample, SampleSkipped, Scorer, SolveContext, Solver, SolveResult
+from proctor.evals.types import Sample, SampleSkipped, Score, Scorer, SolveContext, Solver, SolveResult
 from proctor.models.config import ModelConfig
 from proctor.profiling.events import EventLog
 
 log = logging.getLogger("proctor.run")
+
+
+class SampleRecorder(Protocol):
+    """Where one sample's steps go: the ledger, or a Ray actor's recorder the driver replays."""
+
+    def record_generation(self, sample_id: str, result: SolveResult, duration: float) -> None: ...
+    def record_score(self, sample_id: str, score: Score, scorer: str) -> None: ...
+    def record_done(self, sample_id: str, result: SolveResult, duration: float, score: Score, scorer: str) -> None: ...
+    def record_error(
+        self,
+        sample_id: str,
+        error_class: str,
+        message: str,
+        *,
+        partial: SolveResult | None = None,
+        duration: float | None = None,
+    ) -> None: ...
+    def record_skip(self, sample_id: str, reason: str) -> None: ...
+    def generation(self, sample_id: str) -> SolveResult | None: ...
 
 
 @dataclass
@@ -329,10 +348,7 @@ class Runner:
         ctx: SolveContext,
         progress: Progress,
     ) -> None:
-        n_workers = min(self.spec.concurrency, len(work)) or 1
-        workers = [
-            asyncio.create_task(self._worker(work, ledger, solver, scorer, ctx, progress)) for _ in range(n_workers)
-        ]
+        workers = [asyncio.create_task(c) for c in self._workers(work, ledger, solver, scorer, ctx, progress)]
         stop_wait = asyncio.create_task(self._stop_dispatch.wait())
         try:
             pending: set[asyncio.Task[object]] = set(workers)
@@ -361,6 +377,19 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
+    def _workers(
+        self,
+        work: deque[tuple[Sample, bool]],
+        ledger: Ledger,
+        solver: Solver,
+        scorer: Scorer,
+        ctx: SolveContext,
+        progress: Progress,
+    ) -> list[Coroutine[Any, Any, None]]:
+        """The coroutines that pull from ``work``: ``concurrency`` local workers (Ray: its lanes)."""
+        n_workers = min(self.spec.concurrency, len(work)) or 1
+        return [self._worker(work, ledger, solver, scorer, ctx, progress) for _ in range(n_workers)]
+
     async def _worker(
         self,
         work: deque[tuple[Sample, bool]],
@@ -370,75 +399,94 @@ class Runner:
         ctx: SolveContext,
         progress: Progress,
     ) -> None:
-        time_limit = self.spec.time_limit
-        # A solver that stops itself at ctx.deadline (the agent) gets a little longer before the
-        # hard cut, so it can return its answer-so-far as a time_limit outcome.
-        hard_limit = (
-            None if time_limit is None else time_limit + (5.0 if getattr(solver, "handles_deadline", False) else 0.0)
-        )
         while work and not self._stop_dispatch.is_set():
             sample, needs_generation = work.popleft()
             started = time.time()
             ledger.mark_running(sample.id, started)
-            sample_ctx = (
-                ctx
-                if time_limit is None
-                else SolveContext(
-                    models=ctx.models, emit=ctx.emit, run_dir=ctx.run_dir, deadline=time.monotonic() + time_limit
-                )
-            )
-            try:
-                if needs_generation:
-                    coro = solver(sample, sample_ctx)
-                    result = await (asyncio.wait_for(coro, hard_limit) if hard_limit else coro)
-                    duration = time.time() - started
-                    if scorer.needs_models:  # a judge call may fail: keep the generation first
-                        ledger.record_generation(sample.id, result, duration)
-                        score = await scorer(sample, result, sample_ctx)
-                        ledger.record_score(sample.id, score, self.spec.scorer.type)
-                    else:
-                        score = await scorer(sample, result, sample_ctx)
-                        ledger.record_done(sample.id, result, duration, score, self.spec.scorer.type)
-                else:
-                    stored = ledger.generation(sample.id)
-                    result = stored if stored is not None else SolveResult(output="")
-                    score = await scorer(sample, result, sample_ctx)
-                    ledger.record_score(sample.id, score, self.spec.scorer.type)
-                self.counters.score_sum += score.value
-                self.counters.scored += 1
-            except SampleSkipped as exc:
-                ledger.record_skip(sample.id, exc.reason)
-            except TimeoutError:
-                self._error(ledger, sample, "time_limit", f"sample exceeded its time limit of {time_limit:g} s")
-            except InfraError as exc:
-                self._error(ledger, sample, exc.error_class, str(exc), _partial(exc), time.time() - started)
-            except ModelAbortError as exc:
-                self._abort = exc
-                self._stop_dispatch.set()
+            if not await self.process_sample(sample, needs_generation, started, ledger, solver, scorer, ctx):
                 return
-            except ContextOverflowError as exc:
-                # A model outcome: the sample is answered (empty) and scored as such.
-                result = SolveResult(output="", outcome="context_overflow", extra={"error": str(exc)})
-                ledger.record_generation(sample.id, result, time.time() - started)
-                ledger.record_score(sample.id, await scorer(sample, result, sample_ctx), self.spec.scorer.type)
-                self.counters.scored += 1
-            except ProctorError as exc:
-                error_class = getattr(exc, "error_class", None) or type(exc).__name__
-                self._error(ledger, sample, error_class, str(exc), _partial(exc), time.time() - started)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug in a solver/scorer must not end the whole run
-                log.error("sample %s failed unexpectedly:\n%s", sample.id, traceback.format_exc())
-                self._error(ledger, sample, "internal", f"{type(exc).__name__}: {exc}")
             self.counters.done += 1
             self.counters.finished_this_run += 1
             # The answer is committed before this worker asks for another: a kill -9 then costs
             # only the calls in flight (at most one per worker), never an answer received.
             await ledger.durable()
 
+    async def process_sample(
+        self,
+        sample: Sample,
+        needs_generation: bool,
+        started: float,
+        ledger: SampleRecorder,
+        solver: Solver,
+        scorer: Scorer,
+        ctx: SolveContext,
+    ) -> bool:
+        """Solve and score one sample, telling ``ledger`` each step; False when the run must abort.
+
+        The one path every executor takes: the local workers pass the ledger itself, a Ray actor
+        (``proctor.executors.ray``) a recorder whose steps the driver replays onto the ledger.
+        """
+        time_limit = self.spec.time_limit
+        # A solver that stops itself at ctx.deadline (the agent) gets a little longer before the
+        # hard cut, so it can return its answer-so-far as a time_limit outcome.
+        hard_limit = (
+            None if time_limit is None else time_limit + (5.0 if getattr(solver, "handles_deadline", False) else 0.0)
+        )
+        sample_ctx = (
+            ctx
+            if time_limit is None
+            else SolveContext(
+                models=ctx.models, emit=ctx.emit, run_dir=ctx.run_dir, deadline=time.monotonic() + time_limit
+            )
+        )
+        try:
+            if needs_generation:
+                coro = solver(sample, sample_ctx)
+                result = await (asyncio.wait_for(coro, hard_limit) if hard_limit else coro)
+                duration = time.time() - started
+                if scorer.needs_models:  # a judge call may fail: keep the generation first
+                    ledger.record_generation(sample.id, result, duration)
+                    score = await scorer(sample, result, sample_ctx)
+                    ledger.record_score(sample.id, score, self.spec.scorer.type)
+                else:
+                    score = await scorer(sample, result, sample_ctx)
+                    ledger.record_done(sample.id, result, duration, score, self.spec.scorer.type)
+            else:
+                stored = ledger.generation(sample.id)
+                result = stored if stored is not None else SolveResult(output="")
+                score = await scorer(sample, result, sample_ctx)
+                ledger.record_score(sample.id, score, self.spec.scorer.type)
+            self.counters.score_sum += score.value
+            self.counters.scored += 1
+        except SampleSkipped as exc:
+            ledger.record_skip(sample.id, exc.reason)
+        except TimeoutError:
+            self._error(ledger, sample, "time_limit", f"sample exceeded its time limit of {time_limit:g} s")
+        except InfraError as exc:
+            self._error(ledger, sample, exc.error_class, str(exc), _partial(exc), time.time() - started)
+        except ModelAbortError as exc:
+            self._abort = exc
+            self._stop_dispatch.set()
+            return False
+        except ContextOverflowError as exc:
+            # A model outcome: the sample is answered (empty) and scored as such.
+            result = SolveResult(output="", outcome="context_overflow", extra={"error": str(exc)})
+            ledger.record_generation(sample.id, result, time.time() - started)
+            ledger.record_score(sample.id, await scorer(sample, result, sample_ctx), self.spec.scorer.type)
+            self.counters.scored += 1
+        except ProctorError as exc:
+            error_class = getattr(exc, "error_class", None) or type(exc).__name__
+            self._error(ledger, sample, error_class, str(exc), _partial(exc), time.time() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a solver/scorer must not end the whole run
+            log.error("sample %s failed unexpectedly:\n%s", sample.id, traceback.format_exc())
+            self._error(ledger, sample, "internal", f"{type(exc).__name__}: {exc}")
+        return True
+
     def _error(
         self,
-        ledger: Ledger,
+        ledger: SampleRecorder,
         sample: Sample,
         error_class: str,
         message: str,

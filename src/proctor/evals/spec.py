@@ -84,6 +84,17 @@ class ComponentConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ExecutorConfig(StrictModel):
+    """Where the samples run: ``local`` (this process) or ``ray`` (actors on a Ray cluster, docs/ray.md).
+
+    Not part of the fingerprint: a run may resume under another executor with equal results.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    workers: int = Field(default=2, ge=1, le=1024)
+    """Ray actors (each its own event loop and model router, with a share of ``concurrency``)."""
+
+
 class TaskSpec(StrictModel):
     """A whole evaluation."""
 
@@ -98,6 +109,7 @@ class TaskSpec(StrictModel):
     time_limit: float | None = Field(default=None, gt=0)
     """Seconds one sample may take in all (model and tool calls); past it the sample errors."""
     description: str | None = None
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @field_validator("solver", "scorer", mode="before")
     @classmethod

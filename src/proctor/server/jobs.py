@@ -34,6 +34,7 @@ import yaml
 from proctor import _yaml
 from proctor.errors import InputError
 from proctor.evals.spec import parse_spec
+from proctor.executors.on_server import check_executor, ray_argv, ray_env
 from proctor.models.private import ENV as PRIVATE_ENV
 from proctor.models.private import PrivateEndpoints
 from proctor.sandbox import Limits, Sandbox
@@ -140,6 +141,7 @@ def prepare(req: SubmitRequest, job_dir: Path, settings: ServerSettings) -> Prep
         raise InputError("kind lm_eval (and env_vars) need a spec with an lm_eval: section")
     if settings.sandbox.enabled:
         policy.check_spec(spec, settings.sandbox)
+    request["ray"] = check_executor(spec, settings.ray_address)
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "out").mkdir(exist_ok=True)
     for name, upload in req.files.items():
@@ -397,7 +399,7 @@ def build_argv(request: dict[str, Any], job_id: str, job_dir: Path, settings: Se
             argv += ["--concurrency", str(request["concurrency"])]
         if request.get("retry_errors"):
             argv.append("--retry-errors")
-        return argv
+        return argv + ray_argv(request, settings.ray_address)
     template = settings.templates.get(request["template"])
     if template is None:
         raise InputError(f"command template {request['template']!r} is no longer registered on this server")
@@ -440,6 +442,7 @@ def build_env(
         env.pop("USER", None)
     env.update(lmeval_policy.job_env(request, settings.lm_eval))
     env.update(secrets.env)
+    env.update(ray_env(request))
     if request["kind"] == "command":
         template = settings.templates.get(request["template"])
         if template is not None:

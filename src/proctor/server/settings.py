@@ -158,6 +158,9 @@ class ServerSettings(StrictModel):
     """Run after a cancel/timeout: argv templates (``{job_id}``, ``{job_dir}``) or ``"docker"``,
     which removes containers labelled ``proctor.job=<id>`` when a working docker is present."""
     hook_timeout: float = Field(default=30.0, gt=0)
+    ray_address: str | None = None
+    """Ray cluster (``HOST:PORT`` of its GCS) that jobs with ``executor: {kind: ray}`` run on; without
+    one such specs are refused (400 naming ``executor``). See docs/ray.md."""
     internal_host: str = "127.0.0.1"
     """Host the job processes use to reach this server (private-mode model facade)."""
     retry_after_default: float = Field(default=60.0, gt=0)

@@ -1,0 +1,38 @@
+"""One private Ray per test session for tests/ray/, started the way `proctor run` starts its own.
+
+Ray's head costs seconds and ~700 MB, so every test here shares it: `proctor run` processes join
+it with ``--ray-address``. The module is one xdist group (``--dist loadgroup`` in scripts/test.sh),
+so a parallel run starts it once. Stopped by its own handle at the end: ``ray.shutdown()``, then
+whatever it started and is still alive is killed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from ray_kit import RayCluster
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    if importlib.util.find_spec("ray") is None:  # not imported here: Ray must be imported after its settings
+        pytest.skip("the ray extra is not installed (pip install 'proctor[ray]')")
+    from proctor.executors.ray_cluster import RaySession
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    session = RaySession.open(None, workers=2)
+    started = [p for p in me.children(recursive=True) if p.pid not in before]
+    cluster = RayCluster(session.ray.get_runtime_context().gcs_address, started)
+    try:
+        yield cluster
+    finally:
+        members = cluster.members()
+        session.close()
+    gone, alive = psutil.wait_procs(members, timeout=10)
+    for proc in alive:
+        proc.kill()
+    psutil.wait_procs(alive, timeout=10)
