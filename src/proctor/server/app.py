@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Scope
 
 from proctor import __version__
 from proctor.errors import InputError, NotFoundError, ProctorError
-from proctor.server import artifacts, logs
+from proctor.server import artifacts, lmeval_api, logs
 from proctor.server.auth import Authenticator, Principal, anonymize, check_access
 from proctor.server.frontdoor import FrontDoor, error_response
 from proctor.server.metrics import Metrics, MetricsMiddleware
@@ -305,6 +305,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{job.id}.tar.gz"'},
         )
 
+    app.include_router(
+        lmeval_api.create_router(
+            manager=manager,
+            store=store,
+            caller=caller,
+            check_queue=lambda principal: queue_share.check(principal, retry_after=manager.retry_after()),
+        )
+    )
     return app
 
 
