@@ -237,3 +237,9 @@ def test_unsafe_or_unsupported_arguments_are_refused_naming_them(
     assert r.status_code == 400, r.text
     assert r.json()["ok"] is False and named in r.json()["error"]
     assert http.get("/jobs").json() == {"jobs": []}  # nothing queued
+
+
+def test_an_infinite_limit_is_a_400_not_a_crash(server: Any) -> None:
+    text = json.dumps(body_for("http://127.0.0.1:9/v1", limit=7)).replace('"limit": 7', '"limit": 1e999')
+    r = server.client("alice").post("/job", content=text, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "limit" in r.json()["error"], r.text
