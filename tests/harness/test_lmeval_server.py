@@ -28,7 +28,7 @@ N = 12
 FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
-def write_spec(tmp_path: Path, base_url: str, concurrency: int = 4) -> Path:
+def write_spec(tmp_path: Path, base_url: str, concurrency: int = 4, **subject: Any) -> Path:
     """An lm_eval spec with its task YAML and data in tasks/ (no Python: uploadable)."""
     d = tmp_path / "spec"
     (d / "tasks").mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def write_spec(tmp_path: Path, base_url: str, concurrency: int = 4) -> Path:
     spec = {
         "name": "plain-lm-eval",
         "lm_eval": {"tasks": ["plain_arith"], "include_path": "tasks"},
-        "models": {"subject": {"base_url": base_url, "model": "fake"}},
+        "models": {"subject": {"base_url": base_url, "model": "fake", **subject}},
         "concurrency": concurrency,
     }
     (d / "spec.yaml").write_text(yaml.safe_dump(spec))
@@ -129,5 +129,35 @@ def test_a_server_restart_resumes_an_lm_eval_job_without_redoing_answered_reques
         assert sum(1 for c in counts.values() if c == 2) <= 2
         stats = json.loads((data / "jobs" / job_id / "out" / "eval_stats.json").read_text())
         assert exact_match(stats) == 1.0 and stats["requests"]["sent_this_session"] < N
+    finally:
+        srv.stop()
+
+
+def test_a_job_with_a_failing_request_fails_and_resume_retry_errors_sends_only_it(tmp_path: Path) -> None:
+    failing = "plain_arith/3/0"
+    srv = start_server(tmp_path / "data")
+    try:
+        with FakeLLMThread(FakeLLMConfig(reply="arith", fail_samples={failing: -1})) as llm:
+            retry = {"max_attempts": 2, "backoff_base": 0.01, "backoff_max": 0.02}
+            with Client(srv.url, srv.tokens["alice"]) as client:
+                job_id = client.submit(write_spec(tmp_path, llm.base_url, retry=retry))["job"]["id"]
+                http = srv.client("alice")
+                final = wait_state(http, job_id, FINAL, limit=12000)
+                assert final["state"] == "failed" and final["exit_code"] == 1, final
+                assert "metrics withheld" in final["note"] and "--retry-errors" in final["note"]
+                stats = http.get(f"/v1/jobs/{job_id}/artifacts/out/eval_stats.json").json()
+                assert stats["status"] == "incomplete" and [f["request"] for f in stats["failures"]] == [failing]
+                llm.reconfigure(fail_samples={})
+                before = llm.counts
+                client.resume(job_id, retry_errors=True)
+                for _ in range(3000):  # bounded: the resumed attempt must finish (60 s)
+                    final = http.get(f"/v1/jobs/{job_id}").json()
+                    if final["state"] in FINAL and final["attempts"] >= 2:
+                        break
+                    time.sleep(0.02)
+                assert final["state"] == "succeeded", final
+                after = llm.counts
+        sent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        assert sent == {failing: 1}
     finally:
         srv.stop()

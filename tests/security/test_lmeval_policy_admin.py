@@ -75,3 +75,12 @@ def test_the_admins_settings_allow_registered_code_named_zoo_tasks_and_env_vars(
     for job in mallory.get("/v1/jobs").json()["jobs"]:
         if job["state"] in ("queued", "running"):
             mallory.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "PYTHONPATH", "PROCTOR_OUT_DIR", "HF_HUB_OFFLINE", "PATH"])
+def test_the_admin_cannot_allow_variables_that_change_what_a_job_runs(name: str) -> None:
+    from proctor.errors import InputError
+    from proctor.server.settings import load_settings
+
+    with pytest.raises(InputError, match=name):
+        load_settings(None, lm_eval={"env_vars": [name]})

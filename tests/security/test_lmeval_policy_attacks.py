@@ -96,8 +96,8 @@ def test_task_code_uploaded_base64_is_refused_too(shared_secure_server: Any) -> 
         ({"include_path": "/usr"}, "lm_eval.include_path"),
         ({"include_path": "../../jobs"}, "lm_eval.include_path"),
         ({"include_path": "not-uploaded"}, "lm_eval.include_path"),
-        ({"tasks": ["/tmp/pwn.yaml"]}, "lm_eval.tasks"),
-        ({"tasks": ["../tasks/pwn"]}, "lm_eval.tasks"),
+        ({"tasks": ["/tmp/pwn.yaml"]}, "is not a task name"),
+        ({"tasks": ["../tasks/pwn"]}, "is not a task name"),
         ({"tasks": ["pwn", "gsm8k"]}, "gsm8k"),  # lm-eval's own zoo: not allowed by default
     ],
 )

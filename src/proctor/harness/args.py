@@ -8,6 +8,7 @@ lm-eval or the CLI: the server imports it too.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +118,7 @@ def spec_data(args: LmEvalArgs, *, who: str) -> dict[str, Any]:
         subject["api_key_env"] = key_env
     if "max_retries" in margs:
         subject["retry"] = {"max_attempts": _whole(margs["max_retries"], "max_retries", who)}
-    if args.limit is not None and (args.limit != int(args.limit) or args.limit < 1):
+    if args.limit is not None and (not math.isfinite(args.limit) or args.limit != int(args.limit) or args.limit < 1):
         raise InputError(
             f"{who}: --limit must be a whole number of documents",
             hint="lm-eval's fractional --limit is not supported",

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Scope
 from proctor import __version__
 from proctor._validation import problems
 from proctor.errors import InputError, NotFoundError, ProctorError
-from proctor.server import artifacts, logs
+from proctor.server import artifacts, lmeval_api, logs
 from proctor.server.auth import Authenticator, Principal, anonymize, check_access
 from proctor.server.batches import BATCH_ID_PATTERN, batch_view
 from proctor.server.frontdoor import FrontDoor, error_response
@@ -326,6 +326,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="{job.id}.tar.gz"'},
         )
 
+    # lm-eval-server's paths (/job, /jobs, /jobs/stop) come before the dashboard's, which must not shadow them.
+    app.include_router(
+        lmeval_api.create_router(
+            manager=manager,
+            store=store,
+            caller=caller,
+            check_queue=lambda principal: queue_share.check(principal, retry_after=manager.retry_after()),
+        )
+    )
     _mount_dashboard(app, auth=auth, store=store, manager=manager, queue_share=queue_share, data_dir=settings.data_dir)
     return app
 

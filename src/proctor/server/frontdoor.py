@@ -25,8 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proctor.errors import ProctorError
 
-PROTECTED_PREFIX = "/v1/jobs"
-"""Routes that always need a caller (in token mode, a valid token)."""
+PROTECTED_PREFIX = ("/v1/jobs", "/job")
+"""Routes that always need a caller (in token mode, a valid token); ``/job``, ``/jobs``: the
+lm-eval-server API (``lmeval_api``)."""
 
 
 def error_response(

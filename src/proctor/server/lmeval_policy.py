@@ -38,6 +38,10 @@ TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 YAML_SUFFIXES = (".yaml", ".yml")
 STANDARD_TAG = "tag:yaml.org,2002:"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+RESERVED_ENV = {"PATH", "HOME", "TMPDIR", "USER", "VIRTUAL_ENV", "HF_HOME", "HF_DATASETS_CACHE"}
+RESERVED_ENV_PREFIXES = ("PROCTOR_", "PYTHON", "LD_", "HF_HUB_", "HF_DATASETS_")
+"""What ``lm_eval.env_vars`` may never list: the server's own settings for a job, the offline
+switches, and variables that change which code the interpreter loads."""
 
 
 class LmEvalServerSettings(BaseModel):
@@ -61,6 +65,8 @@ class LmEvalServerSettings(BaseModel):
         for name in value:
             if not ENV_NAME_RE.match(name):
                 raise ValueError(f"{name!r} is not an environment variable name")
+            if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+                raise ValueError(f"{name!r} is set by the server for every job (or changes what code runs)")
         return value
 
 
