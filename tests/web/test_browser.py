@@ -64,13 +64,13 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def log_in(page: Any, server: Running, who: str, shots: Path | None = None) -> None:
-    page.goto(f"{server.url}/jobs")
+    page.goto(f"{server.url}/")
     assert "/login" in page.url  # no session yet: the form
     if shots is not None:
         page.screenshot(path=str(shots / "login.png"))
     page.fill("#token", server.tokens[who])
     page.click("#login")
-    page.wait_for_url(f"{server.url}/jobs")
+    page.wait_for_url(f"{server.url}/")
 
 
 def shot(page: Any, tmp_path: Path, name: str) -> Path:

@@ -22,8 +22,8 @@ def _csrf(html: str) -> str:
 def test_login_sets_a_strict_httponly_cookie_without_the_token(served: Served) -> None:
     server = served.server
     with httpx.Client(base_url=server.url, follow_redirects=False) as client:
-        answer = client.post("/login", data={"token": server.tokens["alice"], "next": "/jobs"})
-        assert answer.status_code == 303 and answer.headers["location"] == "/jobs"
+        answer = client.post("/login", data={"token": server.tokens["alice"], "next": "/"})
+        assert answer.status_code == 303 and answer.headers["location"] == "/"
         cookie = answer.headers["set-cookie"]
         assert cookie.startswith(f"{COOKIE_NAME}=")
         flags = {part.strip().lower() for part in cookie.split(";")[1:]}
@@ -114,13 +114,13 @@ def test_actions_need_the_sessions_csrf_token(served: Served, llm: FakeLLMThread
         assert other != _csrf(page)
         assert browser.post(f"/jobs/{job}/delete", data={"csrf": other}).status_code == 403
         done = browser.post(f"/jobs/{job}/delete", data={"csrf": _csrf(page)})
-        assert done.status_code == 303 and done.headers["location"] == "/jobs"
+        assert done.status_code == 303 and done.headers["location"] == "/"
         assert browser.get(f"/jobs/{job}.json").status_code == 404
 
 
 def test_logout_ends_the_session(served: Served) -> None:
     with login(served.server, "alice") as browser:
-        page = browser.get("/jobs").text
+        page = browser.get("/").text
         cookie = browser.cookies[COOKIE_NAME]
         assert browser.post("/logout", data={"csrf": _csrf(page)}).status_code == 303
         with httpx.Client(base_url=served.server.url, cookies={COOKIE_NAME: cookie}) as replay:
@@ -143,7 +143,7 @@ def test_a_revoked_token_ends_its_sessions_and_twins_take_bearer_tokens(tmp_path
             finally:
                 store.close()
             assert browser.get("/jobs.json").status_code == 401
-            assert browser.get("/jobs").headers["location"] == "/login?next=/jobs"
+            assert browser.get("/").headers["location"] == "/login?next=/"
     finally:
         server.stop()
 
@@ -152,9 +152,21 @@ def test_open_mode_needs_no_login(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", open=True)
     try:
         with httpx.Client(base_url=server.url) as anyone:
-            page = anyone.get("/jobs")
+            page = anyone.get("/")
             assert page.status_code == 200 and "Log out" not in page.text
             assert "httponly" in page.headers["set-cookie"].lower()  # a session for the CSRF token
             assert anyone.get("/jobs.json").json()["ok"] is True
     finally:
         server.stop()
+
+
+def test_the_list_at_root_and_lm_eval_servers_jobs_route_live_side_by_side(served: Served) -> None:
+    """``GET /jobs`` is lm-eval-server's API on ``proctor serve``; the dashboard's list is ``/``."""
+    server = served.server
+    with login(server, "alice") as browser:
+        page = browser.get("/")
+        assert page.status_code == 200 and served.alice_job in page.text and "<html" in page.text.lower()
+    bearer = {"Authorization": f"Bearer {server.tokens['alice']}"}
+    api = httpx.get(f"{server.url}/jobs", headers=bearer, timeout=30)
+    assert api.status_code == 200 and isinstance(api.json(), list | dict)
+    assert "<html" not in api.text.lower()

@@ -30,7 +30,7 @@ def view(runs: Runs) -> Iterator[httpx.Client]:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # bounded: printed once listening, or EOF when it exits
         assert line.startswith("proctor view: http://127.0.0.1:"), line + (proc.stderr.read() if proc.stderr else "")
-        url = line.split()[2].removesuffix("/jobs")
+        url = line.split()[2].removesuffix("/")
         with httpx.Client(base_url=url, timeout=30) as client:
             yield client
     finally:
@@ -52,7 +52,7 @@ def test_jobs_list_and_its_twin(view: httpx.Client) -> None:
     assert arith["progress"]["done"] == arith["progress"]["total"] == 30
     correct, n = _expected_accuracy()
     assert arith["progress"]["accuracy"] == round(correct / n, 4)
-    page = view.get("/jobs")
+    page = view.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'href="/jobs/arith"' in page.text and "read-only" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]

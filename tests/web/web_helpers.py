@@ -92,6 +92,6 @@ def wait_job(server: Running, who: str, job_id: str, states: set[str], *, limit_
 def login(server: Running, who: str) -> Iterator[httpx.Client]:
     """A client holding the session cookie that the login form gave it."""
     with httpx.Client(base_url=server.url, follow_redirects=False, timeout=30) as client:
-        answer = client.post("/login", data={"token": server.tokens[who], "next": "/jobs"})
+        answer = client.post("/login", data={"token": server.tokens[who], "next": "/"})
         assert answer.status_code == 303, answer.text
         yield client

@@ -22,7 +22,7 @@ def view(
     app = local_app(run_dirs)  # bad directories are one line and exit 2, before anything listens
     sock = bind_socket(host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"proctor view: http://{shown}:{sock.getsockname()[1]}/jobs  (read-only; Ctrl-C stops)", flush=True)
+    print(f"proctor view: http://{shown}:{sock.getsockname()[1]}/  (read-only; Ctrl-C stops)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     try:
         server.run(sockets=[sock])

@@ -25,9 +25,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proctor.errors import ProctorError
 
-PROTECTED_PREFIX = ("/v1/jobs", "/job")
-"""Routes that always need a caller (in token mode, a valid token); ``/job``, ``/jobs``: the
-lm-eval-server API (``lmeval_api``)."""
+PROTECTED_PREFIX = "/v1/jobs"
+"""The job API: every route under it needs a caller (in token mode, a valid token)."""
+
+LMEVAL_PATHS = ("/job", "/jobs", "/jobs/stop")
+"""lm-eval-server's API (``lmeval_api``): these paths and everything under ``/job/`` need a caller
+too. The dashboard's own pages under ``/jobs/ID`` do not: they take the session cookie instead."""
+
+
+def needs_caller(path: str) -> bool:
+    """Whether the front door must see a valid caller before it reads the request's body."""
+    return path.startswith(PROTECTED_PREFIX) or path in LMEVAL_PATHS or path.startswith("/job/")
 
 
 def error_response(
@@ -73,7 +81,7 @@ class FrontDoor:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.check_caller is not None and scope["path"].startswith(PROTECTED_PREFIX):
+        if self.check_caller is not None and needs_caller(scope["path"]):
             try:
                 self.check_caller(Request(scope))
             except ProctorError as exc:

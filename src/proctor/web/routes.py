@@ -42,7 +42,7 @@ def _safe_next(target: str | None) -> str:
     """Only a path on this site (never ``//host`` or a scheme) may be redirected to after login."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
-    return "/jobs"
+    return "/"
 
 
 async def form_fields(request: Request) -> dict[str, str]:
@@ -121,10 +121,6 @@ def web_router(source: JobSource, gate: Gate, cache_dir: Path) -> APIRouter:
 
     # -- login -------------------------------------------------------------------------------------
 
-    @router.get("/")
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/jobs", status_code=303)
-
     @router.get("/static/{name}")
     async def static(name: str) -> FileResponse:
         path = STATIC_DIR / name
@@ -142,7 +138,7 @@ def web_router(source: JobSource, gate: Gate, cache_dir: Path) -> APIRouter:
             form = await form_fields(request)
         except ProctorError as exc:
             return failure(request, exc, False, None)
-        token, next = form.get("token", ""), form.get("next", "/jobs")  # noqa: A001
+        token, next = form.get("token", ""), form.get("next", "/")  # noqa: A001
         cookie = await run_in_threadpool(gate.login, token.strip())
         if cookie is None:
             return html("login.html", request, None, status=401, next=_safe_next(next), error="the token is not valid")
@@ -173,7 +169,8 @@ def web_router(source: JobSource, gate: Gate, cache_dir: Path) -> APIRouter:
     async def jobs_json(request: Request) -> Response:
         return await page(request, "jobs.html", True, jobs)
 
-    @router.get("/jobs")
+    # The list is at ``/``: on ``proctor serve``, ``GET /jobs`` is lm-eval-server's API (lmeval_api.py).
+    @router.get("/")
     async def jobs_html(request: Request) -> Response:
         return await page(request, "jobs.html", False, jobs)
 
@@ -320,7 +317,7 @@ def web_router(source: JobSource, gate: Gate, cache_dir: Path) -> APIRouter:
             await source.act(viewer.principal, job, action)
         except ProctorError as exc:
             return failure(request, exc, False, viewer)
-        target = "/jobs" if action == "delete" else f"/jobs/{quote(job_id)}"
+        target = "/" if action == "delete" else f"/jobs/{quote(job_id)}"
         return RedirectResponse(target, status_code=303)
 
     return router
