@@ -19,7 +19,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-EXIT_SEVERITY = (0, 1, 130, 2, 3)
+from proctor.errors import CRASH_EXIT_CODE, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_SAMPLE_ERRORS
+
+CODES_BEST_TO_WORST = (EXIT_OK, EXIT_SAMPLE_ERRORS, EXIT_INTERRUPTED, EXIT_BAD_INPUT, CRASH_EXIT_CODE)
 """Exit codes of ``proctor run`` from best to worst: done, some samples errored, interrupted, bad
 input, crashed. A matrix exits with the worst of its runs' codes."""
 
@@ -104,9 +106,9 @@ def _digest(cell: Cell) -> str:
 
 
 def worst_exit(codes: Iterable[int]) -> int:
-    """The worst exit code by ``EXIT_SEVERITY``; any other code (a signal, say) counts as a crash."""
-    rank = {code: i for i, code in enumerate(EXIT_SEVERITY)}
-    return EXIT_SEVERITY[max((rank.get(code, len(EXIT_SEVERITY) - 1) for code in codes), default=0)]
+    """The worst exit code by ``CODES_BEST_TO_WORST``; any other code (a signal, say) counts as a crash."""
+    rank = {code: i for i, code in enumerate(CODES_BEST_TO_WORST)}
+    return CODES_BEST_TO_WORST[max((rank.get(code, len(CODES_BEST_TO_WORST) - 1) for code in codes), default=0)]
 
 
 def new_batch_id() -> str:

@@ -21,7 +21,7 @@ import typer
 
 from proctor.batch import expand, new_batch_id
 from proctor.cli._console import LazyConsole
-from proctor.errors import InputError, NotFoundError, ProctorError
+from proctor.errors import EXIT_INTERRUPTED, InputError, NotFoundError, ProctorError
 
 if TYPE_CHECKING:
     from proctor.client import Client
@@ -111,7 +111,7 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], *, interval: float) -> list
                 console.print(_plain_table(jobs))
     except KeyboardInterrupt:
         err_console.print("\nstopped watching; nothing was cancelled")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     return jobs
 
 

@@ -241,11 +241,12 @@ def _run_lm_eval(
 ) -> int:
     """A spec with ``lm_eval:``: lm-eval's tasks through proctor's model layer (proctor.harness)."""
     from proctor.evals.runner import RunOptions, resume_command
-    from proctor.evals.spec import apply_overrides
+    from proctor.evals.spec import apply_overrides, apply_private_endpoints
     from proctor.harness.run import run_lm_eval
     from proctor.harness.spec import parse_lm_eval_spec
 
     task = apply_overrides(parse_lm_eval_spec(data, source=str(spec)), model, concurrency)
+    task = apply_private_endpoints(task, os.environ)
     if limit:
         task = task.model_copy(update={"lm_eval": task.lm_eval.model_copy(update={"limit": limit})})
     run_dir = (out or Path("runs") / task.name).resolve()

@@ -242,8 +242,10 @@ def apply_overrides(spec: _SpecT, models: list[str], concurrency: int | None) ->
     return spec.model_copy(update={"concurrency": concurrency}) if concurrency else spec
 
 
-def apply_private_endpoints(spec: TaskSpec, environ: Mapping[str, str]) -> TaskSpec:
-    """A server job's private roles sent to its facade (``proctor.models.private``), if it has any."""
+def apply_private_endpoints(spec: _SpecT, environ: Mapping[str, str]) -> _SpecT:
+    """A server job's private roles sent to its facade (``proctor.models.private``), if it has any.
+
+    Task specs and ``lm_eval:`` specs alike: both reach their models through the same roles."""
     private = PrivateEndpoints.from_environ(environ)
     if private is None:
         return spec

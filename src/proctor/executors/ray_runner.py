@@ -267,8 +267,9 @@ class RayRunner(Runner):
                 continue
             self._replayed.add(result.sample_id)
             for name, args in result.steps:
-                if name == "record_error":  # (id, class, message, partial, duration)
-                    ledger.record_error(*args[:3], partial=args[3], duration=args[4])
+                if name == "record_error":  # (id, class, message[, partial, duration])
+                    partial, duration = (args[3], args[4]) if len(args) == 5 else (None, None)
+                    ledger.record_error(*args[:3], partial=partial, duration=duration)
                 else:
                     getattr(ledger, name)(*args)
                 if name in ("record_done", "record_score"):

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
+from proctor._validation import StrictModel
 from proctor.errors import InputError
 from proctor.models.config import ModelConfig
 
@@ -25,10 +26,10 @@ ENV = "PROCTOR_PRIVATE_ENDPOINTS"
 """The environment variable that carries a job's :class:`PrivateEndpoints` as JSON."""
 
 
-class PrivateEndpoints(BaseModel):
+class PrivateEndpoints(StrictModel):
     """The private roles of a server job and the facade base URL of each."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     roles: dict[str, str]
     """Role name -> the server's facade base URL for this job (``.../internal/jobs/<id>/v1``)."""

@@ -20,10 +20,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from proctor import _yaml
+from proctor._validation import StrictModel
 from proctor.errors import InputError
 from proctor.server.schemas import UploadedFile
 
@@ -44,10 +45,8 @@ RESERVED_ENV_PREFIXES = ("PROCTOR_", "PYTHON", "LD_", "HF_HUB_", "HF_DATASETS_")
 switches, and variables that change which code the interpreter loads."""
 
 
-class LmEvalServerSettings(BaseModel):
+class LmEvalServerSettings(StrictModel):
     """The admin's choices for ``lm_eval`` jobs (the ``lm_eval:`` section of the server config)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     task_dirs: dict[str, Path] = Field(default_factory=dict)
     """Task directories on the server, by name; a spec's ``include_path`` may give the name. Their
