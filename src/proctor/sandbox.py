@@ -13,7 +13,9 @@ What a sandbox built here is:
 - a filesystem made only of read-only system directories (``/usr`` and its merged-/usr links, a
   short list of ``/etc`` files for DNS and TLS), the read-only Python installation, the paths the
   caller lists, a fresh ``/tmp`` and ``/dev``, and the caller's writable directories;
-- an environment that is exactly what the caller passes (``--clearenv``);
+- an environment that is exactly what the caller passes: ``bwrap`` is started with that
+  environment and hands it on, never with ``--setenv`` in its arguments, because every user on
+  the host can read a process's command line (``ps``) but only its owner its environment;
 - an unprivileged uid: as root, bwrap builds the namespaces and ``setpriv`` then drops to the
   given uid (so RLIMIT_NPROC applies, which it never does for uid 0); as another user, a user
   namespace maps the caller's own uid;
@@ -32,7 +34,7 @@ import resource
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +182,9 @@ class Sandbox:
     """A fresh ``/proc`` of the sandbox's own PID namespace. Inside another bwrap sandbox the
     kernel refuses a new proc mount, so a nested sandbox goes without ``/proc``."""
 
-    def argv(self, command: list[str], env: Mapping[str, str]) -> list[str]:
+    def argv(self, command: list[str]) -> list[str]:
+        """``bwrap``'s command line around ``command``; start it with the sandbox's environment
+        as its own (``env=`` of the subprocess call), which it passes on unchanged."""
         exe = bwrap()
         if exe is None:
             raise SandboxUnavailableError(
@@ -217,10 +221,7 @@ class Sandbox:
             args += ["--ro-bind-try", str(path), str(path)]
         for path in self.writable:
             args += ["--bind", str(path), str(path)]
-        args += ["--chdir", str(self.cwd), "--clearenv"]
-        for key, value in env.items():
-            args += ["--setenv", key, value]
-        args.append("--")
+        args += ["--chdir", str(self.cwd), "--"]
         if as_root:
             uid = self.uid if self.uid is not None else 65534
             args += [
@@ -248,11 +249,13 @@ def probe(*, mount_proc: bool = True, network: bool = False) -> str | None:
     """Why a sandbox cannot be made here (None when it can): runs ``true`` inside one, once per process."""
     box = Sandbox(cwd=Path("/"), network=network, mount_proc=mount_proc)
     try:
-        argv = Limits(open_files=256).argv() + box.argv([sys.executable, "-I", "-c", "pass"], {"PATH": "/usr/bin:/bin"})
+        argv = Limits(open_files=256).argv() + box.argv([sys.executable, "-I", "-c", "pass"])
     except SandboxUnavailableError as exc:
         return exc.message
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"}
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap did not run: {exc}"
     if done.returncode != 0:

@@ -474,10 +474,11 @@ async def spawn(
 ) -> asyncio.subprocess.Process:
     """Start the job in its own session (in ``sandbox`` when given), output appended to ``log_path``.
 
-    With a sandbox, ``env`` is the whole environment inside it (bwrap itself gets none).
+    With a sandbox, ``env`` is the whole environment inside it: bwrap is started with it and hands
+    it on (never in bwrap's arguments, which every user of the host can read).
     """
     if sandbox is not None:
-        argv, env = sandbox.argv(argv, env), {}
+        argv = sandbox.argv(argv)
     if limits is not None:
         argv = [*limits.argv(), *argv]
     with open(log_path, "ab", buffering=0) as log_file:  # noqa: ASYNC230 - only opens an fd for the child; no I/O here

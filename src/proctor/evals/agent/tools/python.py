@@ -156,7 +156,7 @@ def _wrap(argv: list[str], workdir: str, opts: PythonOptions) -> tuple[list[str]
             network=opts.network,
             mount_proc=False,
         )
-        return box.argv(argv, env), {}
+        return box.argv(argv), env
     if sandbox.inside_sandbox():
         raise ToolError(f"the python sandbox does not work in this job: {problem}")
     _warn_unsandboxed(problem)
