@@ -17,14 +17,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import yaml
+from pydantic import BaseModel, ValidationError
 
 from proctor import _yaml
 from proctor._files import ensure_directory
+from proctor.api_models import ArtifactInfo, BatchView, Health, JobView, LogPage, ServerInfo, SubmitResponse
 from proctor.client_config import ClientSettings
 from proctor.errors import (
     AuthenticationError,
@@ -45,6 +47,20 @@ class LogEvent:
     event: str
     data: str
     id: int | None
+
+
+_Answer = TypeVar("_Answer", bound=BaseModel)
+
+
+def _typed(model: type[_Answer], data: Any, what: str) -> _Answer:
+    """``data`` as ``model``; an answer of another shape is the server's fault, said in one line."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProctorError(
+            f"the server's answer to {what} is not a {model.__name__}: {exc.errors()[0]['msg']}",
+            hint="is this a proctor server of a compatible version?",
+        ) from None
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -109,13 +125,17 @@ class Client:
         _raise_for(response)
         return response
 
+    def _answer(self, model: type[_Answer], method: str, path: str, **kwargs: Any) -> _Answer:
+        """The server's JSON answer as ``model``."""
+        return _typed(model, self._request(method, path, **kwargs).json(), f"{method} {path}")
+
     # server ---------------------------------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/health").json())
+    def health(self) -> Health:
+        return self._answer(Health, "GET", "/health")
 
-    def server_info(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/v1/server").json())
+    def server_info(self) -> ServerInfo:
+        return self._answer(ServerInfo, "GET", "/v1/server")
 
     # jobs -----------------------------------------------------------------------------------------
 
@@ -135,7 +155,7 @@ class Client:
         timeout: float | None = None,
         dataset: str | None = None,
         batch_id: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> SubmitResponse:
         """Submit a spec file (its dataset is uploaded from beside it) or a command template.
 
         ``models`` maps roles to ``{base_url, model, api_key}``; in public mode a role whose spec
@@ -169,32 +189,33 @@ class Client:
                     named_dataset=dataset is not None,
                 )
             )
-        return dict(self._request("POST", "/v1/jobs", json=body).json())
+        return self._answer(SubmitResponse, "POST", "/v1/jobs", json=body)
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return dict(self._request("GET", f"/v1/jobs/{job_id}").json())
+    def status(self, job_id: str) -> JobView:
+        return self._answer(JobView, "GET", f"/v1/jobs/{job_id}")
 
-    def list(self, *, all_users: bool = False, batch: str | None = None) -> list[dict[str, Any]]:
+    def list(self, *, all_users: bool = False, batch: str | None = None) -> builtins.list[JobView]:
         params: dict[str, Any] = {"all": all_users} if batch is None else {"all": all_users, "batch": batch}
-        return list(self._request("GET", "/v1/jobs", params=params).json()["jobs"])
+        jobs = self._request("GET", "/v1/jobs", params=params).json()["jobs"]
+        return [_typed(JobView, job, "GET /v1/jobs") for job in jobs]
 
-    def batch(self, batch_id: str, *, all_users: bool = False) -> dict[str, Any]:
+    def batch(self, batch_id: str, *, all_users: bool = False) -> BatchView:
         """The caller's jobs of one batch (``jobs``), a count per state and whether all finished."""
-        return dict(self._request("GET", f"/v1/batches/{quote(batch_id, safe='')}", params={"all": all_users}).json())
+        return self._answer(BatchView, "GET", f"/v1/batches/{quote(batch_id, safe='')}", params={"all": all_users})
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return dict(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
+    def cancel(self, job_id: str) -> JobView:
+        return self._answer(JobView, "POST", f"/v1/jobs/{job_id}/cancel")
 
     def delete(self, job_id: str) -> None:
         self._request("DELETE", f"/v1/jobs/{job_id}")
 
     def resume(
         self, job_id: str, *, models: dict[str, dict[str, Any]] | None = None, retry_errors: bool = False
-    ) -> dict[str, Any]:
+    ) -> SubmitResponse:
         body = {"models": models or {}, "retry_errors": retry_errors}
-        return dict(self._request("POST", f"/v1/jobs/{job_id}/resume", json=body).json())
+        return self._answer(SubmitResponse, "POST", f"/v1/jobs/{job_id}/resume", json=body)
 
-    def wait(self, job_id: str, *, poll: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
+    def wait(self, job_id: str, *, poll: float = 0.5, timeout: float | None = None) -> JobView:
         """Block until the job reaches a final state (follows the log stream, so no busy polling)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for _ in self.follow(job_id, deadline=deadline):
@@ -203,8 +224,8 @@ class Client:
 
     # logs -----------------------------------------------------------------------------------------
 
-    def logs(self, job_id: str, *, offset: int = 0, limit: int = 1024 * 1024) -> dict[str, Any]:
-        return dict(self._request("GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset, "limit": limit}).json())
+    def logs(self, job_id: str, *, offset: int = 0, limit: int = 1024 * 1024) -> LogPage:
+        return self._answer(LogPage, "GET", f"/v1/jobs/{job_id}/logs", params={"offset": offset, "limit": limit})
 
     def follow(
         self,
@@ -249,8 +270,13 @@ class Client:
 
     # results --------------------------------------------------------------------------------------
 
-    def artifacts(self, job_id: str) -> builtins.list[dict[str, Any]]:  # `list` is a method here
-        return list(self._request("GET", f"/v1/jobs/{job_id}/artifacts").json())
+    def artifacts(self, job_id: str) -> builtins.list[ArtifactInfo]:  # `list` is a method here
+        return [_typed(ArtifactInfo, item, "GET artifacts") for item in self._artifact_listing(job_id)]
+
+    def _artifact_listing(self, job_id: str) -> builtins.list[Any]:
+        """The listing as the server sent it: ``download_results`` judges each path itself, so a
+        hostile entry is refused by name rather than failing validation."""
+        return builtins.list(self._request("GET", f"/v1/jobs/{job_id}/artifacts").json())
 
     def download(self, job_id: str, path: str, dest: Path) -> Path:
         """Stream one artifact to ``dest``, a file path the caller chose."""
@@ -294,7 +320,7 @@ class Client:
         ``out`` (``..``, absolute, a drive letter, a backslash) means the server is broken or
         hostile, so nothing is written and the error names the path.
         """
-        listed = [item.get("path") if isinstance(item, dict) else item for item in self.artifacts(job_id)]
+        listed = [item.get("path") if isinstance(item, dict) else item for item in self._artifact_listing(job_id)]
         try:
             targets = {str(rel): artifact_target(out, rel) for rel in listed}  # strings once checked
         except PermissionDeniedError as exc:

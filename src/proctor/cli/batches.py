@@ -24,6 +24,7 @@ from proctor.cli._console import LazyConsole
 from proctor.errors import EXIT_INTERRUPTED, InputError, NotFoundError, ProctorError
 
 if TYPE_CHECKING:
+    from proctor.api_models import JobView
     from proctor.client import Client
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
@@ -58,7 +59,7 @@ def submit_batch(
         check_roles(cell.spec, list(models))
         bodies.append(models)
     batch_id = new_batch_id()
-    queued: list[dict[str, Any]] = []
+    queued: list[JobView] = []
     for cell, models in zip(cells, bodies, strict=True):
         try:
             answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
@@ -66,21 +67,21 @@ def submit_batch(
             names = {role: model.get("model") or model.get("base_url") or "-" for role, model in models.items()}
             err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.label(names)}"))
             raise
-        for warning in answer.get("warnings", []):
+        for warning in answer.warnings:
             err_console.print(f"[yellow]warning:[/] {warning}")
-        queued.append(answer["job"])
+        queued.append(answer.job)
     console.print(f"batch {batch_id}: {len(queued)} jobs queued", markup=False)
     if detach:
-        console.print(_plain_table(list(client.batch(batch_id)["jobs"])))  # as they are now, not as queued
+        console.print(_plain_table(client.batch(batch_id).jobs))  # as they are now, not as queued
         console.print(f"watch it with: proctor status {batch_id} --watch", markup=False)
         return 0
-    return outcome(watch(lambda: list(client.batch(batch_id)["jobs"]), interval=interval))
+    return outcome(watch(lambda: client.batch(batch_id).jobs, interval=interval))
 
 
-def _partial_report(batch_id: str, queued: list[dict[str, Any]], total: int, refused: str) -> str:
+def _partial_report(batch_id: str, queued: list[JobView], total: int, refused: str) -> str:
     if not queued:
         return f"nothing was queued: the server refused the first job of the batch ({refused})"
-    ids = ", ".join(job["id"] for job in queued)
+    ids = ", ".join(job.id for job in queued)
     return (
         f"batch {batch_id}: {len(queued)} of {total} jobs were queued ({ids}) before the server refused "
         f"{refused}; the rest were not submitted. The queued jobs run: see them with "
@@ -88,7 +89,7 @@ def _partial_report(batch_id: str, queued: list[dict[str, Any]], total: int, ref
     )
 
 
-def watch(fetch: Callable[[], list[dict[str, Any]]], *, interval: float) -> list[dict[str, Any]]:
+def watch(fetch: Callable[[], list[JobView]], *, interval: float) -> list[JobView]:
     """Show ``fetch()`` as a table every ``interval`` seconds until every job is final; return them.
 
     Ctrl-C stops watching (exit 130) and nothing else: the jobs go on.
@@ -115,16 +116,16 @@ def watch(fetch: Callable[[], list[dict[str, Any]]], *, interval: float) -> list
     return jobs
 
 
-def outcome(jobs: list[dict[str, Any]]) -> int:
+def outcome(jobs: list[JobView]) -> int:
     """A watch's exit code: 0 when every job succeeded, else 1."""
-    return 0 if all(job["state"] == "succeeded" for job in jobs) else 1
+    return 0 if all(job.state == "succeeded" for job in jobs) else 1
 
 
-def _finished(jobs: list[dict[str, Any]]) -> bool:
-    return all(job["state"] in TERMINAL for job in jobs)
+def _finished(jobs: list[JobView]) -> bool:
+    return all(job.state in TERMINAL for job in jobs)
 
 
-def job_table(jobs: list[dict[str, Any]], *, title: str | None = None) -> Any:
+def job_table(jobs: list[JobView], *, title: str | None = None) -> Any:
     """One row per job: job, spec, model, state, progress, accuracy, ETA."""
     from rich.table import Table
 
@@ -134,16 +135,15 @@ def job_table(jobs: list[dict[str, Any]], *, title: str | None = None) -> Any:
     for column in ("job", "spec", "model", "state", "progress", "accuracy", "ETA"):
         table.add_column(column, overflow="fold")
     for job in jobs:
-        progress = job.get("progress")
-        record: dict[str, Any] = progress if isinstance(progress, dict) else {}
+        record: dict[str, Any] = job.progress or {}
         total, done = record.get("total"), record.get("done") or 0
         accuracy = record.get("accuracy")
-        running = job["state"] not in TERMINAL and job["state"] != "queued"
+        running = job.state not in TERMINAL and job.state != "queued"
         table.add_row(
-            job["id"],
-            job.get("spec") or "-",
-            job.get("model") or "-",
-            job["state"] + (f" (#{job['queue_position']})" if job.get("queue_position") else ""),
+            job.id,
+            job.spec or "-",
+            job.model or "-",
+            job.state + (f" (#{job.queue_position})" if job.queue_position else ""),
             f"{done}/{total}" if total is not None else "-",
             "-" if accuracy is None else f"{accuracy:.1%}",
             _fmt_eta(record.get("eta")) if running and record else "",
@@ -151,7 +151,7 @@ def job_table(jobs: list[dict[str, Any]], *, title: str | None = None) -> Any:
     return table
 
 
-def _plain_table(jobs: list[dict[str, Any]]) -> Any:
+def _plain_table(jobs: list[JobView]) -> Any:
     from rich import box
 
     table = job_table(jobs)
@@ -163,13 +163,13 @@ def status_of(client: Client, target: str, *, watching: bool, interval: float) -
     """``proctor status ID`` when ID names a batch (or with ``--watch``): the batch's table."""
     try:
         client.status(target)
-        fetch: Callable[[], list[dict[str, Any]]] = lambda: [client.status(target)]  # noqa: E731
+        fetch: Callable[[], list[JobView]] = lambda: [client.status(target)]  # noqa: E731
     except NotFoundError:
         try:
             client.batch(target)
         except NotFoundError:
             raise NotFoundError(f"no job or batch {target!r}") from None
-        fetch = lambda: list(client.batch(target)["jobs"])  # noqa: E731
+        fetch = lambda: client.batch(target).jobs  # noqa: E731
     if not watching:
         console.print(job_table(fetch(), title=target))
         return 0

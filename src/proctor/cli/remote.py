@@ -213,37 +213,37 @@ def submit(
             job_id=job_id,
             **job_options,
         )
-        job = answer["job"]
-        for warning in answer.get("warnings", []):
+        job = answer.job
+        for warning in answer.warnings:
             err_console.print(f"[yellow]warning:[/] {warning}")
-        position = job.get("queue_position")
-        console.print(f"job {job['id']} {job['state']}" + (f" (queue position {position})" if position else ""))
+        position = job.queue_position
+        console.print(f"job {job.id} {job.state}" + (f" (queue position {position})" if position else ""))
         agent = None
         if local is not None:
-            agent = _start_tunnel_agent(client, job["id"], answer.get("tunnel_secret"), local)
+            agent = _start_tunnel_agent(client, job.id, answer.tunnel_secret, local)
         if detach:
             if agent is not None:
                 err_console.print("private mode: the tunnel runs while this command runs; not detaching")
             else:
-                console.print(f"follow it with: proctor logs {job['id']} -f")
+                console.print(f"follow it with: proctor logs {job.id} -f")
                 return
         try:
-            final = _follow(client, job["id"], log_file=log_file)
+            final = _follow(client, job.id, log_file=log_file)
         except KeyboardInterrupt:
             if agent is not None:
-                err_console.print(_tunnel_stopped(job["id"]))
+                err_console.print(_tunnel_stopped(job.id))
             else:
-                err_console.print(f"\nstopped following; the job goes on. Follow again: proctor logs {job['id']} -f")
+                err_console.print(f"\nstopped following; the job goes on. Follow again: proctor logs {job.id} -f")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         finally:
             if agent is not None:
                 agent.stop()
-        status = client.status(job["id"])
-        dest = out or Path(f"proctor-{job['id']}")
-        paths = client.download_results(job["id"], dest)
+        status = client.status(job.id)
+        dest = out or Path(f"proctor-{job.id}")
+        paths = client.download_results(job.id, dest)
         _copy_named(dest, output_file=output_file, server_log=server_log, traj_log=traj_log)
-        note = f" — {status['note']}" if status.get("note") else ""
-        console.print(f"job {job['id']} {final}{note}; {len(paths)} file(s) downloaded")
+        note = f" — {status.note}" if status.note else ""
+        console.print(f"job {job.id} {final}{note}; {len(paths)} file(s) downloaded")
         # The report in the job's log leaves out the server's path; this copy is the run's here
         # (a proctor job's run directory is its `out/`, which `analyze` and `rescore` take).
         run_dir = dest / "out" if (dest / "out" / "ledger.sqlite").is_file() else dest
@@ -451,18 +451,18 @@ def check(server: ServerOpt = None, token: TokenOpt = None) -> None:
     with _client(server, token) as client:
         info = client.server_info()
     console.print(
-        f"{client.server}: [bold]{info['status']}[/] · proctor {info['version']} · "
-        f"{info['running']}/{info['slots']} slots busy · queue {info['queue_length']}/{info['queue_max']}"
-        + (" · open mode" if info.get("open") else "")
-        + (f" · rate limit {info['rate_limit']}" if info.get("rate_limit") else "")
+        f"{client.server}: [bold]{info.status}[/] · proctor {info.version} · "
+        f"{info.running}/{info.slots} slots busy · queue {info.queue_length}/{info.queue_max}"
+        + (" · open mode" if info.open else "")
+        + (f" · rate limit {info.rate_limit}" if info.rate_limit else "")
     )
-    if info.get("you"):
-        console.print(f"you are {info['you']}")
-    if info["jobs"]:
+    if info.you:
+        console.print(f"you are {info.you}")
+    if info.jobs:
         from rich.table import Table
 
         table = Table("job", "state", "queue", "yours")
-        for job in info["jobs"]:
+        for job in info.jobs:
             table.add_row(job["id"], job["state"], str(job.get("queue_position") or ""), "yes" if job["mine"] else "")
         console.print(table)
 
@@ -479,10 +479,10 @@ def status(
 
     with _client(server, token) as client:
         try:
-            job = {} if watch else client.status(job_id)
+            job = None if watch else client.status(job_id)
         except NotFoundError:
-            job = {}
-        if not job:
+            job = None
+        if job is None:
             raise typer.Exit(status_of(client, job_id, watching=watch, interval=interval))
     from rich.table import Table
 
@@ -490,12 +490,12 @@ def status(
 
     table = Table(show_header=False)
     for key in ("id", "owner", "kind", "state", "queue_position", "exit_code", "note", "attempts"):
-        if job.get(key) is not None:
-            table.add_row(key, str(job[key]))
-    if isinstance(job.get("progress"), dict):
-        table.add_row("progress", describe(job["progress"]))
-    if job.get("waiting_for"):
-        table.add_row("waiting for", ", ".join(job["waiting_for"]))
+        if getattr(job, key) is not None:
+            table.add_row(key, str(getattr(job, key)))
+    if job.progress is not None:
+        table.add_row("progress", describe(job.progress))
+    if job.waiting_for:
+        table.add_row("waiting for", ", ".join(job.waiting_for))
     console.print(table)
 
 
@@ -519,12 +519,12 @@ def logs(
         partial = ""
         while True:
             page = client.logs(job_id, offset=offset)
-            lines = (partial + page["data"]).split("\n")
+            lines = (partial + page.data).split("\n")
             partial = lines.pop()
             sys.stdout.writelines(line + "\n" for line in lines if progress_record(line) is None)
-            if page["eof"] or page["next_offset"] == offset:
+            if page.eof or page.next_offset == offset:
                 break
-            offset = page["next_offset"]
+            offset = page.next_offset
         if partial and progress_record(partial) is None:
             sys.stdout.write(partial)
         sys.stdout.flush()
@@ -534,7 +534,7 @@ def cancel(job_id: JobArg, server: ServerOpt = None, token: TokenOpt = None) -> 
     """Cancel a job: its whole process group is killed and cleanup hooks run."""
     with _client(server, token) as client:
         job = client.cancel(job_id)
-    console.print(f"job {job_id} {job['state']}")
+    console.print(f"job {job_id} {job.state}")
 
 
 def results(
@@ -583,12 +583,12 @@ def list_jobs(
     table = Table("job", "state", "kind", "owner", "exit", "note")
     for job in jobs:
         table.add_row(
-            job["id"],
-            job["state"],
-            job["kind"],
-            job["owner"],
-            "" if job.get("exit_code") is None else str(job["exit_code"]),
-            job.get("note") or "",
+            job.id,
+            job.state,
+            job.kind,
+            job.owner,
+            "" if job.exit_code is None else str(job.exit_code),
+            job.note or "",
         )
     console.print(table)
 
@@ -629,7 +629,7 @@ def resume(
     """
     keys = _key_overrides(api_key, api_key_env)
     with _client(server, token) as client:
-        roles: list[str] = list(client.status(job_id).get("private_roles") or [])
+        roles: list[str] = list(client.status(job_id).private_roles)
         local: LocalModels | None = None
         if roles:
             flag_models = _models(model, base_url, None, {r: k for r, k in keys.items() if r in roles})
@@ -641,10 +641,10 @@ def resume(
                 hint="a public job keeps the endpoints it was submitted with; re-supply only its keys",
             )
         answer = client.resume(job_id, models={r: {"api_key": k} for r, k in keys.items()}, retry_errors=retry_errors)
-        console.print(f"job {job_id} {answer['job']['state']}")
+        console.print(f"job {job_id} {answer.job.state}")
         if local is None:
             return
-        agent = _start_tunnel_agent(client, job_id, answer.get("tunnel_secret"), local)
+        agent = _start_tunnel_agent(client, job_id, answer.tunnel_secret, local)
         try:
             final = _follow(client, job_id, log_file=log_file)
         except KeyboardInterrupt:
@@ -653,7 +653,7 @@ def resume(
         finally:
             agent.stop()
         status = client.status(job_id)
-    note = f" — {status['note']}" if status.get("note") else ""
+    note = f" — {status.note}" if status.note else ""
     console.print(f"job {job_id} {final}{note}; download the results with: proctor results {job_id}")
     if final != "succeeded":
         raise typer.Exit(EXIT_SAMPLE_ERRORS)

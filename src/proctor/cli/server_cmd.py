@@ -21,7 +21,10 @@ DataOpt = Annotated[
 ]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--database-url", envvar="PROCTOR_DATABASE_URL", help="SQLAlchemy URL (default SQLite in --data)."),
+    typer.Option(
+        "--database-url",
+        help="SQLAlchemy URL (default SQLite in --data; env PROCTOR_DATABASE_URL, read in settings.py).",
+    ),
 ]
 
 

@@ -92,7 +92,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_of=_route_of)
     app.state.metrics = metrics
-    hub = manager.hub = _attach_tunnel(app, manager, auth, settings)
+    hub = _attach_tunnel(app, manager, auth)
 
     @app.exception_handler(ProctorError)
     async def _proctor_error(_request: Request, exc: ProctorError) -> JSONResponse:
@@ -365,15 +365,10 @@ def served_app(app: FastAPI) -> ASGIApp:
     return hub.wrap_app(app, wrap_facade=with_metrics)
 
 
-def _attach_tunnel(app: FastAPI, manager: JobManager, auth: Authenticator, settings: ServerSettings) -> TunnelHub:
-    """Mount the private-mode tunnel: the agents' WebSocket, the job channel and the facade."""
+def _attach_tunnel(app: FastAPI, manager: JobManager, auth: Authenticator) -> TunnelHub:
+    """Mount the manager's private-mode tunnel: the agents' WebSocket, the job channel and the facade."""
     authenticate: Callable[[str], Principal | None] = auth.from_token
-    hub = TunnelHub(
-        on_tunnel_state=manager.on_tunnel_state,
-        grace=settings.tunnel_grace,
-        request_deadline=settings.tunnel_request_deadline,
-        max_inflight=settings.tunnel_max_inflight,
-    )
+    hub = manager.hub
     if auth.open_mode:
         # Open mode: no token needed; the agent is identified by its IP like every other request.
         def by_host(token: str | None, host: str | None) -> Principal | None:

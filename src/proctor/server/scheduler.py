@@ -66,7 +66,15 @@ class JobManager:
         self.store = store
         self.metrics = metrics
         self.quota = quota
-        self.hub: TunnelHub | None = None
+        self.hub = TunnelHub(
+            on_tunnel_state=self.on_tunnel_state,
+            grace=settings.tunnel_grace,
+            request_deadline=settings.tunnel_request_deadline,
+            max_inflight=settings.tunnel_max_inflight,
+        )
+        """Private jobs' tunnels. Built here, not handed in: it reports each tunnel's state back to
+        this manager (``on_tunnel_state``), and every server serves private mode. ``app.py`` mounts
+        its routes and gives it the authenticator."""
         self.port = settings.port
         self.secrets: dict[str, JobSecrets] = {}
         self.watches: dict[str, Watch] = {}
@@ -121,7 +129,7 @@ class JobManager:
                 assert job.pid is not None
                 log.info("job %s: stopping the process the previous server left running", job.id)
                 await jobmod.kill_tree(job.pid, grace=self.settings.kill_grace)
-            if job.private_roles and not job.key_envs and job.tunnel_digest and self.hub is not None:
+            if job.private_roles and not job.key_envs and job.tunnel_digest:
                 # Nothing was lost but the internal token, which is new at each start anyway: the
                 # submitter's agent reconnects with the secret it holds, and the job runs again.
                 values: dict[str, Any] = {"pid": None, **self.leases.owned()}
@@ -224,8 +232,6 @@ class JobManager:
                 if existing.state not in TERMINAL_STATES and existing.state != "waiting_for_credentials":
                     raise ConflictError(f"job {existing.id} is {existing.state}; it cannot be resubmitted now")
                 warnings.append(f"job {existing.id} exists: resuming it in its directory (finished samples are kept)")
-        if req.private and self.hub is None:
-            raise InputError("this server has no tunnel support, so private mode is unavailable")
         self.quota.check(principal)
         if self.store.count({"queued"}) >= self.settings.queue_max:
             retry = self.retry_after()
@@ -284,7 +290,7 @@ class JobManager:
         return self.store.get(job_id), warnings, tunnel_secret
 
     def _register_tunnel(self, job_id: str, owner: str, roles: list[str]) -> str | None:
-        if not roles or self.hub is None:
+        if not roles:
             return None
         tunnel_secret, internal_token = self.hub.register_job(job_id, owner=owner, roles=list(roles))
         self._set_internal_token(job_id, roles, internal_token)
@@ -299,7 +305,7 @@ class JobManager:
     def resume(self, principal: Principal, job: JobRow, req: ResumeRequest) -> tuple[JobRow, str | None]:
         check_access(principal, job)
         live = job.state not in TERMINAL_STATES and job.state != "waiting_for_credentials"
-        if live and job.private_roles and self.hub is not None and self.hub.secret_digest(job.id) is not None:
+        if live and job.private_roles and self.hub.secret_digest(job.id) is not None:
             # A live private job whose submitter lost the tunnel (e.g. its agent stopped during a
             # server restart): a new secret lets a new agent in; the job itself goes on as it is.
             tunnel_secret: str | None = self.hub.new_secret(job.id)
@@ -327,7 +333,7 @@ class JobManager:
             request=request,
             **(self.leases.owned() if job.key_envs or job.private_roles else self.leases.unowned()),
         )
-        if job.private_roles and self.hub is not None:
+        if job.private_roles:
             with contextlib.suppress(Exception):
                 self.hub.unregister_job(job.id)
         tunnel_secret = self._register_tunnel(job.id, job.owner, job.private_roles)
@@ -388,9 +394,8 @@ class JobManager:
 
     def _forget(self, job_id: str) -> None:
         self.secrets.pop(job_id, None)
-        if self.hub is not None:
-            with contextlib.suppress(Exception):
-                self.hub.unregister_job(job_id)
+        with contextlib.suppress(Exception):
+            self.hub.unregister_job(job_id)
 
     # scheduling -----------------------------------------------------------------------------------
 

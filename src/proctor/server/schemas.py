@@ -7,11 +7,21 @@ they are read once, into the job process's environment, and dropped from everyth
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from proctor._validation import StrictModel
+from proctor.api_models import (  # re-exported: the server's code names them from here
+    ArtifactInfo,
+    BatchView,
+    Health,
+    JobState,
+    JobView,
+    LogPage,
+    ServerInfo,
+    SubmitResponse,
+)
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{7,63}$")
 """A client-chosen job id: 8-64 characters of the URL-safe base64 alphabet, not starting with ``-``
@@ -20,19 +30,6 @@ BATCH_ID_PATTERN = JOB_ID_RE.pattern
 """A batch id, chosen by the client: the same alphabet and length as a client-chosen job id."""
 ROLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,4}$")
-
-
-JobState = Literal[
-    "queued",
-    "running",
-    "waiting_for_tunnel",
-    "waiting_for_credentials",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "timed_out",
-]
-"""Every state a job can be in (docs/server.md); the store keeps them, the API reports them."""
 
 
 class ModelEndpoint(StrictModel):
@@ -122,76 +119,22 @@ class ResumeRequest(StrictModel):
     retry_errors: bool = False
 
 
-class JobView(BaseModel):
-    """A job as its owner (or an admin) sees it."""
-
-    id: str
-    owner: str
-    kind: str
-    state: JobState
-    created_at: float
-    queued_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    exit_code: int | None = None
-    note: str | None = None
-    attempts: int = 0
-    queue_position: int | None = None
-    """1 = next to start; None when not queued."""
-    progress: dict[str, Any] | None = None
-    private_roles: list[str] = Field(default_factory=list)
-    waiting_for: list[str] = Field(default_factory=list)
-    """Environment-variable names of keys to re-supply (state ``waiting_for_credentials``)."""
-    batch_id: str | None = None
-    spec: str | None = None
-    """The task's name (``name:`` of its spec), when it has one."""
-    model: str | None = None
-    """The subject's model name, when the submission or its spec named one."""
-
-
-class BatchView(BaseModel):
-    """The caller's jobs of one batch, and how many are in each state."""
-
-    ok: bool = True
-    id: str
-    jobs: list[JobView]
-    states: dict[str, int]
-    finished: bool
-    """True when every job is in a final state."""
-
-
-class SubmitResponse(BaseModel):
-    ok: bool = True
-    job: JobView
-    warnings: list[str] = Field(default_factory=list)
-    tunnel_secret: str | None = None
-    """Private mode only: proves to the tunnel endpoint that a connection is the submitter's. Shown once."""
-
-
-class ServerInfo(BaseModel):
-    ok: bool = True
-    status: Literal["idle", "busy"]
-    version: str
-    slots: int
-    running: int
-    queue_length: int
-    queue_max: int
-    open: bool
-    rate_limit: str | None = None
-    jobs: list[dict[str, Any]] = Field(default_factory=list)
-    """Running and queued jobs; other users' ids anonymized (first 6 and last 2 characters)."""
-    you: str | None = None
-    tunnel: bool = False
-
-
-class ArtifactInfo(BaseModel):
-    path: str
-    size: int
-
-
-class LogPage(BaseModel):
-    offset: int
-    next_offset: int
-    data: str
-    eof: bool
-    state: str
+__all__ = [  # the response models are re-exported from proctor.api_models
+    "ArtifactInfo",
+    "BATCH_ID_PATTERN",
+    "BatchView",
+    "FILE_NAME_RE",
+    "Health",
+    "JOB_ID_RE",
+    "JobLimits",
+    "JobState",
+    "JobView",
+    "LogPage",
+    "ModelEndpoint",
+    "ROLE_RE",
+    "ResumeRequest",
+    "ServerInfo",
+    "SubmitRequest",
+    "SubmitResponse",
+    "UploadedFile",
+]

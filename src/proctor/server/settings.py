@@ -7,12 +7,16 @@ they are what decides which programs the server may run, so no request can add t
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from proctor import _yaml
 from proctor._validation import StrictModel, problems
@@ -24,6 +28,8 @@ PARAM_PATTERN_DEFAULT = r"^[A-Za-z0-9_.:/@+=,-]{0,256}$"
 MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}$"
 """What ``{model}`` may be: a model name, with no ``,``, ``=`` or spaces that would add keys to an
 argument such as lm-eval's ``--model_args model={model},...``."""
+DATABASE_URL_ENV = "PROCTOR_DATABASE_URL"
+"""The job store's URL from the environment: below ``--database-url``, above the config file."""
 BASE_URL_PATTERN = r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*)?$"
 """What ``{base_url}`` may be: scheme, host, port and path only (no query, no ``,`` or ``=``)."""
 
@@ -225,18 +231,76 @@ def parse_rate_limit(text: str) -> tuple[int, float]:
 
 
 def load_settings(config_file: Path | None, **overrides: Any) -> ServerSettings:
-    """Defaults < config file (YAML) < ``overrides`` (the CLI flags that were given, not None)."""
-    data: dict[str, Any] = {}
-    if config_file is not None:
+    """Flags (``overrides`` that are not None) > ``PROCTOR_DATABASE_URL`` > config file (YAML) > defaults.
+
+    The environment names only the store's URL (docs/server.md): every other setting comes from
+    flags or the file, so a stray ``PROCTOR_*`` variable cannot, say, open the server.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        loaded = _LoadedServerSettings(_config_file=config_file, **given)
+    except ValidationError as exc:
+        raise InputError(f"invalid server settings: {problems(exc.errors())}") from None
+    return ServerSettings.model_validate(dict(loaded))
+
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("proctor_server_config_file", default=None)
+
+
+class _LoadedServerSettings(BaseSettings, ServerSettings):
+    """``ServerSettings`` read through ``pydantic-settings``: the sources above, in that order."""
+
+    model_config = SettingsConfigDict(extra=StrictModel.model_config.get("extra"))  # unknown keys: refused
+
+    def __init__(self, _config_file: Path | None = None, **given: Any) -> None:
+        # The file's path is not a setting: it reaches settings_customise_sources beside the flags.
+        token = _CONFIG_FILE.set(_config_file)
+        try:
+            super().__init__(**given)
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _DatabaseUrlEnv(settings_cls), _ConfigFile(settings_cls, _CONFIG_FILE.get())
+
+
+class _DatabaseUrlEnv(PydanticBaseSettingsSource):
+    """``PROCTOR_DATABASE_URL``, the one setting the environment may give (an empty one is unset)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ answers for the one variable
+
+    def __call__(self) -> dict[str, Any]:
+        url = os.environ.get(DATABASE_URL_ENV)
+        return {"database_url": url} if url else {}
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """The admin's YAML config file: any setting, ``-`` or ``_`` in its keys."""
+
+    def __init__(self, settings_cls: type[BaseSettings], config_file: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._config_file = config_file
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        config_file = self._config_file
+        if config_file is None:
+            return {}
         try:
             loaded = _yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise InputError(f"cannot read server config {config_file}: {exc}") from None
         if not isinstance(loaded, dict):
             raise InputError(f"server config {config_file} must be a YAML mapping")
-        data.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ServerSettings.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"invalid server settings: {problems(exc.errors())}") from None
+        return {str(k).replace("-", "_"): v for k, v in loaded.items()}
