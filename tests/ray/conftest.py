@@ -9,11 +9,32 @@ whatever it started and is still alive is killed.
 from __future__ import annotations
 
 import importlib.util
+import socket
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
 from ray_kit import RayCluster
+
+
+def start_client_server(ray: Any) -> str:
+    """Open the Ray Client server ``ray start --head`` would, on a free loopback port.
+
+    ``ray.init()`` starts no client server, and ``ray start`` detaches its processes from the test
+    (no handle to stop them by), so the session Ray starts it the way ``ray start`` does: a child
+    of this process, stopped with the rest at the end.
+    """
+    from ray._private.services import start_ray_client_server
+
+    node = ray._private.worker._global_node
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start_ray_client_server(
+        node.address, "127.0.0.1", port, runtime_env_agent_address=node.runtime_env_agent_address, node_id=node.node_id
+    )
+    return f"ray://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +46,9 @@ def ray_cluster() -> Iterator[RayCluster]:
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
     session = RaySession.open(None, workers=2)
+    client_address = start_client_server(session.ray)
     started = [p for p in me.children(recursive=True) if p.pid not in before]
-    cluster = RayCluster(session.ray.get_runtime_context().gcs_address, started)
+    cluster = RayCluster(session.ray.get_runtime_context().gcs_address, client_address, started)
     try:
         yield cluster
     finally:

@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 from helpers import read_jsonl, run_proctor, write_spec
-from ray_kit import RayCluster
+from ray_kit import RayCluster, listening
 
 from proctor.evals.runner import resume_command
 from proctor.testing import FakeLLMConfig, FakeLLMThread
@@ -172,20 +172,6 @@ def test_the_driver_killed_then_resumed_redoes_nothing_finished(tmp_path: Path, 
     assert stats["counts"]["scored"] == n and stats["resumed_samples"] >= len(finished)
 
 
-def _listening(pids: set[int]) -> list[tuple[int, str]]:
-    """(pid, local address) of every listening TCP socket of ``pids``, from ``ss -ltnp``."""
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=30, check=True).stdout
-    found = []
-    for line in out.splitlines():
-        fields = line.split()
-        local = fields[3]
-        for part in line.split("pid=")[1:]:
-            pid = int(part.split(",")[0])
-            if pid in pids:
-                found.append((pid, local))
-    return found
-
-
 def test_the_private_ray_listens_on_loopback_only(tmp_path: Path, ray_cluster: RayCluster) -> None:
     # During a run, so the actors' and the joining driver's sockets count too.
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.05)) as llm:
@@ -197,7 +183,7 @@ def test_the_private_ray_listens_on_loopback_only(tmp_path: Path, ray_cluster: R
         try:
             wait_for(lambda: llm.stats()["requests"] >= 20 or proc.poll() is not None)
             pids = {p.pid for p in ray_cluster.members()} | {proc.pid}
-            sockets = _listening(pids)
+            sockets = listening(pids)
         finally:
             proc.kill()
             proc.communicate(timeout=30)

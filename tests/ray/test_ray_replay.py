@@ -36,7 +36,7 @@ def test_a_second_result_for_a_sample_is_never_recorded(tmp_path: Path, caplog: 
     r = runner(tmp_path)
     done = ("record_done", ("a", SolveResult(output="2"), 0.1, Score(value=1.0, answer="2"), "numeric"))
     late = ("record_done", ("a", SolveResult(output="5"), 0.1, Score(value=0.0, answer="5"), "numeric"))
-    error = ("record_error", ("b", "connection", "refused"))
+    error = ("record_error", ("b", "connection", "refused", None, 0.1))
     with caplog.at_level(logging.WARNING, logger="proctor.ray"):
         assert r._replay(BatchReply([ItemResult("a", [done]), ItemResult("b", [error])]), ledger)
         assert r._replay(BatchReply([ItemResult("a", [late])]), ledger)

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import ray_kit
 import yaml
 from helpers import create_token, start_server, stop_process
 
@@ -20,15 +21,7 @@ ROWS = [{"id": f"q{i}", "question": f"What is {i} + {i + 2}?", "answer": str(2 *
 
 
 def ray_spec(base_url: str) -> dict[str, Any]:
-    spec = {
-        "name": "on-ray",
-        "dataset": {"path": "data.jsonl", "fields": {"id": "id", "input": "question", "target": "answer"}},
-        "solver": "generate",
-        "scorer": "numeric",
-        "models": {"subject": {"base_url": base_url, "model": "fake"}},
-        "concurrency": 4,
-        "executor": {"kind": "ray", "workers": 2},
-    }
+    spec = ray_kit.ray_spec(base_url)
     return {
         "kind": "proctor",
         "spec": yaml.safe_dump(spec),

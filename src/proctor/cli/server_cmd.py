@@ -112,6 +112,9 @@ def serve_command(
     if no_sandbox:
         settings = settings.model_copy(update={"sandbox": settings.sandbox.model_copy(update={"enabled": False})})
     check_sandbox(settings.sandbox.enabled)
+    from proctor.executors.on_server import check_ray_address
+
+    check_ray_address(settings.ray_address, sandboxed=settings.sandbox.enabled)
     serve(settings, on_ready=ready_line)
 
 

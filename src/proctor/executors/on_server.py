@@ -33,6 +33,24 @@ def check_executor(spec: Mapping[str, Any], ray_address: str | None) -> bool:
     return True
 
 
+def check_ray_address(ray_address: str | None, *, sandboxed: bool) -> None:
+    """Refuse at startup a ``ray_address`` this server's jobs could not use.
+
+    A sandboxed job's driver joins through Ray Client (``ray://HOST:PORT``): a GCS address
+    (``HOST:PORT``) makes the driver look for a raylet on its own machine through the process table
+    and ``/tmp/ray``, which the sandbox hides. Without the sandbox both forms work.
+    """
+    if ray_address is None:
+        return
+    if not ray_address.strip() or any(c.isspace() for c in ray_address):
+        raise InputError(f"ray_address {ray_address!r} is not an address (ray://HOST:PORT or HOST:PORT)")
+    if sandboxed and not ray_address.startswith("ray://"):
+        raise InputError(
+            f"ray_address {ray_address!r}: a sandboxed job joins a Ray cluster only through Ray Client; "
+            "give its client server as ray://HOST:PORT (ray start --head opens it on port 10001)"
+        )
+
+
 def ray_argv(request: Mapping[str, Any], ray_address: str | None) -> list[str]:
     """The flags a stored Ray job's ``proctor run`` gets (checked again: settings may have changed)."""
     if not request.get("ray"):

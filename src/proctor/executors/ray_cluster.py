@@ -56,6 +56,15 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
+def is_client_address(address: str) -> bool:
+    """``ray://HOST:PORT``: the cluster's Ray Client server (``ray start --head`` opens it on 10001).
+
+    A Ray Client driver talks gRPC over TCP only, so it works where a GCS-address driver cannot: in
+    a server job's sandbox, whose own PID namespace and private ``/tmp`` hide the node's raylet.
+    """
+    return address.startswith("ray://")
+
+
 @dataclass
 class RaySession:
     """This process's connection to Ray; ``close`` disconnects, and stops Ray if it started it."""
@@ -87,6 +96,9 @@ class RaySession:
                     object_store_memory=OBJECT_STORE_BYTES,
                     **common,
                 )
+            elif is_client_address(address):
+                # Ray Client: gRPC over TCP to the cluster's client server; no local raylet needed.
+                ray.init(address=address, **common)
             else:
                 extra: dict[str, Any] = {"_node_ip_address": LOOPBACK} if _is_loopback(address) else {}
                 ray.init(address=address, **common, **extra)
