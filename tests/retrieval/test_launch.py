@@ -86,6 +86,9 @@ def test_starts_waits_for_health_and_stops_on_exit(
     port = free_port()
     service = RetrievalLaunch(kind="retrieval", index=str(bm25_index), port=port)
     seen: dict[str, object] = {}
+    # Only the processes this launch starts: a session fixture of the same worker (a test Ray
+    # cluster, say) has children of its own that outlive this test.
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
 
     def during() -> None:
         seen["ready"] = ready(port)
@@ -93,11 +96,12 @@ def test_starts_waits_for_health_and_stops_on_exit(
         request = urllib.request.Request(service.url, body, {"content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as resp:
             seen["hits"] = json.load(resp)
-        seen["pids"] = [p.pid for p in psutil.Process().children(recursive=True)]
+        seen["pids"] = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in before]
 
     with caplog.at_level(logging.INFO, logger=LOG.name):
         ensure(service, tmp_path, during)
     assert seen["ready"] is True
+    assert seen["pids"], "the service's processes were not seen: the check below would prove nothing"
     assert seen["hits"][0][0]["document"]["id"] == "eiffel"  # type: ignore[index]
     assert "starting the retrieval service" in caplog.text and "retrieval server of role" in caplog.text
     assert "healthy after" in caplog.text and "stopped the server" in caplog.text
