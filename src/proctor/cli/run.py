@@ -172,23 +172,13 @@ def run(
         )
     spec = specs[0]
     data = read_spec_data(spec)
+    # The engine's options, the same for a task spec and an lm_eval: spec (RunOptions minus --out).
+    options: dict[str, Any] = dict(
+        retry_errors=retry_errors, force_new=force_new, grace=grace, progress=progress, report_interval=report_interval
+    )
     if is_lm_eval_spec(data):
         raise typer.Exit(
-            _run_lm_eval(
-                data,
-                spec,
-                out=out,
-                model=model,
-                limit=limit,
-                concurrency=concurrency,
-                options=dict(
-                    retry_errors=retry_errors,
-                    force_new=force_new,
-                    grace=grace,
-                    progress=progress,
-                    report_interval=report_interval,
-                ),
-            )
+            _run_lm_eval(data, spec, out=out, model=model, limit=limit, concurrency=concurrency, options=options)
         )
     task = apply_overrides(parse_spec(data, source=str(spec)), model, concurrency)
     task = apply_private_endpoints(task, os.environ)
@@ -196,21 +186,13 @@ def run(
         raise typer.Exit(_dry_run(task, spec.parent.resolve()))
     run_dir = (out or Path("runs") / task.name).resolve()
     console = make_console()
-    options = RunOptions(
-        out=run_dir,
-        retry_errors=retry_errors,
-        force_new=force_new,
-        grace=grace,
-        progress=progress,
-        report_interval=report_interval,
-    )
     runner, ray_flags = build_runner(
         task,
         executor=executor,
         ray_address=ray_address,
         workers=workers,
         spec_dir=spec.parent.resolve(),
-        options=options,
+        options=RunOptions(out=run_dir, **options),
         limit=limit,
         console=console,
     )
