@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -98,7 +99,7 @@ class RaySession:
                 )
             elif is_client_address(address):
                 # Ray Client: gRPC over TCP to the cluster's client server; no local raylet needed.
-                ray.init(address=address, **common)
+                _init_client(ray, address, common)
             else:
                 extra: dict[str, Any] = {"_node_ip_address": LOOPBACK} if _is_loopback(address) else {}
                 ray.init(address=address, **common, **extra)
@@ -113,3 +114,22 @@ class RaySession:
     def close(self) -> None:
         """Disconnect; a private Ray's processes (GCS, raylet, workers) stop with it."""
         self.ray.shutdown()
+
+
+CLIENT_ATTEMPTS = 3
+"""Tries to join through Ray Client. Its server forks a "specific server" process per client, whose
+start-up can fail on a loaded host ("Initialization failure from server"); a new try gets a new one."""
+
+
+def _init_client(ray: Any, address: str, common: dict[str, Any]) -> None:
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, **common)
+            return
+        except ConnectionError as exc:
+            if attempt == CLIENT_ATTEMPTS:
+                raise
+            log.warning(
+                "ray: joining %s failed (%s); trying again", address, str(exc).splitlines()[0] if str(exc) else ""
+            )
+            time.sleep(2.0 * attempt)
