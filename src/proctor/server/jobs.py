@@ -184,7 +184,7 @@ def job_limits(request: dict[str, Any], settings: ServerSettings) -> Limits:
     )
 
 
-def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings, *, uid: int) -> Sandbox:
+def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings, *, uid: int | None) -> Sandbox:
     """The job's view: its directory read-only, ``out/`` writable, plus what the admin published
     (registered datasets, absolute paths in its command template, ``sandbox.readable``)."""
     job_dir = job_dir.resolve()

@@ -22,6 +22,7 @@ from proctor import _yaml
 from proctor._validation import StrictModel, problems
 from proctor.errors import InputError
 from proctor.server.lmeval_policy import LmEvalServerSettings
+from proctor.server.uids import DEFAULT_LOCK_DIR
 
 PARAM_PATTERN_DEFAULT = r"^[A-Za-z0-9_.:/@+=,-]{0,256}$"
 """What a template parameter may contain unless the template says otherwise: no spaces, no quotes."""
@@ -80,9 +81,15 @@ class SandboxSettings(StrictModel):
     enabled: bool = True
     """``False`` only with ``proctor serve --no-sandbox`` (a trusted single-user machine)."""
     uid: int = Field(default=62000, ge=1, le=2**31 - 2)
-    """When the server runs as root, a job in slot *i* runs as uid ``uid + i`` (so one job's
-    processes never count against another's RLIMIT_NPROC). Otherwise jobs keep the server's uid,
-    inside a user namespace."""
+    """First uid of the range jobs run as when the server runs as root. Each running job gets a
+    uid of its own, which no other job on this host (of this server or another) holds and which
+    owns no process, so no job's processes count against another's RLIMIT_NPROC (see
+    ``server/uids.py``). Otherwise jobs keep the server's uid, inside a user namespace."""
+    uids: int = Field(default=1000, ge=1, le=1_000_000)
+    """How many uids the range has (``uid`` … ``uid + uids - 1``); servers on one host may share it."""
+    uid_lock_dir: Path = DEFAULT_LOCK_DIR
+    """Host-wide directory of the uids' lock files (root only): every server on the host must use
+    the same one for the same range."""
     memory_mb: int = Field(default=8192, ge=64)
     """Address-space rlimit of every process of a job (RLIMIT_AS)."""
     processes: int = Field(default=512, ge=8)

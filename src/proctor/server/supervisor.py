@@ -34,6 +34,7 @@ from proctor.server.metrics import Metrics
 from proctor.server.scrub import scrub_secrets
 from proctor.server.settings import ServerSettings
 from proctor.server.store import JobRow, JobStore
+from proctor.server.uids import UidLease, UidPool
 
 log = logging.getLogger("proctor.server")
 
@@ -52,7 +53,9 @@ class Running:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the process is spawned (or failed to): a cancel waits for it, never misses it."""
     slot: int = 0
-    """Which slot it holds: as root, the job runs as uid ``sandbox.uid + slot``."""
+    """Which slot it holds (of ``settings.slots``)."""
+    uid: UidLease | None = None
+    """As root, the host-wide uid the job's sandbox runs as; given back once its processes are gone."""
 
 
 def outcome(kind: str, code: int, last_line: str | None = None) -> tuple[str, str | None]:
@@ -120,6 +123,8 @@ class Supervisor:
         self.watch = watch
         self.on_end = on_end
         self.running: dict[str, Running] = {}
+        box = settings.sandbox
+        self.uids = UidPool(box.uid, box.uids, box.uid_lock_dir)
         self._progress_saved: dict[str, float] = {}
 
     def job_dir(self, job_id: str) -> Path:
@@ -147,8 +152,10 @@ class Supervisor:
             log_path = job_dir / "job.log"
             box, limits = None, None
             if self.settings.sandbox.enabled:
-                uid = self.settings.sandbox.uid + run.slot
+                uid = None
                 if sandbox_mod.running_as_root():
+                    run.uid = await asyncio.to_thread(self.uids.lease)
+                    uid = run.uid.uid
                     await asyncio.to_thread(jobmod.give_out_dir, job_dir, uid)
                 box = jobmod.job_sandbox(job.request, job_dir, self.settings, uid=uid)
                 limits = jobmod.job_limits(job.request, self.settings)
@@ -195,6 +202,13 @@ class Supervisor:
                 grace = min(self.settings.kill_grace, self.leases.seconds / 4)
                 await jobmod.kill_tree(run.proc.pid, grace=grace, proc=run.proc)
 
+    def _leave(self, run: Running) -> None:
+        """The job's processes are gone: free its slot and its uid."""
+        self.running.pop(run.job_id, None)
+        if run.uid is not None:
+            run.uid.release()
+            run.uid = None
+
     def _progress(self, job_id: str, progress: dict[str, Any]) -> None:
         # The engine prints ~1 line/s; store at most one per second per job, and always the last.
         now = time.monotonic()
@@ -216,7 +230,7 @@ class Supervisor:
         if run.stop_reason in ("shutdown", "lease_lost"):
             if run.tail is not None:
                 await run.tail.stop()
-            self.running.pop(job.id, None)
+            self._leave(run)
             if run.stop_reason == "lease_lost":
                 self.on_end(job.id)  # the job is another server's now: its secrets go, the slot is free
             return
@@ -247,7 +261,7 @@ class Supervisor:
             self.metrics.outcomes[state] += 1
         else:
             log.warning("job %s ended here after another server took it over: its end is not recorded", job.id)
-        self.running.pop(job.id, None)
+        self._leave(run)
         self.on_end(job.id)
         log.info("job %s %s (exit code %s)", job.id, state, code)
         self.watch(job.id).notify()
