@@ -41,7 +41,9 @@ def browser() -> Iterator[Any]:
     with sync_playwright() as driver:
         try:
             # --no-sandbox: chromium's own sandbox refuses to start as root (as in CI).
-            instance = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            # A launch gets the tests' generous wait, not Playwright's 30 s: on a loaded host a
+            # slow start would otherwise turn into a skip, and the browser tests would not run.
+            instance = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], timeout=WAIT_MS)
         except Error as exc:
             pytest.skip(f"chromium does not start here: {str(exc).splitlines()[0]}")
         try:
