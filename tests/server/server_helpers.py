@@ -121,12 +121,20 @@ def script_job(mode: str, arg: str = "0", arg2: str = "0", **extra: Any) -> dict
 
 
 def wait_state(client: httpx.Client, job_id: str, states: set[str], *, limit: int = 3000) -> dict[str, Any]:
-    """Follow the job's log stream until it ends, or poll its state (bounded) for non-final states."""
+    """Poll the job's state until it is one of ``states``.
+
+    Bounded by both ``limit`` polls and 180 s, whichever ends later: a sandboxed job's start-up
+    takes seconds more on a loaded host, and the polls themselves slow down with it.
+    """
     import time
 
-    for _ in range(limit):
+    deadline = time.monotonic() + 180
+    polls = 0
+    while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["state"] in states:
             return job
+        polls += 1
+        if polls >= limit and time.monotonic() >= deadline:
+            raise AssertionError(f"job {job_id} never reached {states}: {job}")
         time.sleep(0.02)
-    raise AssertionError(f"job {job_id} never reached {states}: {job}")
