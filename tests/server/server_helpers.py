@@ -91,7 +91,7 @@ def start_server(data: Path, **overrides: Any) -> Running:
     server = uvicorn.Server(uvicorn_config(served_app(app), settings, open_files=raise_open_files_limit()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    for _ in range(500):
+    for _ in range(6000):  # bounded: 60 s (the app's start-up opens the store, PostgreSQL's too)
         if server.started:
             break
         threading.Event().wait(0.01)
