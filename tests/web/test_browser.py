@@ -82,9 +82,13 @@ def shot(page: Any, tmp_path: Path, name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def slow_job(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running job that takes minutes: one sample at a time, 0.3 s per model call."""
+    """A running job that takes minutes: one sample at a time, 0.3 s per model call.
+
+    One per test, cancelled at its end (freeing the server's one slot): a job shared by the
+    module made the watching test depend on running before the one that cancels it.
+    """
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.3)) as llm:
         spec = arith_spec(tmp_path_factory.mktemp("slow"), llm.base_url, n=400, concurrency=1)
         job = submit(served.server, "alice", spec)
