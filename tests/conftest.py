@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import pg_kit
@@ -24,6 +25,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=",".join(BACKENDS),
         help="job-store back ends the server tests run on (comma-separated: sqlite,postgres)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the processes the tests start a Ctrl-C that works, however the suite was started.
+
+    A shell starts a background job (``bash scripts/test.sh &``, CI wrappers) with SIGINT ignored,
+    and an ignored signal stays ignored across fork and exec: every ``proctor`` the tests start
+    would then ignore the SIGINT the Ctrl-C tests send it. Python's own handler is reset to the
+    default at exec, so children get SIGINT back.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -64,9 +64,13 @@ concurrency: {concurrency}
 
 
 def run_proctor(
-    *args: str | Path, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str | Path, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `proctor` CLI in a child process (bounded by ``timeout``)."""
+    """Run the real `proctor` CLI in a child process (bounded by ``timeout``).
+
+    The bound is generous on purpose: an lm-eval run imports for tens of seconds, and CI runs two
+    test workers on two shared cores. A run that really hangs still fails, just later.
+    """
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "proctor", *map(str, args)],

@@ -18,7 +18,7 @@ from helpers import run_proctor, write_spec
 from proctor.testing import FakeLLMConfig, FakeLLMThread
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+def wait_for(condition, timeout: float = 180.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -28,7 +28,7 @@ def start(spec: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(condition, timeout: float = 60.0, interval: float = 0.01) -> None:  # type: ignore[no-untyped-def]
+def wait_for(condition, timeout: float = 180.0, interval: float = 0.01) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -283,7 +283,7 @@ def test_the_metrics_equal_lm_evals_own_cli_against_the_same_server(tmp_path: Pa
             ],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,  # lm-eval's start-up alone takes tens of seconds on a loaded host
             env=env,
             cwd=tmp_path,
         )

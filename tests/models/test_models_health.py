@@ -13,8 +13,8 @@ from proctor.models.router import ModelRouter
 from proctor.testing import FakeLLM, FakeLLMConfig
 
 
-async def wait_for(predicate, *, tries: int = 300, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
-    """Poll a condition a bounded number of times (no timing assertion: only the outcome counts)."""
+async def wait_for(predicate, *, tries: int = 1500, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    """Poll a condition a bounded number of times, 30 s and more (no timing assertion: only the outcome counts)."""
     for _ in range(tries):
         if predicate():
             return True

@@ -9,7 +9,9 @@ whatever it started and is still alive is killed.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,18 +45,25 @@ def ray_cluster() -> Iterator[RayCluster]:
         pytest.skip("the ray extra is not installed (pip install 'proctor[ray]')")
     from proctor.executors.ray_cluster import RaySession
 
-    me = psutil.Process()
-    before = {p.pid for p in me.children(recursive=True)}
-    session = RaySession.open(None, workers=2)
-    client_address = start_client_server(session.ray)
-    started = [p for p in me.children(recursive=True) if p.pid not in before]
-    cluster = RayCluster(session.ray.get_runtime_context().gcs_address, client_address, started)
-    try:
-        yield cluster
-    finally:
-        members = cluster.members()
-        session.close()
-    gone, alive = psutil.wait_procs(members, timeout=10)
-    for proc in alive:
-        proc.kill()
-    psutil.wait_procs(alive, timeout=10)
+    # Ray's own directory, not the host's /tmp/ray: other test sessions and engineers start Rays on
+    # this host too, and ray.init() joins the cluster a `ray start` wrote to
+    # /tmp/ray/ray_current_cluster instead of starting one. Short, for Ray's socket paths.
+    temp = tempfile.mkdtemp(prefix="proctor-ray-")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", temp)
+        me = psutil.Process()
+        before = {p.pid for p in me.children(recursive=True)}
+        session = RaySession.open(None, workers=2)
+        client_address = start_client_server(session.ray)
+        started = [p for p in me.children(recursive=True) if p.pid not in before]
+        cluster = RayCluster(session.ray.get_runtime_context().gcs_address, client_address, started)
+        try:
+            yield cluster
+        finally:
+            members = cluster.members()
+            session.close()
+        gone, alive = psutil.wait_procs(members, timeout=10)
+        for proc in alive:
+            proc.kill()
+        psutil.wait_procs(alive, timeout=10)
+    shutil.rmtree(temp, ignore_errors=True)

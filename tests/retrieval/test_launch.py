@@ -41,7 +41,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], *, attempts: int = 300, step: float = 0.05) -> bool:
+def wait_until(predicate: Callable[[], bool], *, attempts: int = 600, step: float = 0.05) -> bool:
     for _ in range(attempts):
         if predicate():
             return True
@@ -86,9 +86,10 @@ def test_starts_waits_for_health_and_stops_on_exit(
     port = free_port()
     service = RetrievalLaunch(kind="retrieval", index=str(bm25_index), port=port)
     seen: dict[str, object] = {}
-    # Only the processes this launch starts: a session fixture of the same worker (a test Ray
-    # cluster, say) has children of its own that outlive this test.
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    # Only the processes this launch starts: the watchdog it spawns and that one's descendants.
+    # Session fixtures of the same worker (a test Ray, a PostgreSQL cluster) have children of
+    # their own that outlive this test and may start new ones (Ray workers, autovacuum) during it.
+    before = {p.pid for p in psutil.Process().children()}
 
     def during() -> None:
         seen["ready"] = ready(port)
@@ -96,7 +97,8 @@ def test_starts_waits_for_health_and_stops_on_exit(
         request = urllib.request.Request(service.url, body, {"content-type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as resp:
             seen["hits"] = json.load(resp)
-        seen["pids"] = [p.pid for p in psutil.Process().children(recursive=True) if p.pid not in before]
+        started = [p for p in psutil.Process().children() if p.pid not in before]
+        seen["pids"] = [p.pid for top in started for p in (top, *top.children(recursive=True))]
 
     with caplog.at_level(logging.INFO, logger=LOG.name):
         ensure(service, tmp_path, during)

@@ -50,7 +50,7 @@ def probe_job(mode: str, a: str = "0", b: str = "0", **extra: Any) -> dict[str, 
     return body
 
 
-def wait_for(client: httpx.Client, job_id: str, states: set[str], *, seconds: float = 120) -> dict[str, Any]:
+def wait_for(client: httpx.Client, job_id: str, states: set[str], *, seconds: float = 180) -> dict[str, Any]:
     """Poll the job (bounded) until it is in one of ``states``."""
     deadline = time.monotonic() + seconds
     job: dict[str, Any] = {}

@@ -47,7 +47,8 @@ def test_cancel_and_timeout_leave_no_process_behind(secure_server) -> None:
     assert _with_marker(marker) == []
 
     marker = f"{600 + random.random():.9f}"
-    timed = mallory.post("/v1/jobs", json=probe_job("fork", marker, timeout=4)).json()["job"]["id"]
+    # Long enough for the job to start and fork all four sleepers on a loaded host before it ends.
+    timed = mallory.post("/v1/jobs", json=probe_job("fork", marker, timeout=15)).json()["job"]["id"]
     _wait_forked(srv, mallory, timed, marker)
     assert wait_for(mallory, timed, {"timed_out", "failed", "succeeded", "cancelled"})["state"] == "timed_out"
     assert _with_marker(marker) == []

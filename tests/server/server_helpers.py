@@ -91,7 +91,7 @@ def start_server(data: Path, **overrides: Any) -> Running:
     server = uvicorn.Server(uvicorn_config(served_app(app), settings, open_files=raise_open_files_limit()))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    for _ in range(500):
+    for _ in range(6000):  # bounded: 60 s (the app's start-up opens the store, PostgreSQL's too)
         if server.started:
             break
         threading.Event().wait(0.01)
@@ -121,12 +121,20 @@ def script_job(mode: str, arg: str = "0", arg2: str = "0", **extra: Any) -> dict
 
 
 def wait_state(client: httpx.Client, job_id: str, states: set[str], *, limit: int = 3000) -> dict[str, Any]:
-    """Follow the job's log stream until it ends, or poll its state (bounded) for non-final states."""
+    """Poll the job's state until it is one of ``states``.
+
+    Bounded by both ``limit`` polls and 180 s, whichever ends later: a sandboxed job's start-up
+    takes seconds more on a loaded host, and the polls themselves slow down with it.
+    """
     import time
 
-    for _ in range(limit):
+    deadline = time.monotonic() + 180
+    polls = 0
+    while True:
         job = client.get(f"/v1/jobs/{job_id}").json()
         if job["state"] in states:
             return job
+        polls += 1
+        if polls >= limit and time.monotonic() >= deadline:
+            raise AssertionError(f"job {job_id} never reached {states}: {job}")
         time.sleep(0.02)
-    raise AssertionError(f"job {job_id} never reached {states}: {job}")

@@ -35,7 +35,7 @@ def _run_then_lose(srv: Any, tmp_path: Path) -> tuple[str, psutil.Process]:
 def _spawned(tmp_path: Path, job_id: str) -> psutil.Process:
     """The job's process, once the store records it (just after the claim)."""
     with pg_kit.connect(tmp_path / "data") as conn:
-        for _ in range(500):  # bounded
+        for _ in range(3000):  # bounded: 30 s
             (pid,) = conn.execute("SELECT pid FROM jobs WHERE id = %s", (job_id,)).fetchone()
             if pid is not None:
                 return psutil.Process(pid)

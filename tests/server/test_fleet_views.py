@@ -21,7 +21,7 @@ pytestmark = pytest.mark.store("postgres")
 
 def _runner(servers: list[Any]) -> int:
     """Which of the servers runs the one running job (the other reports nothing running)."""
-    for _ in range(500):  # bounded: the claim has been made; its count is read from memory
+    for _ in range(3000):  # bounded (30 s): the claim has been made; its count is read from memory
         running = [s.client(None).get("/v1/server").json()["running"] for s in servers]
         if sorted(running) == [0, 1]:
             return running.index(1)

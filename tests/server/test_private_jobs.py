@@ -67,8 +67,8 @@ class Agent:
         assert not self.thread.is_alive(), "tunnel agent did not stop"
 
 
-def _wait(predicate: Any, what: str, limit: int = 3000) -> None:
-    for _ in range(limit):  # bounded: 60 s
+def _wait(predicate: Any, what: str, limit: int = 9000) -> None:
+    for _ in range(limit):  # bounded: 180 s and more
         if predicate():
             return
         time.sleep(0.02)

@@ -66,7 +66,9 @@ def test_cancel_kills_the_group(make_server, tmp_path: Path) -> None:
 
 
 def test_timeout_kills_the_group(make_server, tmp_path: Path) -> None:
-    srv = make_server(job_timeout=1.5, kill_grace=0.5)
+    # The timeout must leave the job time to start (bubblewrap, two interpreters) and write its
+    # pids, seconds on a loaded host; otherwise it ends before the test has seen its processes.
+    srv = make_server(job_timeout=10, kill_grace=0.5)
     alice = srv.client("alice")
     job_id = alice.post("/v1/jobs", json=script_job("family", "out/pids")).json()["job"]["id"]
     leader, procs = _read_pids(srv, alice, job_id)

@@ -515,7 +515,7 @@ def test_cli_serve_writes_port_file_and_exits_cleanly_on_sigterm(tmp_path: Path)
         start_new_session=True,
     )
     try:
-        for _ in range(750):  # 15 s at most
+        for _ in range(3000):  # 60 s at most: the interpreter and aiohttp start slowly on a loaded host
             if port_file.exists() or proc.poll() is not None:
                 break
             time.sleep(0.02)
@@ -554,7 +554,7 @@ def _serve_fake(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], st
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    for _ in range(750):  # 15 s at most
+    for _ in range(3000):  # 60 s at most: the interpreter and aiohttp start slowly on a loaded host
         if port_file.exists() or proc.poll() is not None:
             break
         time.sleep(0.02)

@@ -55,7 +55,7 @@ class HubServer:
 
     def start(self) -> HubServer:
         self._thread.start()
-        for _ in range(1000):  # bounded: 10 s
+        for _ in range(6000):  # bounded: 60 s
             if self._server.started:
                 return self
             if not self._thread.is_alive():

@@ -41,7 +41,9 @@ def browser() -> Iterator[Any]:
     with sync_playwright() as driver:
         try:
             # --no-sandbox: chromium's own sandbox refuses to start as root (as in CI).
-            instance = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            # A launch gets the tests' generous wait, not Playwright's 30 s: on a loaded host a
+            # slow start would otherwise turn into a skip, and the browser tests would not run.
+            instance = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], timeout=WAIT_MS)
         except Error as exc:
             pytest.skip(f"chromium does not start here: {str(exc).splitlines()[0]}")
         try:
@@ -80,9 +82,13 @@ def shot(page: Any, tmp_path: Path, name: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def slow_job(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running job that takes minutes: one sample at a time, 0.3 s per model call."""
+    """A running job that takes minutes: one sample at a time, 0.3 s per model call.
+
+    One per test, cancelled at its end (freeing the server's one slot): a job shared by the
+    module made the watching test depend on running before the one that cancels it.
+    """
     with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.3)) as llm:
         spec = arith_spec(tmp_path_factory.mktemp("slow"), llm.base_url, n=400, concurrency=1)
         job = submit(served.server, "alice", spec)

@@ -76,7 +76,7 @@ def submit(server: Running, who: str, spec: Path) -> str:
         return str(client.submit(spec)["job"]["id"])
 
 
-def wait_job(server: Running, who: str, job_id: str, states: set[str], *, limit_s: float = 120) -> dict[str, Any]:
+def wait_job(server: Running, who: str, job_id: str, states: set[str], *, limit_s: float = 180) -> dict[str, Any]:
     """Poll the API (bounded) until the job is in one of ``states``."""
     deadline = time.monotonic() + limit_s
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.tokens[who]}"}) as client:
