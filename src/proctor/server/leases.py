@@ -17,6 +17,11 @@ lease; a job's end is recorded only by the instance that owns it (``record_end``
 Times are ``time.time()`` of each instance: the fleet's clocks must agree to well under a lease
 (NTP does). A restarted instance on the same host takes its dead predecessor's jobs at once (the
 predecessor's pid and start time show it is gone); a graceful stop releases its leases at once.
+
+Stopping a job through an instance that does not run it: that instance writes a *stop request*
+into the job's row (``request_stop``); the owner looks for requests on the jobs it runs every
+``STOP_POLL`` seconds (``stop_requests``) and stops them as it would a local cancel. A job whose
+owner died before it saw the request is cancelled by whoever takes it over, never run again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import os
 import secrets
 import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -35,6 +41,18 @@ from proctor.server.store import ACTIVE_STATES, JobRow, JobStore, _encode, jobs_
 
 OWNED_STATES: frozenset[str] = ACTIVE_STATES | {"queued"}
 """States in which a job may have an owning instance whose lease matters."""
+STOP_POLL = 1.0
+"""Seconds between an instance's looks for stop requests on the jobs it runs."""
+NO_STOP_REQUEST: dict[str, Any] = {"stop_requested_at": None, "stop_requested_by": None}
+"""A claim starts a new run: a stop request left from an earlier run does not apply to it."""
+
+
+@dataclass(slots=True)
+class Takeover:
+    """What ``take_over_expired`` did: jobs queued again, and jobs cancelled as requested."""
+
+    requeued: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +165,14 @@ class Leases:
 
     def take(self, job: JobRow, **values: Any) -> bool:
         """Compare-and-set: move ``job`` away from its old owner, only if it still is as we saw it
-        (same owner, same state, lease still expired or the owner known dead). One taker wins."""
+        (same owner, same state, lease still expired or the owner known dead, no stop requested
+        since unless one was then). One taker wins."""
         now = time.time()
         owner = jobs_table.c.instance == job.instance if job.instance else jobs_table.c.instance.is_(None)
         lapsed = or_(jobs_table.c.lease_until.is_(None), jobs_table.c.lease_until < now)
         condition = owner if self.instance.known_dead(job.instance) else and_(owner, lapsed)
+        if job.stop_requested_at is None:  # a stop asked for meanwhile is not lost by re-queueing the job
+            condition = and_(condition, jobs_table.c.stop_requested_at.is_(None))
         with self.store.engine.begin() as conn:
             result = conn.execute(
                 update(jobs_table)
@@ -174,15 +195,41 @@ class Leases:
             )
         return bool(result.rowcount)
 
-    async def take_over_expired(self, kill_grace: float) -> list[str]:
-        """Take every job whose owner's lease has passed; return the ids now queued again.
+    def request_stop(self, job_id: str, by: str) -> bool:
+        """Ask the instance running ``job_id`` to stop it; False when the job no longer runs.
+
+        ``by`` (who asked, through which instance) becomes the cancelled job's note.
+        """
+        return self.store.transition(
+            job_id,
+            ACTIVE_STATES,
+            stop_requested_at=time.time(),
+            stop_requested_by=by,
+            note=f"stop requested by {by}; the server instance running it stops it",
+        )
+
+    def stop_requests(self, job_ids: Collection[str]) -> dict[str, str]:
+        """The stop requests for jobs among ``job_ids`` that this instance owns: job id -> who asked."""
+        if not job_ids:
+            return {}
+        query = select(jobs_table.c.id, jobs_table.c.stop_requested_by).where(
+            jobs_table.c.id.in_(list(job_ids)),
+            jobs_table.c.instance == self.instance.id,
+            jobs_table.c.stop_requested_at.is_not(None),
+        )
+        with self.store.engine.connect() as conn:
+            return {row.id: row.stop_requested_by or "another server instance" for row in conn.execute(query)}
+
+    async def take_over_expired(self, kill_grace: float) -> Takeover:
+        """Take every job whose owner's lease has passed.
 
         A job that needs no secret is queued again (priority 0, ahead of newer ones) and resumes
         from its ledger wherever it is claimed next. A job whose API keys or tunnel lived in the
         dead instance's memory cannot run elsewhere: it waits for ``proctor resume`` (which brings
-        the keys, or a new tunnel secret, to the instance that answers).
+        the keys, or a new tunnel secret, to the instance that answers). A job someone asked to
+        stop is cancelled, whatever it needs.
         """
-        requeued: list[str] = []
+        done = Takeover()
         for job in self.expired():
             was = job.instance or "?"
             if job.state in ACTIVE_STATES and self.instance.same_host(job.instance):
@@ -190,9 +237,16 @@ class Leases:
                 if jobmod.is_same_process(job.pid, job.proc_start):
                     assert job.pid is not None
                     await jobmod.kill_tree(job.pid, grace=kill_grace)
-            if job.key_envs or job.private_roles:
-                needs = "a new tunnel (its agent)" if job.private_roles else "its API keys"
+            if job.stop_requested_at is not None:
                 values: dict[str, Any] = dict(
+                    state="cancelled",
+                    finished_at=time.time(),
+                    note=f"cancelled by {job.stop_requested_by}; the server instance {was} that ran it "
+                    "stopped renewing its lease before it stopped it",
+                )
+            elif job.key_envs or job.private_roles:
+                needs = "a new tunnel (its agent)" if job.private_roles else "its API keys"
+                values = dict(
                     state="waiting_for_credentials",
                     note=f"the server instance {was} that held it stopped renewing its lease and it needs "
                     f"{needs} again: `proctor resume {job.id}`",
@@ -203,6 +257,9 @@ class Leases:
                     priority=0,
                     note=f"taken over: the server instance {was} stopped renewing its lease",
                 )
-            if self.take(job, pid=None, **values, **self.unowned()) and values["state"] == "queued":
-                requeued.append(job.id)
-        return requeued
+            if self.take(job, pid=None, **values, **self.unowned()):
+                if values["state"] == "queued":
+                    done.requeued.append(job.id)
+                elif values["state"] == "cancelled":
+                    done.cancelled.append(job.id)
+        return done

@@ -30,7 +30,7 @@ from proctor.server import jobs as jobmod
 from proctor.server.auth import Principal, check_access
 from proctor.server.batches import submission_labels
 from proctor.server.jobs import JobSecrets, key_env_name
-from proctor.server.leases import Instance, Leases
+from proctor.server.leases import NO_STOP_REQUEST, STOP_POLL, Instance, Leases
 from proctor.server.logs import Watch
 from proctor.server.metrics import Metrics
 from proctor.server.quotas import Quota
@@ -47,6 +47,12 @@ SHARED_QUEUE_POLL = 1.0
 """Seconds between looks at a shared store's queue (see ``JobStore.shared``) when nothing woke us."""
 REMOTE_FOLLOW_POLL = 0.25
 """Seconds between looks at the log of a job another server of the fleet may be running."""
+STOP_WAIT_POLL = 0.2
+"""Seconds between looks at a job another server was asked to stop, while the cancel waits."""
+STOP_WAIT = 10.0
+"""Seconds, beyond ``kill_grace``, that a cancel waits for another server to stop its job: that
+server looks for stop requests every ``leases.STOP_POLL`` s. Not tied to the lease, which may be
+long: an HTTP request must not hang."""
 
 
 def new_job_id() -> str:
@@ -85,6 +91,7 @@ class JobManager:
         self.running: dict[str, Running] = self.supervisor.running
         self._loop_task: asyncio.Task[None] | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
         self._stopping = False
         settings.jobs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -96,12 +103,13 @@ class JobManager:
         await self.recover()
         self._loop_task = asyncio.create_task(self._schedule())
         self._lease_task = asyncio.create_task(self._keep_leases())
+        self._stop_task = asyncio.create_task(self._watch_stop_requests())
         self.wake.set()
 
     async def stop(self) -> None:
         """Stop the jobs but keep them ``running`` in the store: the next start re-queues them."""
         self._stopping = True
-        for task in (self._loop_task, self._lease_task):
+        for task in (self._loop_task, self._lease_task, self._stop_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -129,7 +137,10 @@ class JobManager:
                 assert job.pid is not None
                 log.info("job %s: stopping the process the previous server left running", job.id)
                 await jobmod.kill_tree(job.pid, grace=self.settings.kill_grace)
-            if job.private_roles and not job.key_envs and job.tunnel_digest:
+            if job.state in ACTIVE_STATES and job.stop_requested_at is not None:
+                # Someone asked to stop it before its server died: end it, never run it again.
+                await self._take_cancelled(job, f"{job.stop_requested_by}; its server stopped before it stopped it")
+            elif job.private_roles and not job.key_envs and job.tunnel_digest:
                 # Nothing was lost but the internal token, which is new at each start anyway: the
                 # submitter's agent reconnects with the secret it holds, and the job runs again.
                 values: dict[str, Any] = {"pid": None, **self.leases.owned()}
@@ -342,23 +353,32 @@ class JobManager:
         return self.store.get(job.id), tunnel_secret
 
     async def cancel(self, principal: Principal, job: JobRow) -> JobRow:
-        """Kill the job's whole process group (or drop it from the queue); returns once it is gone."""
+        """Kill the job's whole process group (or drop it from the queue); returns once it is gone.
+
+        A job another server of the fleet runs is stopped by that server: this one records a stop
+        request in the store and waits (at most ``stop_wait`` seconds) for the job to end. A job
+        whose server died is cancelled here at once, its process killed if it is on this host.
+        """
         check_access(principal, job)
         if job.state in TERMINAL_STATES:
             raise ConflictError(f"job {job.id} is already {job.state}")
         run = self.running.get(job.id)
-        if run is None:
-            if self.store.transition(
-                job.id,
-                {"queued", "waiting_for_credentials"},
-                state="cancelled",
-                finished_at=time.time(),
-                note="cancelled before it started",
-            ):
-                self.metrics.outcomes["cancelled"] += 1
-                self._forget(job.id)
-                self.watch(job.id).notify()
+        if run is not None:
+            await self._stop_here(run)
             return self.store.get(job.id)
+        if self._cancel_queued(job.id):
+            return self.store.get(job.id)
+        return await self._stop_elsewhere(job.id, f"{principal.name} through server instance {self.instance.id}")
+
+    @property
+    def stop_wait(self) -> float:
+        """How long a cancel waits for another server to stop the job (see ``STOP_WAIT``)."""
+        return self.settings.kill_grace + STOP_WAIT
+
+    async def _stop_here(self, run: Running, note: str | None = None) -> None:
+        """Stop a job this server runs: SIGTERM its group, SIGKILL after ``kill_grace``, record it."""
+        if run.stop_reason != "cancelled":  # the first cancel's note stands
+            run.stop_note = note
         run.stop_reason = "cancelled"
         await run.started.wait()
         if run.proc is not None:
@@ -366,7 +386,96 @@ class JobManager:
         if run.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(run.task)
-        return self.store.get(job.id)
+
+    def _cancel_queued(self, job_id: str) -> bool:
+        """Cancel a job that has not started: one store transition, wherever it was submitted."""
+        if not self.store.transition(
+            job_id,
+            {"queued", "waiting_for_credentials"},
+            state="cancelled",
+            finished_at=time.time(),
+            note="cancelled before it started",
+        ):
+            return False
+        self.metrics.outcomes["cancelled"] += 1
+        self._forget(job_id)
+        self.watch(job_id).notify()
+        return True
+
+    async def _stop_elsewhere(self, job_id: str, by: str) -> JobRow:
+        """Stop a job this server does not run; return it once it ended, or as it is after ``stop_wait``.
+
+        Each look re-reads the row, since the job moves on meanwhile: it may end by itself, be
+        queued again by a takeover (then it is cancelled here), or lose its owner (then this
+        server takes it, as cancelled).
+        """
+        deadline = time.monotonic() + self.stop_wait
+        requested = False
+        while True:
+            job = self.store.get(job_id)
+            if job.state in TERMINAL_STATES:
+                return job
+            run = self.running.get(job_id)
+            if run is not None:  # claimed here meanwhile
+                await self._stop_here(run, f"cancelled by {by}")
+                return self.store.get(job_id)
+            if self._cancel_queued(job_id):
+                return self.store.get(job_id)
+            if job.state in ACTIVE_STATES:
+                if self.leases.orphaned(job, time.time()):
+                    if await self._cancel_orphan(job, by):
+                        return self.store.get(job_id)
+                elif not requested:
+                    requested = self.leases.request_stop(job_id, by)
+                    if requested:
+                        log.info("job %s: asked the server instance %s to stop it", job_id, job.instance)
+            if time.monotonic() >= deadline:
+                return self.store.get(job_id)
+            await asyncio.sleep(STOP_WAIT_POLL)
+
+    async def _cancel_orphan(self, job: JobRow, by: str) -> bool:
+        """Cancel a running job whose server died (its lease lapsed, or its pid on this host is
+        gone), as a takeover would, but ending it instead of queueing it again."""
+        if self.instance.same_host(job.instance) and jobmod.is_same_process(job.pid, job.proc_start):
+            assert job.pid is not None
+            await jobmod.kill_tree(job.pid, grace=self.settings.kill_grace)
+        return await self._take_cancelled(
+            job, f"{by}; the server instance {job.instance or '?'} that ran it had stopped"
+        )
+
+    async def _take_cancelled(self, job: JobRow, by: str) -> bool:
+        """Take a dead server's job (compare-and-set, see ``_take``) as ``cancelled``; False if another
+        server changed it first."""
+        values = dict(state="cancelled", finished_at=time.time(), pid=None, note=f"cancelled by {by}")
+        if not self._take(job, **values, **self.leases.unowned()):
+            return False
+        await self._cancelled_by_takeover(job.id)
+        return True
+
+    async def _cancelled_by_takeover(self, job_id: str) -> None:
+        """What a local cancel does after the kill, for a job another server ran: hooks, counts."""
+        await jobmod.run_cleanup_hooks(job_id, self.job_dir(job_id), self.settings)
+        self.metrics.outcomes["cancelled"] += 1
+        self._forget(job_id)
+        self.watch(job_id).notify()
+
+    async def _watch_stop_requests(self) -> None:
+        """Stop the jobs this server runs that someone cancelled through another server."""
+        while True:
+            await asyncio.sleep(STOP_POLL)
+            ids = [job_id for job_id, run in self.running.items() if run.stop_reason is None]
+            try:
+                requests = self.leases.stop_requests(ids)
+            except Exception as exc:  # noqa: BLE001 - a store outage must not end the loop
+                log.warning("could not look for stop requests: %s", exc)
+                continue
+            stops = []
+            for job_id, by in requests.items():
+                run = self.running.get(job_id)
+                if run is not None and run.stop_reason is None:
+                    log.info("job %s: stopping it as %s asked", job_id, by)
+                    stops.append(self._stop_here(run, f"cancelled by {by}"))
+            await asyncio.gather(*stops, return_exceptions=True)
 
     def delete(self, principal: Principal, job: JobRow) -> None:
         check_access(principal, job)
@@ -436,10 +545,13 @@ class JobManager:
                 except Exception as exc:  # noqa: BLE001
                     log.warning("could not look for jobs whose lease lapsed: %s", exc)
                     continue
-                for job_id in taken:
+                for job_id in taken.requeued:
                     log.info("job %s taken over from a server that stopped renewing its lease", job_id)
                     self.watch(job_id).notify()
-                if taken:
+                for job_id in taken.cancelled:
+                    log.info("job %s cancelled as asked: its server stopped renewing its lease", job_id)
+                    await self._cancelled_by_takeover(job_id)
+                if taken.requeued:
                     self.wake.set()
 
     async def _start(self, job: JobRow) -> None:
@@ -454,6 +566,7 @@ class JobManager:
             attempts=job.attempts + 1,
             exit_code=None,
             **self.leases.owned(),
+            **NO_STOP_REQUEST,
         ):
             return
         run = self.supervisor.take_slot(job.id)

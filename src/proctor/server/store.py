@@ -94,6 +94,10 @@ jobs_table = Table(
     # instance: the server instance that runs the job, or holds its secrets while it is queued.
     Column("lease_until", Float),
     # lease_until: when that instance's claim lapses unless renewed (see server/leases.py).
+    Column("stop_requested_at", Float),
+    Column("stop_requested_by", String(400)),
+    # stop_requested_*: a cancel asked of a server that does not run the job (who, through which
+    # instance); the instance that runs it, or takes it over, stops it (see server/leases.py).
 )
 
 submissions_table = Table(
@@ -163,6 +167,8 @@ class JobRow:
     model_name: str | None = None
     instance: str | None = None
     lease_until: float | None = None
+    stop_requested_at: float | None = None
+    stop_requested_by: str | None = None
 
     @classmethod
     def from_mapping(cls, row: Any) -> JobRow:

@@ -49,6 +49,8 @@ class Running:
     tail: LogTail | None = None
     stop_reason: str | None = None
     """``cancelled`` / ``timed_out`` / ``shutdown`` once the server decided to stop the job."""
+    stop_note: str | None = None
+    """The note of a job cancelled through another server of the fleet (who asked, through which)."""
     secrets: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the process is spawned (or failed to): a cancel waits for it, never misses it."""
@@ -238,7 +240,11 @@ class Supervisor:
             # The leader may have exited on SIGTERM before its children: make sure none is left.
             await jobmod.kill_tree(run.proc.pid, grace=0, proc=run.proc)
             await jobmod.run_cleanup_hooks(job.id, self.job_dir(job.id), self.settings)
-            note = "cancelled by its owner" if run.stop_reason == "cancelled" else f"timed out after {timeout:g} s"
+            note = (
+                (run.stop_note or "cancelled by its owner")
+                if run.stop_reason == "cancelled"
+                else f"timed out after {timeout:g} s"
+            )
             current = self.store.find(job.id)
             if run.stop_reason == "timed_out" and current is not None and current.state == "waiting_for_tunnel":
                 note += " while waiting for its tunnel (no `proctor tunnel` client was connected)"
