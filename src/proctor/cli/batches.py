@@ -1,9 +1,11 @@
 """Batches on a server: ``proctor submit SPEC... --model ...`` of a matrix, and the ``--watch`` table.
 
 A batch is the jobs of one matrix (``proctor.batch.expand``), each submitted as an ordinary job
-carrying the batch's id. The jobs are queued one by one; if the server refuses one (a full queue,
-a quota), the ones queued so far stay queued and the report names them and the one refused, so
-nothing is queued behind the user's back and nothing is silently missing.
+carrying the batch's id. The jobs are queued one by one, and a batch is all or nothing: if the
+server refuses one (a full queue, a quota, a spec it rejects) or the connection drops, every job
+of the batch queued so far is cancelled and the report says which cell failed, what was
+cancelled, and that the same command submits the whole batch again. There is no batch endpoint to
+queue many jobs in one transaction (``/v1/batches/{id}`` only reads), so the client withdraws.
 
 ``--watch`` redraws one table (job, spec, model, state, progress, accuracy, ETA) until every job
 is in a final state, or until Ctrl-C (exit 130; nothing is cancelled). When the output is not a
@@ -21,7 +23,7 @@ import typer
 
 from proctor.batch import expand, new_batch_id
 from proctor.cli._console import LazyConsole
-from proctor.errors import EXIT_INTERRUPTED, InputError, NotFoundError, ProctorError
+from proctor.errors import EXIT_INTERRUPTED, ConflictError, InputError, NotFoundError, ProctorError
 
 if TYPE_CHECKING:
     from proctor.api_models import JobView
@@ -60,16 +62,19 @@ def submit_batch(
         bodies.append(models)
     batch_id = new_batch_id()
     queued: list[JobView] = []
-    for cell, models in zip(cells, bodies, strict=True):
-        try:
-            answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
-        except ProctorError:
+    refused = ""
+    try:
+        for cell, models in zip(cells, bodies, strict=True):
             names = {role: model.get("model") or model.get("base_url") or "-" for role, model in models.items()}
-            err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.label(names)}"))
-            raise
-        for warning in answer.warnings:
-            err_console.print(f"[yellow]warning:[/] {warning}")
-        queued.append(answer.job)
+            refused = f"{cell.spec} × {cell.label(names)}"
+            answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
+            for warning in answer.warnings:
+                err_console.print(f"[yellow]warning:[/] {warning}")
+            queued.append(answer.job)
+    except (ProctorError, KeyboardInterrupt) as exc:
+        why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else exc.message
+        err_console.print(_withdraw(client, batch_id, queued, len(cells), refused, why), markup=False, soft_wrap=True)
+        raise
     console.print(f"batch {batch_id}: {len(queued)} jobs queued", markup=False)
     if detach:
         console.print(_plain_table(client.batch(batch_id).jobs))  # as they are now, not as queued
@@ -78,15 +83,43 @@ def submit_batch(
     return outcome(watch(lambda: client.batch(batch_id).jobs, interval=interval))
 
 
-def _partial_report(batch_id: str, queued: list[JobView], total: int, refused: str) -> str:
-    if not queued:
-        return f"nothing was queued: the server refused the first job of the batch ({refused})"
-    ids = ", ".join(job.id for job in queued)
-    return (
-        f"batch {batch_id}: {len(queued)} of {total} jobs were queued ({ids}) before the server refused "
-        f"{refused}; the rest were not submitted. The queued jobs run: see them with "
-        f"`proctor status {batch_id}`, or cancel each with `proctor cancel JOB`"
-    )
+def _withdraw(client: Client, batch_id: str, queued: list[JobView], total: int, cell: str, why: str) -> str:
+    """Cancel every job of a batch whose submission failed part way; say what happened and what to do.
+
+    All or nothing: a half batch left queued would run, and count, behind the user's back. The
+    server's own list of the batch is asked first, since a submission whose answer was lost
+    (a dropped connection) may have queued a job this client never heard of.
+    """
+    try:
+        jobs = client.batch(batch_id).jobs
+    except NotFoundError:
+        jobs = []
+    except ProctorError:
+        jobs = queued
+    finished = [f"{job.id} ({job.state})" for job in jobs if job.state in TERMINAL]
+    jobs = [job for job in jobs if job.state not in TERMINAL]
+    withdrawn: list[str] = []
+    left: list[str] = []
+    for job in jobs:
+        try:
+            client.cancel(job.id)
+            withdrawn.append(job.id)
+        except ConflictError:  # it finished in the meantime
+            finished.append(job.id)
+        except ProctorError as exc:
+            left.append(f"{job.id} ({exc.message})")
+    lines = [f"batch {batch_id}: job {len(queued) + 1} of {total} ({cell}) was not queued: {why}."]
+    if withdrawn:
+        lines.append(f"The {len(withdrawn)} job(s) of the batch already queued were cancelled: {', '.join(withdrawn)}.")
+    if finished:
+        lines.append(f"Already finished, so left as they are: {', '.join(finished)}.")
+    if left:
+        lines.append(f"Could not cancel: {', '.join(left)}; cancel each with `proctor cancel JOB`.")
+    elif not withdrawn and not finished:
+        lines.append("Nothing of the batch was queued.")
+    if not left:
+        lines.append("Nothing of this batch runs: fix the cause, then run the same command again.")
+    return " ".join(lines)
 
 
 def watch(fetch: Callable[[], list[JobView]], *, interval: float) -> list[JobView]:
