@@ -23,7 +23,15 @@ import typer
 
 from proctor.batch import expand, new_batch_id
 from proctor.cli._console import LazyConsole
-from proctor.errors import EXIT_INTERRUPTED, ConflictError, InputError, NotFoundError, ProctorError
+from proctor.errors import (
+    EXIT_INTERRUPTED,
+    ConflictError,
+    InputError,
+    NotFoundError,
+    ProctorError,
+    QueueFullError,
+    ServerUnavailableError,
+)
 
 if TYPE_CHECKING:
     from proctor.api_models import JobView
@@ -122,31 +130,82 @@ def _withdraw(client: Client, batch_id: str, queued: list[JobView], total: int, 
     return " ".join(lines)
 
 
-def watch(fetch: Callable[[], list[JobView]], *, interval: float) -> list[JobView]:
+RETRY_FOR = 300.0
+"""Seconds ``--watch`` keeps trying a server that went away before it gives up (``--retry-for``)."""
+
+MAX_BACKOFF = 15.0
+"""The longest wait between two tries of an unreachable server: it is back in view soon after it is."""
+
+
+def watch(fetch: Callable[[], list[JobView]], *, interval: float, retry_for: float = RETRY_FOR) -> list[JobView]:
     """Show ``fetch()`` as a table every ``interval`` seconds until every job is final; return them.
 
-    Ctrl-C stops watching (exit 130) and nothing else: the jobs go on.
+    A server that goes away (a restart, a 502/503, a dropped connection) is said once on stderr
+    and tried again with a growing wait (``_Patient``), the table resuming when it answers; after
+    ``retry_for`` seconds of nothing but failures the watch gives up (one line, exit 1). Ctrl-C
+    stops watching (exit 130) and nothing else: the jobs go on.
     """
-    jobs = fetch()
+    patient = _Patient(fetch, interval=interval, retry_for=retry_for)
     try:
+        jobs = patient.fetch()
         if console.is_terminal:
             from rich.live import Live
 
             with Live(job_table(jobs), console=console.real, auto_refresh=False) as live:
                 while not _finished(jobs):
                     time.sleep(interval)
-                    jobs = fetch()
+                    jobs = patient.fetch()
                     live.update(job_table(jobs), refresh=True)
         else:
             console.print(_plain_table(jobs))
             while not _finished(jobs):
                 time.sleep(interval)
-                jobs = fetch()
+                jobs = patient.fetch()
                 console.print(_plain_table(jobs))
     except KeyboardInterrupt:
         err_console.print("\nstopped watching; nothing was cancelled")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     return jobs
+
+
+class _Patient:
+    """``fetch`` that waits out a server that is away, for at most ``retry_for`` seconds at a time.
+
+    Only ``ServerUnavailableError`` (no connection, a 5xx) and ``QueueFullError`` (a 503) are
+    waited out: any other error (a bad token, a job that does not exist) is the answer itself.
+    """
+
+    def __init__(self, fetch: Callable[[], list[JobView]], *, interval: float, retry_for: float) -> None:
+        self._fetch, self.interval, self.retry_for = fetch, interval, retry_for
+
+    def fetch(self) -> list[JobView]:
+        try:
+            return self._fetch()
+        except (ServerUnavailableError, QueueFullError) as exc:
+            first = exc
+        since = time.monotonic()
+        err_console.print(
+            f"the server is unreachable ({first.message}); retrying for up to {self.retry_for:g} s "
+            "(Ctrl-C to stop watching)",
+            markup=False,
+            soft_wrap=True,
+        )
+        wait = self.interval
+        while True:
+            left = self.retry_for - (time.monotonic() - since)
+            if left <= 0:
+                raise ServerUnavailableError(
+                    f"gave up watching: the server has been unreachable for {self.retry_for:g} s ({first.message})",
+                    hint="nothing was cancelled; watch again when the server is back (--retry-for sets how long to wait)",
+                )
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, MAX_BACKOFF)
+            try:
+                jobs = self._fetch()
+            except (ServerUnavailableError, QueueFullError):
+                continue
+            err_console.print(f"the server answers again after {time.monotonic() - since:.0f} s", markup=False)
+            return jobs
 
 
 def outcome(jobs: list[JobView]) -> int:
@@ -192,7 +251,7 @@ def _plain_table(jobs: list[JobView]) -> Any:
     return table
 
 
-def status_of(client: Client, target: str, *, watching: bool, interval: float) -> int:
+def status_of(client: Client, target: str, *, watching: bool, interval: float, retry_for: float = RETRY_FOR) -> int:
     """``proctor status ID`` when ID names a batch (or with ``--watch``): the batch's table."""
     try:
         client.status(target)
@@ -206,7 +265,7 @@ def status_of(client: Client, target: str, *, watching: bool, interval: float) -
     if not watching:
         console.print(job_table(fetch(), title=target))
         return 0
-    return outcome(watch(fetch, interval=interval))
+    return outcome(watch(fetch, interval=interval, retry_for=retry_for))
 
 
 def refuse_in_batch(**given: Any) -> None:
