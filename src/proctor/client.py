@@ -37,6 +37,7 @@ from proctor.errors import (
     ProctorError,
     QueueFullError,
     QuotaExceededError,
+    ServerUnavailableError,
 )
 
 
@@ -86,7 +87,9 @@ def _raise_for(response: httpx.Response) -> None:
         409: ConflictError,
         422: InputError,
     }
-    raise classes.get(status, ProctorError)(f"server: {message}" if status >= 500 else message, hint=hint)
+    if status >= 500:  # a proxy in front of a restarting server, or the server's own failure
+        raise ServerUnavailableError(f"server: {message}", hint=hint)
+    raise classes.get(status, ProctorError)(message, hint=hint)
 
 
 class Client:
@@ -118,7 +121,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ProctorError(
+            raise ServerUnavailableError(
                 f"cannot reach the proctor server at {self.server}: {exc}",
                 hint="check --server / PROCTOR_SERVER and that `proctor serve` is running",
             ) from None

@@ -205,6 +205,13 @@ class QueueFullError(ProctorError):
         self.retry_after = retry_after
 
 
+class ServerUnavailableError(ProctorError):
+    """A proctor server could not be reached, or answered 5xx: it may be restarting, so a caller
+    that polls (``--watch``) retries instead of giving up (the client raises it, the server never)."""
+
+    http_status = 502
+
+
 class ConflictError(ProctorError):
     """The request conflicts with the current state (e.g. cancelling a finished job)."""
 

@@ -152,39 +152,6 @@ def test_a_batch_is_watched_by_submit_and_a_role_typo_queues_nothing(setup: Setu
     assert shown.returncode == 0 and "no-such-model" in shown.stdout and "failed" in shown.stdout, shown.stdout
 
 
-def test_a_batch_the_server_refuses_halfway_reports_what_was_queued(tmp_path: Path, store_backend: str) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    token = create_token(data, "alice")
-    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.5)) as llm:
-        spec = write_spec(tmp_path, llm.base_url, n=20, concurrency=1)
-        proc, url = start_server(data, tmp_path / "server.log", "--queue-max", "1")
-        try:
-            env = dict(os.environ, PROCTOR_SERVER=url, PROCTOR_TOKEN=token)
-            models = [arg for i in range(4) for arg in ("--model", f"subject={llm.base_url}@m{i}")]
-            result = subprocess.run(
-                [sys.executable, "-m", "proctor", "submit", str(spec), *models, "-d"],
-                capture_output=True,
-                text=True,
-                env=env,
-                timeout=120,
-            )
-            assert result.returncode == 1, result.stdout + result.stderr  # 503: the queue is full
-            assert "Traceback" not in result.stderr and "queue is full" in result.stderr
-            report = re.search(
-                r"batch (\S+): (\d) of 4 jobs were queued \(([^)]*)\) before the server refused", result.stderr
-            )
-            assert report, result.stderr
-            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-                jobs = http.get("/v1/jobs", params={"batch": report.group(1)}).json()["jobs"]
-                for job in jobs:
-                    http.post(f"/v1/jobs/{job['id']}/cancel")
-            assert sorted(j["id"] for j in jobs) == sorted(report.group(3).split(", "))
-            assert len(jobs) == int(report.group(2)) >= 1
-        finally:
-            stop_process(proc)
-
-
 def test_ctrl_c_stops_watching_a_live_table_and_cancels_nothing(setup: Setup) -> None:
     """On a terminal (a pty here) the table is redrawn in place; Ctrl-C exits 130 and the jobs go on."""
     setup.llms[0].reconfigure(hang_rate=1.0, hang_seconds=60.0)  # the jobs run until the test is done

@@ -1,9 +1,11 @@
 """Batches on a server: ``proctor submit SPEC... --model ...`` of a matrix, and the ``--watch`` table.
 
 A batch is the jobs of one matrix (``proctor.batch.expand``), each submitted as an ordinary job
-carrying the batch's id. The jobs are queued one by one; if the server refuses one (a full queue,
-a quota), the ones queued so far stay queued and the report names them and the one refused, so
-nothing is queued behind the user's back and nothing is silently missing.
+carrying the batch's id. The jobs are queued one by one, and a batch is all or nothing: if the
+server refuses one (a full queue, a quota, a spec it rejects) or the connection drops, every job
+of the batch queued so far is cancelled and the report says which cell failed, what was
+cancelled, and that the same command submits the whole batch again. There is no batch endpoint to
+queue many jobs in one transaction (``/v1/batches/{id}`` only reads), so the client withdraws.
 
 ``--watch`` redraws one table (job, spec, model, state, progress, accuracy, ETA) until every job
 is in a final state, or until Ctrl-C (exit 130; nothing is cancelled). When the output is not a
@@ -21,7 +23,15 @@ import typer
 
 from proctor.batch import expand, new_batch_id
 from proctor.cli._console import LazyConsole
-from proctor.errors import EXIT_INTERRUPTED, InputError, NotFoundError, ProctorError
+from proctor.errors import (
+    EXIT_INTERRUPTED,
+    ConflictError,
+    InputError,
+    NotFoundError,
+    ProctorError,
+    QueueFullError,
+    ServerUnavailableError,
+)
 
 if TYPE_CHECKING:
     from proctor.api_models import JobView
@@ -60,16 +70,19 @@ def submit_batch(
         bodies.append(models)
     batch_id = new_batch_id()
     queued: list[JobView] = []
-    for cell, models in zip(cells, bodies, strict=True):
-        try:
-            answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
-        except ProctorError:
+    refused = ""
+    try:
+        for cell, models in zip(cells, bodies, strict=True):
             names = {role: model.get("model") or model.get("base_url") or "-" for role, model in models.items()}
-            err_console.print(_partial_report(batch_id, queued, len(cells), f"{cell.spec} × {cell.label(names)}"))
-            raise
-        for warning in answer.warnings:
-            err_console.print(f"[yellow]warning:[/] {warning}")
-        queued.append(answer.job)
+            refused = f"{cell.spec} × {cell.label(names)}"
+            answer = client.submit(cell.spec, models=models, batch_id=batch_id, **job_options)
+            for warning in answer.warnings:
+                err_console.print(f"[yellow]warning:[/] {warning}")
+            queued.append(answer.job)
+    except (ProctorError, KeyboardInterrupt) as exc:
+        why = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else exc.message
+        err_console.print(_withdraw(client, batch_id, queued, len(cells), refused, why), markup=False, soft_wrap=True)
+        raise
     console.print(f"batch {batch_id}: {len(queued)} jobs queued", markup=False)
     if detach:
         console.print(_plain_table(client.batch(batch_id).jobs))  # as they are now, not as queued
@@ -78,42 +91,121 @@ def submit_batch(
     return outcome(watch(lambda: client.batch(batch_id).jobs, interval=interval))
 
 
-def _partial_report(batch_id: str, queued: list[JobView], total: int, refused: str) -> str:
-    if not queued:
-        return f"nothing was queued: the server refused the first job of the batch ({refused})"
-    ids = ", ".join(job.id for job in queued)
-    return (
-        f"batch {batch_id}: {len(queued)} of {total} jobs were queued ({ids}) before the server refused "
-        f"{refused}; the rest were not submitted. The queued jobs run: see them with "
-        f"`proctor status {batch_id}`, or cancel each with `proctor cancel JOB`"
-    )
+def _withdraw(client: Client, batch_id: str, queued: list[JobView], total: int, cell: str, why: str) -> str:
+    """Cancel every job of a batch whose submission failed part way; say what happened and what to do.
+
+    All or nothing: a half batch left queued would run, and count, behind the user's back. The
+    server's own list of the batch is asked first, since a submission whose answer was lost
+    (a dropped connection) may have queued a job this client never heard of.
+    """
+    try:
+        jobs = client.batch(batch_id).jobs
+    except NotFoundError:
+        jobs = []
+    except ProctorError:
+        jobs = queued
+    finished = [f"{job.id} ({job.state})" for job in jobs if job.state in TERMINAL]
+    jobs = [job for job in jobs if job.state not in TERMINAL]
+    withdrawn: list[str] = []
+    left: list[str] = []
+    for job in jobs:
+        try:
+            client.cancel(job.id)
+            withdrawn.append(job.id)
+        except ConflictError:  # it finished in the meantime
+            finished.append(job.id)
+        except ProctorError as exc:
+            left.append(f"{job.id} ({exc.message})")
+    lines = [f"batch {batch_id}: job {len(queued) + 1} of {total} ({cell}) was not queued: {why}."]
+    if withdrawn:
+        lines.append(f"The {len(withdrawn)} job(s) of the batch already queued were cancelled: {', '.join(withdrawn)}.")
+    if finished:
+        lines.append(f"Already finished, so left as they are: {', '.join(finished)}.")
+    if left:
+        lines.append(f"Could not cancel: {', '.join(left)}; cancel each with `proctor cancel JOB`.")
+    elif not withdrawn and not finished:
+        lines.append("Nothing of the batch was queued.")
+    if not left:
+        lines.append("Nothing of this batch runs: fix the cause, then run the same command again.")
+    return " ".join(lines)
 
 
-def watch(fetch: Callable[[], list[JobView]], *, interval: float) -> list[JobView]:
+RETRY_FOR = 300.0
+"""Seconds ``--watch`` keeps trying a server that went away before it gives up (``--retry-for``)."""
+
+MAX_BACKOFF = 15.0
+"""The longest wait between two tries of an unreachable server: it is back in view soon after it is."""
+
+
+def watch(fetch: Callable[[], list[JobView]], *, interval: float, retry_for: float = RETRY_FOR) -> list[JobView]:
     """Show ``fetch()`` as a table every ``interval`` seconds until every job is final; return them.
 
-    Ctrl-C stops watching (exit 130) and nothing else: the jobs go on.
+    A server that goes away (a restart, a 502/503, a dropped connection) is said once on stderr
+    and tried again with a growing wait (``_Patient``), the table resuming when it answers; after
+    ``retry_for`` seconds of nothing but failures the watch gives up (one line, exit 1). Ctrl-C
+    stops watching (exit 130) and nothing else: the jobs go on.
     """
-    jobs = fetch()
+    patient = _Patient(fetch, interval=interval, retry_for=retry_for)
     try:
+        jobs = patient.fetch()
         if console.is_terminal:
             from rich.live import Live
 
             with Live(job_table(jobs), console=console.real, auto_refresh=False) as live:
                 while not _finished(jobs):
                     time.sleep(interval)
-                    jobs = fetch()
+                    jobs = patient.fetch()
                     live.update(job_table(jobs), refresh=True)
         else:
             console.print(_plain_table(jobs))
             while not _finished(jobs):
                 time.sleep(interval)
-                jobs = fetch()
+                jobs = patient.fetch()
                 console.print(_plain_table(jobs))
     except KeyboardInterrupt:
         err_console.print("\nstopped watching; nothing was cancelled")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     return jobs
+
+
+class _Patient:
+    """``fetch`` that waits out a server that is away, for at most ``retry_for`` seconds at a time.
+
+    Only ``ServerUnavailableError`` (no connection, a 5xx) and ``QueueFullError`` (a 503) are
+    waited out: any other error (a bad token, a job that does not exist) is the answer itself.
+    """
+
+    def __init__(self, fetch: Callable[[], list[JobView]], *, interval: float, retry_for: float) -> None:
+        self._fetch, self.interval, self.retry_for = fetch, interval, retry_for
+
+    def fetch(self) -> list[JobView]:
+        try:
+            return self._fetch()
+        except (ServerUnavailableError, QueueFullError) as exc:
+            first = exc
+        since = time.monotonic()
+        err_console.print(
+            f"the server is unreachable ({first.message}); retrying for up to {self.retry_for:g} s "
+            "(Ctrl-C to stop watching)",
+            markup=False,
+            soft_wrap=True,
+        )
+        wait = self.interval
+        while True:
+            left = self.retry_for - (time.monotonic() - since)
+            if left <= 0:
+                raise ServerUnavailableError(
+                    f"gave up watching: the server has been unreachable for {self.retry_for:g} s ({first.message})",
+                    hint="nothing was cancelled; watch again when the server is back (--retry-for sets how long to wait)",
+                )
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, MAX_BACKOFF)
+            try:
+                jobs = self._fetch()
+            except (ServerUnavailableError, QueueFullError):
+                continue
+            err_console.print(f"the server answers again after {time.monotonic() - since:.0f} s", markup=False)
+            return jobs
 
 
 def outcome(jobs: list[JobView]) -> int:
@@ -159,7 +251,7 @@ def _plain_table(jobs: list[JobView]) -> Any:
     return table
 
 
-def status_of(client: Client, target: str, *, watching: bool, interval: float) -> int:
+def status_of(client: Client, target: str, *, watching: bool, interval: float, retry_for: float = RETRY_FOR) -> int:
     """``proctor status ID`` when ID names a batch (or with ``--watch``): the batch's table."""
     try:
         client.status(target)
@@ -173,7 +265,7 @@ def status_of(client: Client, target: str, *, watching: bool, interval: float) -
     if not watching:
         console.print(job_table(fetch(), title=target))
         return 0
-    return outcome(watch(fetch, interval=interval))
+    return outcome(watch(fetch, interval=interval, retry_for=retry_for))
 
 
 def refuse_in_batch(**given: Any) -> None:

@@ -90,12 +90,11 @@ def run_matrix(
     out: Path | None,
     progress: str,
     dry_run: bool = False,
-    **engine_options: Any,
+    args: Sequence[str] = (),
 ) -> int:
     """Run every cell, ``parallel`` at a time; print one summary table; return the worst exit code.
 
-    ``engine_options`` are ``proctor run``'s own options by their parameter names (``limit``,
-    ``retry_errors``, ...), given to every child as they were given here.
+    ``args``: the options of ``proctor run`` every child gets (``given_engine_args``).
     """
     if dry_run:
         raise InputError("--dry-run takes one spec and one model per role", hint="dry-run each cell on its own")
@@ -112,7 +111,7 @@ def run_matrix(
     live = progress == "rich" or (progress == "auto" and console.is_terminal)
     k = parallel or 1
     console.print(f"{len(runs)} runs, {k} at a time, under {root}", markup=False, soft_wrap=True)
-    interrupted = run_loop(_run_all(runs, k, engine_argv(engine_options), console=console, live=live))
+    interrupted = run_loop(_run_all(runs, k, list(args), console=console, live=live))
     _summary(runs, console)
     code = worst_exit(run.exit_code if run.exit_code is not None else 130 for run in runs)
     if code:
@@ -126,16 +125,41 @@ def run_matrix(
     return 130 if interrupted and code in (0, 1) else code
 
 
-def engine_argv(options: dict[str, Any]) -> list[str]:
-    """``{"limit": 5, "retry_errors": True, "grace": None}`` → ``["--limit", "5", "--retry-errors"]``."""
+MATRIX_OWN = frozenset({"specs", "model", "out", "parallel", "progress", "dry_run"})
+"""The parameters of ``proctor run`` that shape the matrix itself: each child gets its own spec,
+models and run directory, and ``--progress none`` (its progress lines feed this process's table)."""
+
+
+def given_engine_args(ctx: Any) -> list[str]:
+    """The options of ``proctor run`` given on its command line (``ctx``: its click context), as
+    ``argv`` for each run of the matrix: every option but ``MATRIX_OWN``, exactly as given.
+
+    Read from the parsed command line rather than listed, so that every option ``proctor run``
+    has or gains (``--executor``, ``--ray-address``, ``--workers``, ...) reaches every run.
+    An option left at its default is left out, so the child takes the same default.
+    """
     argv: list[str] = []
-    for name, value in options.items():
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value is not None and value is not False:
-            argv += [flag, str(value)]
+    for param in ctx.command.params:
+        name = param.name
+        if name in MATRIX_OWN or param.param_type_name != "option":
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            continue
+        argv += _option_argv(param, ctx.params[name])
     return argv
+
+
+def _option_argv(param: Any, value: Any) -> list[str]:
+    """One option and its parsed value back as argv: its long flag, then each value."""
+    flag = max(param.opts, key=len)
+    if param.is_flag:
+        if value:
+            return [flag]
+        secondary = max(param.secondary_opts, key=len, default=None)
+        return [secondary] if secondary else []
+    values = value if param.multiple else [value]
+    return [item for one in values if one is not None for item in (flag, str(one))]
 
 
 async def _run_all(runs: list[MatrixRun], parallel: int, child_args: list[str], *, console: Any, live: bool) -> bool:

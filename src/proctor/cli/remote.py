@@ -35,6 +35,14 @@ TokenOpt = Annotated[
     str | None, typer.Option("--token", help="Bearer token (env PROCTOR_TOKEN, or client.yaml).", show_default=False)
 ]
 JobArg = Annotated[str, typer.Argument(help="The job's id.")]
+RetryForOpt = Annotated[
+    float,
+    typer.Option(
+        "--retry-for",
+        min=0,
+        help="Seconds --watch keeps retrying a server that stopped answering, then gives up (exit 1).",
+    ),
+]
 
 console = LazyConsole()
 err_console = LazyConsole(stderr=True)
@@ -471,6 +479,7 @@ def status(
     job_id: Annotated[str, typer.Argument(help="The job's id, or a batch's.")],
     watch: Annotated[bool, typer.Option("--watch", "-w", help="A live table until every job is final.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes (--watch).", min=0.1)] = 2.0,
+    retry_for: RetryForOpt = 300.0,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -483,7 +492,7 @@ def status(
         except NotFoundError:
             job = None
         if job is None:
-            raise typer.Exit(status_of(client, job_id, watching=watch, interval=interval))
+            raise typer.Exit(status_of(client, job_id, watching=watch, interval=interval, retry_for=retry_for))
     from rich.table import Table
 
     from proctor.evals.progress import describe
@@ -565,6 +574,7 @@ def list_jobs(
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch's jobs.")] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="A live table until every job is final.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between refreshes (--watch).", min=0.1)] = 2.0,
+    retry_for: RetryForOpt = 300.0,
     server: ServerOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -575,7 +585,11 @@ def list_jobs(
             from proctor.cli.batches import watch as watch_jobs
 
             raise typer.Exit(
-                outcome(watch_jobs(lambda: client.list(all_users=all_users, batch=batch), interval=interval))
+                outcome(
+                    watch_jobs(
+                        lambda: client.list(all_users=all_users, batch=batch), interval=interval, retry_for=retry_for
+                    )
+                )
             )
         jobs = client.list(all_users=all_users, batch=batch)
     from rich.table import Table

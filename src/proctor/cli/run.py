@@ -67,6 +67,7 @@ def _summary(stats: dict[str, Any], run_dir: Path, *, console: Any) -> None:
 
 
 def run(
+    ctx: typer.Context,
     specs: Annotated[
         list[Path],
         typer.Argument(
@@ -154,21 +155,13 @@ def run(
     if progress not in ("auto", "rich", "plain", "none"):
         raise InputError(f"--progress must be one of auto, rich, plain, none (got {progress!r})")
     if is_matrix(specs, model):  # several evaluations: each its own `proctor run` (cli/matrix.py)
-        from proctor.cli.matrix import run_matrix
+        from proctor.cli.matrix import given_engine_args, run_matrix
 
-        matrix_options = dict(limit=limit, concurrency=concurrency, retry_errors=retry_errors, force_new=force_new)
+        # Every option given here reaches every run, as given: read from the parsed command line,
+        # so an option added to this command later needs no second list.
+        engine_args = given_engine_args(ctx)
         raise typer.Exit(
-            run_matrix(
-                specs,
-                model,
-                parallel=parallel,
-                out=out,
-                progress=progress,
-                dry_run=dry_run,
-                grace=grace,
-                report_interval=report_interval,
-                **matrix_options,
-            )
+            run_matrix(specs, model, parallel=parallel, out=out, progress=progress, dry_run=dry_run, args=engine_args)
         )
     spec = specs[0]
     data = read_spec_data(spec)
