@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from proctor import _yaml
 from proctor._validation import StrictModel, problems
 from proctor.errors import InputError
+from proctor.sandbox import DEFAULT_TMP_MB
 from proctor.server.lmeval_policy import LmEvalServerSettings
 
 PARAM_PATTERN_DEFAULT = r"^[A-Za-z0-9_.:/@+=,-]{0,256}$"
@@ -91,6 +92,9 @@ class SandboxSettings(StrictModel):
     """RLIMIT_FSIZE: the largest file a job may write."""
     open_files: int = Field(default=4096, ge=64)
     """RLIMIT_NOFILE per process."""
+    tmp_mb: int = Field(default=DEFAULT_TMP_MB, ge=1)
+    """Size of a job's private ``/tmp`` (also its ``HOME``) in MiB. It is a tmpfs: memory that no
+    rlimit counts, so it needs a bound of its own; past it a write fails with ENOSPC."""
     readable: list[Path] = Field(default_factory=list)
     """Extra paths every job may read (read-only), e.g. a models or tools directory."""
     plugins: list[str] = Field(default_factory=list)
