@@ -1,5 +1,5 @@
-"""Connection-level limits uvicorn does not have: a header-read timeout, a head-size cap and a cap
-on open sockets.
+"""Connection-level limits uvicorn does not have: a header-read timeout, a head-size cap, a send
+timeout and a cap on open sockets.
 
 uvicorn closes a keep-alive connection that stays idle after an answer (``timeout_keep_alive``),
 but a connection that never sends a complete request head is kept forever, and it accepts
@@ -12,12 +12,17 @@ uvicorn's httptools protocol (the one ``uvicorn[standard]`` picks) also keeps ev
 request head, however many: 190 MiB of 1 KB headers sent within the header timeout grew the
 server by 223 MiB (h11, the fallback, has ``h11_max_incomplete_event_size``; httptools has nothing).
 
-``guarded_protocol`` subclasses uvicorn's own HTTP protocol with three rules:
+And an answer the client does not read waits for it forever: a client that asks for a large
+download and reads nothing keeps its connection busy (and so never shed) for as long as it likes.
+
+``guarded_protocol`` subclasses uvicorn's own HTTP protocol with four rules:
 
 * a connection has ``header_timeout`` seconds to send a request head, counted from connecting
   and again from the end of each answer; then it is closed;
 * a request head larger than ``max_head_bytes`` is answered 431 and the connection closed (counted
   per piece the socket delivers, so the server holds at most that plus one piece of it);
+* an answer whose bytes wait ``send_timeout`` seconds for the client (the send buffer stays over
+  its high-water mark) has its connection cut (aborted: a close would wait for the unsent bytes);
 * past ``max_connections`` open connections, the connection idle the longest (no request in
   progress) is closed to make room, or the new one when every connection is busy. A stranger's
   idle sockets therefore never lock out a client that actually sends a request.
@@ -59,8 +64,11 @@ def connection_cap(max_connections: int, open_files: int) -> int:
     return max(8, min(max_connections, open_files - FD_RESERVE))
 
 
-def guarded_protocol(*, header_timeout: float, max_connections: int, max_head_bytes: int) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol class with the header timeout, the head-size cap and the connection cap."""
+def guarded_protocol(
+    *, header_timeout: float, max_connections: int, max_head_bytes: int, send_timeout: float
+) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol class with the header timeout, the head-size cap, the send timeout
+    and the connection cap."""
 
     class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
         _header_timer: asyncio.TimerHandle | None = None
@@ -68,6 +76,26 @@ def guarded_protocol(*, header_timeout: float, max_connections: int, max_head_by
         _in_head = False
         _head_bytes = 0
         _lingering = False
+        _send_timer: asyncio.TimerHandle | None = None
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_timer is None:
+                self._send_timer = self.loop.call_later(send_timeout, self._send_deadline)
+
+        def resume_writing(self) -> None:
+            self._stop_send_timer()
+            super().resume_writing()
+
+        def _stop_send_timer(self) -> None:
+            if self._send_timer is not None:
+                self._send_timer.cancel()
+                self._send_timer = None
+
+        def _send_deadline(self) -> None:
+            self._send_timer = None
+            if self in self.connections and not self.transport.is_closing():
+                self.transport.abort()  # uvicorn then tells the app the client is gone
 
         def data_received(self, data: bytes) -> None:
             if self._lingering:
@@ -115,6 +143,7 @@ def guarded_protocol(*, header_timeout: float, max_connections: int, max_head_by
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._stop_send_timer()
             super().connection_lost(exc)
 
         def on_response_complete(self) -> None:

@@ -160,6 +160,9 @@ class ServerSettings(StrictModel):
     body_min_rate: int = Field(default=65536, ge=1)
     """Bytes per second that earn a body one more second past ``body_deadline`` (64 KiB/s: a
     512 MiB upload may take 2 h 17 min; a byte a second is cut off after about a minute)."""
+    send_timeout: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds an answer may wait for a client that does not read it (the server's send buffer
+    full, and less than 48 KiB of it taken since); then the connection is cut."""
     keep_alive_timeout: int = Field(default=5, ge=1, le=3600)
     """Seconds an idle keep-alive connection stays open after an answer."""
     trusted_proxies: list[str] = Field(default_factory=list)
