@@ -12,7 +12,10 @@ What a sandbox built here is:
   that also happens when the caller dies or the outer ``bwrap`` is killed;
 - a filesystem made only of read-only system directories (``/usr`` and its merged-/usr links, a
   short list of ``/etc`` files for DNS and TLS), the read-only Python installation, the paths the
-  caller lists, a fresh ``/tmp`` and ``/dev``, and the caller's writable directories;
+  caller lists, a fresh ``/dev``, the caller's writable directories and a fresh ``/tmp`` of at most
+  ``tmp_mb`` MiB (a tmpfs lives in memory, and its pages count against no rlimit: RLIMIT_AS
+  sees only a process's own mappings, so without a size a job could fill the host's memory
+  through ``/tmp``; past the size a write fails with ENOSPC);
 - an environment that is exactly what the caller passes: ``bwrap`` is started with that
   environment and hands it on, never with ``--setenv`` in its arguments, because every user on
   the host can read a process's command line (``ps``) but only its owner its environment;
@@ -43,6 +46,8 @@ from proctor.errors import EXIT_BAD_INPUT, ProctorError
 
 PACKAGE = "bubblewrap"
 """The Debian/Ubuntu package that provides ``bwrap``; named in every error about it."""
+DEFAULT_TMP_MB = 1024
+"""Size of a sandbox's ``/tmp`` (a tmpfs, in memory) unless its caller says otherwise."""
 
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_FILES = (
@@ -181,6 +186,8 @@ class Sandbox:
     mount_proc: bool = True
     """A fresh ``/proc`` of the sandbox's own PID namespace. Inside another bwrap sandbox the
     kernel refuses a new proc mount, so a nested sandbox goes without ``/proc``."""
+    tmp_mb: int = DEFAULT_TMP_MB
+    """Size of the private ``/tmp`` in MiB (bwrap's ``--size``): memory the sandbox may fill."""
 
     def argv(self, command: list[str]) -> list[str]:
         """``bwrap``'s command line around ``command``; start it with the sandbox's environment
@@ -209,7 +216,7 @@ class Sandbox:
         args += ["--perms", "0755", "--dir", "/etc"]
         for name in _ETC_FILES if self.network else _ETC_OFFLINE:
             args += ["--ro-bind-try", name, name]
-        args += ["--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
+        args += ["--dev", "/dev", "--perms", "1777", "--size", str(self.tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
         if self.mount_proc:
             args += ["--proc", "/proc"]
         readable = _outermost([*python_paths(), *self.readable])
@@ -280,4 +287,30 @@ def inside_sandbox() -> bool:
     return os.environ.get("PROCTOR_SANDBOX") == "1"
 
 
-__all__ = ["PACKAGE", "Limits", "Sandbox", "SandboxUnavailableError", "bwrap", "inside_sandbox", "probe", "require"]
+def tmp_mb_within(wanted: int) -> int:
+    """``wanted`` MiB, but no more than the ``/tmp`` this process itself has (if it can tell).
+
+    A nested sandbox (a python-tool call inside a server job) gets a tmpfs of its own, which the
+    job's bounded ``/tmp`` does not count: capping it at the job's keeps a tool call from holding
+    more memory than its job could.
+    """
+    try:
+        st = os.statvfs("/tmp")
+    except OSError:
+        return wanted
+    own = st.f_blocks * st.f_frsize // (1024 * 1024)
+    return max(1, min(wanted, own)) if own > 0 else wanted
+
+
+__all__ = [
+    "DEFAULT_TMP_MB",
+    "PACKAGE",
+    "Limits",
+    "Sandbox",
+    "SandboxUnavailableError",
+    "bwrap",
+    "inside_sandbox",
+    "probe",
+    "require",
+    "tmp_mb_within",
+]

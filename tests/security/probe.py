@@ -12,6 +12,9 @@
     probe.py limits HOLD                 print ``LIMITS {json}``: the rlimits the job runs under, and
                                          how many of 300 ``sleep`` children it could start (held
                                          HOLD seconds before they are killed)
+    probe.py filltmp MEGABYTES           write up to that many MiB to /tmp (1 MiB files, each far below
+                                         RLIMIT_FSIZE); print ``FILLTMP {json}``: MiB written, the
+                                         error that stopped it, /tmp's size, HOME
 
 The findings are data for the test to judge; this script asserts nothing itself.
 """
@@ -60,6 +63,27 @@ def look(data_dir: str, server_pid: int) -> dict:
         "root_home": _try(lambda: sorted(os.listdir("/root"))),
         "home": _try(lambda: sorted(os.listdir("/home"))),
         "shadow": _try(lambda: Path("/etc/shadow").read_text()[:10]),
+    }
+
+
+def fill_tmp(megabytes: int) -> dict:
+    import errno
+
+    block = b"\0" * (1024 * 1024)
+    written, error = 0, None
+    try:
+        for i in range(megabytes):
+            with open(f"/tmp/fill-{i}", "wb") as fh:
+                fh.write(block)
+            written += 1
+    except OSError as exc:
+        error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    st = os.statvfs("/tmp")
+    return {
+        "written_mb": written,
+        "error": error,
+        "tmp_mb": st.f_blocks * st.f_frsize // (1024 * 1024),
+        "home": os.environ.get("HOME"),
     }
 
 
@@ -129,6 +153,8 @@ def main() -> int:
             except OSError as exc:
                 statuses.append(type(exc).__name__)
         print("STEAL " + json.dumps({"tokens_found": len(tokens), "statuses": statuses}), flush=True)
+    elif mode == "filltmp":
+        print("FILLTMP " + json.dumps(fill_tmp(int(sys.argv[2]))), flush=True)
     elif mode == "sleep":
         time.sleep(float(sys.argv[2]))
     return 0

@@ -89,6 +89,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         check_caller=None if settings.open else auth.identify,
         max_body=settings.max_upload_bytes,
         body_timeout=settings.body_timeout,
+        body_deadline=settings.body_deadline,
+        body_min_rate=settings.body_min_rate,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics, route_of=_route_of)
     app.state.metrics = metrics

@@ -8,7 +8,12 @@ pure ASGI middleware, outermost in the app, does in order:
    401 otherwise, and the connection is closed so the unread body is never received;
 2. a ``Content-Length`` over ``max_upload_bytes`` is a 413 at once (body unread, connection closed);
 3. a body streamed past ``max_upload_bytes`` (chunked, or a lying length) is a 413 as soon as it
-   passes it, and a body that stalls for ``body_timeout`` seconds is a 408.
+   passes it, and a body that stalls for ``body_timeout`` seconds is a 408;
+4. a body that never stalls but trickles (a slowloris upload: a byte every few seconds) is a 408
+   once it is late: it has ``body_deadline`` seconds from the end of the request's head, plus one
+   second for every ``body_min_rate`` bytes received (Apache's ``mod_reqtimeout`` rule), so an
+   honest large upload on a slow link still finishes while a trickle cannot hold a connection,
+   and the task reading it, for more than about ``body_deadline`` seconds.
 
 Every answer it makes is in the server's one error shape (``error_response``).
 """
@@ -16,6 +21,7 @@ Every answer it makes is in the server's one error shape (``error_response``).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -71,11 +77,15 @@ class FrontDoor:
         check_caller: Callable[[Request], object] | None,
         max_body: int,
         body_timeout: float,
+        body_deadline: float,
+        body_min_rate: int,
     ) -> None:
         self.app = app
         self.check_caller = check_caller
         self.max_body = max_body
         self.body_timeout = body_timeout
+        self.body_deadline = body_deadline
+        self.body_min_rate = body_min_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,6 +124,7 @@ class _Guarded:
         self.body_done = False
         self.refusal: JSONResponse | None = None
         self.started = False
+        self.since = time.monotonic()
 
     async def run(self) -> None:
         try:
@@ -132,10 +143,23 @@ class _Guarded:
             raise _Stop
         if self.body_done:  # after the body: waiting for a disconnect, which may take any time
             return await self.receive()
+        door = self.door
+        late_in = self.since + door.body_deadline + self.received / door.body_min_rate - time.monotonic()
         try:
-            message = await asyncio.wait_for(self.receive(), self.door.body_timeout)
+            if late_in <= 0:
+                raise TimeoutError
+            message = await asyncio.wait_for(self.receive(), min(door.body_timeout, late_in))
         except TimeoutError:
-            self.refusal = error_response(408, f"the request body stalled for {self.door.body_timeout:g} s", close=True)
+            if late_in <= door.body_timeout:
+                self.refusal = error_response(
+                    408,
+                    f"the request body arrived too slowly ({self.received:,} bytes in "
+                    f"{time.monotonic() - self.since:.0f} s)",
+                    hint=f"the server allows {door.body_deadline:g} s plus 1 s per {door.body_min_rate:,} bytes",
+                    close=True,
+                )
+            else:
+                self.refusal = error_response(408, f"the request body stalled for {door.body_timeout:g} s", close=True)
             raise _Stop from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))

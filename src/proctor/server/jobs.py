@@ -186,15 +186,23 @@ def job_limits(request: dict[str, Any], settings: ServerSettings) -> Limits:
 
 def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings, *, uid: int | None) -> Sandbox:
     """The job's view: its directory read-only, ``out/`` writable, plus what the admin published
-    (registered datasets, absolute paths in its command template, ``sandbox.readable``)."""
+    (registered datasets, absolute paths in its command template, ``sandbox.readable``), and a
+    ``/tmp`` of ``sandbox.tmp_mb`` MiB, or less if the submission's ``limits`` asked for less."""
     job_dir = job_dir.resolve()
     readable = [job_dir, *settings.sandbox.readable, *(p.resolve() for p in settings.datasets.values())]
     readable += lmeval_policy.readable_paths(settings.lm_eval)
     template = settings.templates.get(request.get("template") or "") if request["kind"] == "command" else None
     if template is not None:
         readable += [Path(part) for part in template.argv if part.startswith("/") and os.path.exists(part)]
+    tmp_mb = min(settings.sandbox.tmp_mb, (request.get("limits") or {}).get("tmp_mb", settings.sandbox.tmp_mb))
     return Sandbox(
-        cwd=job_dir, readable=tuple(readable), writable=(job_dir / "out",), network=True, uid=uid, die_with_parent=False
+        cwd=job_dir,
+        readable=tuple(readable),
+        writable=(job_dir / "out",),
+        network=True,
+        uid=uid,
+        die_with_parent=False,
+        tmp_mb=tmp_mb,
     )
 
 

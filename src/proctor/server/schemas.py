@@ -53,6 +53,7 @@ class JobLimits(StrictModel):
     processes: int | None = Field(default=None, ge=8)
     file_size_mb: int | None = Field(default=None, ge=1)
     open_files: int | None = Field(default=None, ge=64)
+    tmp_mb: int | None = Field(default=None, ge=1)
 
 
 class SubmitRequest(StrictModel):

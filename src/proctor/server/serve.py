@@ -73,7 +73,10 @@ def uvicorn_config(app: ASGIApp, settings: ServerSettings, *, open_files: int) -
         http=guarded_protocol(
             header_timeout=settings.header_timeout,
             max_connections=connection_cap(settings.max_connections, open_files),
+            max_head_bytes=settings.max_head_bytes,
+            send_timeout=settings.send_timeout,
         ),
+        h11_max_incomplete_event_size=settings.max_head_bytes,
         timeout_keep_alive=settings.keep_alive_timeout,
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=list(settings.trusted_proxies) or [],

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from proctor import _yaml
 from proctor._validation import StrictModel, problems
 from proctor.errors import InputError
+from proctor.sandbox import DEFAULT_TMP_MB
 from proctor.server.lmeval_policy import LmEvalServerSettings
 from proctor.server.uids import DEFAULT_LOCK_DIR
 
@@ -98,6 +99,9 @@ class SandboxSettings(StrictModel):
     """RLIMIT_FSIZE: the largest file a job may write."""
     open_files: int = Field(default=4096, ge=64)
     """RLIMIT_NOFILE per process."""
+    tmp_mb: int = Field(default=DEFAULT_TMP_MB, ge=1)
+    """Size of a job's private ``/tmp`` (also its ``HOME``) in MiB. It is a tmpfs: memory that no
+    rlimit counts, so it needs a bound of its own; past it a write fails with ENOSPC."""
     readable: list[Path] = Field(default_factory=list)
     """Extra paths every job may read (read-only), e.g. a models or tools directory."""
     plugins: list[str] = Field(default_factory=list)
@@ -152,8 +156,20 @@ class ServerSettings(StrictModel):
     header_timeout: float = Field(default=10.0, gt=0, le=3600)
     """Seconds a connection has to send a request's headers (from connecting, or from the end of
     its previous answer) before it is closed."""
+    max_head_bytes: int = Field(default=65536, ge=4096, le=16 * 1024 * 1024)
+    """Largest request head (request line and headers): past it the answer is 431 and the
+    connection is closed."""
     body_timeout: float = Field(default=30.0, gt=0, le=3600)
     """Seconds a request body may pause between two pieces before the answer is 408."""
+    body_deadline: float = Field(default=60.0, gt=0, le=86400)
+    """Seconds a request body may take, plus one second per ``body_min_rate`` bytes received; a
+    body later than that (a slowloris upload trickling bytes) is 408 and its connection closed."""
+    body_min_rate: int = Field(default=65536, ge=1)
+    """Bytes per second that earn a body one more second past ``body_deadline`` (64 KiB/s: a
+    512 MiB upload may take 2 h 17 min; a byte a second is cut off after about a minute)."""
+    send_timeout: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds an answer may wait for a client that does not read it (the server's send buffer
+    full, and less than 48 KiB of it taken since); then the connection is cut."""
     keep_alive_timeout: int = Field(default=5, ge=1, le=3600)
     """Seconds an idle keep-alive connection stays open after an answer."""
     trusted_proxies: list[str] = Field(default_factory=list)

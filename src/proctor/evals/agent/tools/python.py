@@ -155,6 +155,9 @@ def _wrap(argv: list[str], workdir: str, opts: PythonOptions) -> tuple[list[str]
             readable=readable,
             network=opts.network,
             mount_proc=False,
+            # The code's HOME and TMPDIR are its working directory; its own /tmp is memory, so
+            # no bigger than the largest file it may write, nor than the /tmp of its caller.
+            tmp_mb=sandbox.tmp_mb_within(opts.file_size_mb),
         )
         return box.argv(argv), env
     if sandbox.inside_sandbox():
