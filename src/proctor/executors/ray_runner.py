@@ -228,10 +228,9 @@ class RayRunner(Runner):
             now = time.time()
             items = []
             for sample, needs_generation in batch:
-                ledger.mark_running(sample.id, now)
-                items.append(
-                    WorkItem(sample, needs_generation, None if needs_generation else ledger.generation(sample.id))
-                )
+                attempt = ledger.mark_running(sample.id, now, generate=needs_generation)
+                stored = None if needs_generation else ledger.generation(sample.id)
+                items.append(WorkItem(sample, needs_generation, stored, attempt))
             try:
                 reply = await self._pool.solve(index, items)
             except ActorLost:
