@@ -551,11 +551,16 @@ class Runner:
                 # Second signal: exit now. Every committed transaction is intact; give the writer
                 # a moment to commit what it holds, then leave.
                 log.warning("%s received again: exiting at once", signame)
+                self._leave_at_once()
                 exit_at_once(events, ledger, self.run_dir)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal, sig.name)
+
+    def _leave_at_once(self) -> None:
+        """What an executor must still undo when a second signal ends the process at once (the
+        local runner: nothing; the Ray driver removes its private Ray)."""
 
     @staticmethod
     def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:

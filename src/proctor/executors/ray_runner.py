@@ -164,6 +164,10 @@ class RayRunner(Runner):
             if self._session is not None:
                 self._session.close()
 
+    def _leave_at_once(self) -> None:
+        if self._session is not None:
+            self._session.abandon()
+
     @contextlib.asynccontextmanager
     async def _launched(self, models: dict[str, ModelConfig]) -> AsyncIterator[dict[str, ModelConfig]]:
         """The models as resolved (``launch:`` servers started by the driver) go to the actors."""
