@@ -58,8 +58,14 @@ def test_a_server_without_a_ray_cluster_refuses_a_ray_spec_naming_executor(serve
     assert r.json()["ok"] is False and r.json()["error"].startswith("executor:")
 
 
-def test_a_ray_job_gets_the_ray_address_and_token_but_not_in_argv(tmp_path: Path) -> None:
+def test_a_ray_job_gets_the_ray_address_and_token_but_not_in_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from proctor.server.jobs import JobSecrets, build_argv, build_env
+
+    # RAY_AUTH_TOKEN outranks the token file: this worker's session Ray set one (a private Ray's
+    # token lives in its driver's environment), and so may the user's shell.
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     from proctor.server.settings import ServerSettings
 
     settings = ServerSettings(data_dir=tmp_path, ray_address="10.0.0.5:6379")

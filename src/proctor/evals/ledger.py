@@ -148,6 +148,8 @@ class Ledger:
         self._durable_lock = threading.Lock()
         self._durable_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._attempts: dict[str, int] = {}
+        """Sample id → dispatches so far (``samples.dispatches``), loaded by ``start_writer``."""
 
     # ---------------------------------------------------------------- meta and setup (sync)
     def get_meta(self, key: str) -> str | None:
@@ -209,6 +211,8 @@ class Ledger:
 
     # ---------------------------------------------------------------- hot path (non-blocking)
     def start_writer(self) -> None:
+        # Attempt numbers are counted in memory from here on: the event loop never reads the disk.
+        self._attempts = dict(self._conn.execute("SELECT id, dispatches FROM samples").fetchall())
         if self._writer is None:
             self._writer = threading.Thread(target=self._write_loop, name="proctor-ledger", daemon=True)
             self._writer.start()
@@ -241,12 +245,27 @@ class Ledger:
             self._durable_waiters.append((target, fut))
         await fut
 
-    def mark_running(self, sample_id: str, started: float) -> None:
+    def mark_running(self, sample_id: str, started: float, *, generate: bool = True) -> int:
+        """The sample is dispatched again; the answer is its attempt number (1 for the first).
+
+        A new attempt owns the sample's record: when it will generate, whatever an earlier attempt
+        left (a failed attempt's partial trajectory, an older score) is dropped in the same batch,
+        so the artifacts never show one attempt's trajectory beside another attempt's result. A
+        scoring-only attempt keeps the generation it scores. Older attempts stay in
+        ``events.jsonl``, whose events name their attempt.
+        """
+        attempt = self._attempts.get(sample_id, 0) + 1
+        self._attempts[sample_id] = attempt
+        if attempt > 1:  # a first attempt has nothing to drop: no extra work on the hot path
+            if generate:
+                self._put("DELETE FROM generations WHERE id=?", (sample_id,))
+            self._put("DELETE FROM scores WHERE id=?", (sample_id,))
         self._put(
             "UPDATE samples SET state='running', started=?, dispatches=dispatches+1, error_class=NULL, error=NULL"
             " WHERE id=?",
             (started, sample_id),
         )
+        return attempt
 
     @staticmethod
     def _generation_params(sample_id: str, result: SolveResult, duration: float, now: float) -> tuple[Any, ...]:
@@ -298,10 +317,12 @@ class Ledger:
         duration: float | None = None,
     ) -> None:
         """The sample failed; ``partial`` (what the solver did before the failure) is kept as its
-        generation, with no output, so its trajectory reaches ``traj_log_all.jsonl``."""
+        generation, with no output, so its trajectory reaches ``traj_log_all.jsonl``. A sample in
+        error has no score (a re-scoring that failed leaves none behind)."""
         if partial is not None:
             params = self._generation_params(sample_id, partial, duration or 0.0, time.time())
             self._put(_UPSERT_GENERATION, (sample_id, None, *params[2:]))
+        self._put("DELETE FROM scores WHERE id=?", (sample_id,))
         self._put(
             "UPDATE samples SET state='error', error_class=?, error=?, finished=? WHERE id=?",
             (error_class, message[:4000], time.time(), sample_id),
@@ -424,12 +445,15 @@ class Ledger:
         copy them into a file would double the cost of every report refresh.
         """
         cur = self._reader.execute(
-            "SELECT s.id, s.state, c.value, g.messages, g.extra FROM samples s"
+            "SELECT s.id, s.state, s.dispatches, c.value, g.messages, g.extra FROM samples s"
             " JOIN generations g ON g.id = s.id LEFT JOIN scores c ON c.id = s.id"
             " WHERE g.messages IS NOT NULL ORDER BY s.idx"
         )
-        for sample_id, state, score, messages, extra in cur:
-            head = f'{{"id": {_dumps(sample_id)}, "state": {_dumps(state)}, "score": {_dumps(score)}, "messages": '
+        for sample_id, state, attempt, score, messages, extra in cur:
+            head = (
+                f'{{"id": {_dumps(sample_id)}, "state": {_dumps(state)}, "attempt": {attempt},'
+                f' "score": {_dumps(score)}, "messages": '
+            )
             tail = "}\n" if not extra or extra == "{}" else ", " + extra[1:] + "\n"
             yield head + messages + tail
 

@@ -150,6 +150,7 @@ def _sample_record(r: LedgerRow) -> dict[str, Any]:
         "target": r.target,
         "output": r.output,
         "state": r.state,
+        "attempt": r.dispatches,
         "score": r.score,
         "answer": r.answer,
         "outcome": r.outcome,

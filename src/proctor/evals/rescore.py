@@ -37,7 +37,9 @@ def rescore_run(
     ledger = Ledger(ledger_path)
     started = time.monotonic()
     try:
-        rows = [r for r in ledger.rows() if r.messages is not None or r.output is not None]
+        # Only finished generations are answers. A failed attempt's partial trajectory (no output)
+        # is an infrastructure error, never graded as a wrong answer.
+        rows = [r for r in ledger.rows() if r.output is not None]
         if not rows:
             raise InputError(f"{run_dir} has no generated samples to score yet")
         events = EventLog(run_dir / "events.jsonl")

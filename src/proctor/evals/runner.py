@@ -48,7 +48,7 @@ from proctor.evals.reports import write_reports
 from proctor.evals.spec import TaskSpec, dump_spec
 from proctor.evals.types import Sample, SampleSkipped, Score, Scorer, SolveContext, Solver, SolveResult
 from proctor.models.config import ModelConfig
-from proctor.profiling.events import EventLog
+from proctor.profiling.events import EventLog, current_attempt
 
 log = logging.getLogger("proctor.run")
 
@@ -402,8 +402,10 @@ class Runner:
         while work and not self._stop_dispatch.is_set():
             sample, needs_generation = work.popleft()
             started = time.time()
-            ledger.mark_running(sample.id, started)
-            if not await self.process_sample(sample, needs_generation, started, ledger, solver, scorer, ctx):
+            attempt = ledger.mark_running(sample.id, started, generate=needs_generation)
+            if not await self.process_sample(
+                sample, needs_generation, started, ledger, solver, scorer, ctx, attempt=attempt
+            ):
                 return
             self.counters.done += 1
             self.counters.finished_this_run += 1
@@ -420,12 +422,19 @@ class Runner:
         solver: Solver,
         scorer: Scorer,
         ctx: SolveContext,
+        *,
+        attempt: int | None = None,
     ) -> bool:
         """Solve and score one sample, telling ``ledger`` each step; False when the run must abort.
 
         The one path every executor takes: the local workers pass the ledger itself, a Ray actor
         (``proctor.executors.ray``) a recorder whose steps the driver replays onto the ledger.
+        ``attempt`` (the ledger's count of this sample's dispatches) is stamped on every event the
+        sample's calls emit, so ``events.jsonl`` tells a retried sample's attempts apart.
         """
+        # Set, not reset: a worker's (or an actor call's) task runs one sample at a time, and sets
+        # it again for the next; other tasks never see it.
+        current_attempt.set(attempt)
         time_limit = self.spec.time_limit
         # A solver that stops itself at ctx.deadline (the agent) gets a little longer before the
         # hard cut, so it can return its answer-so-far as a time_limit outcome.
@@ -542,11 +551,16 @@ class Runner:
                 # Second signal: exit now. Every committed transaction is intact; give the writer
                 # a moment to commit what it holds, then leave.
                 log.warning("%s received again: exiting at once", signame)
+                self._leave_at_once()
                 exit_at_once(events, ledger, self.run_dir)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal, sig.name)
+
+    def _leave_at_once(self) -> None:
+        """What an executor must still undo when a second signal ends the process at once (the
+        local runner: nothing; the Ray driver removes its private Ray)."""
 
     @staticmethod
     def _remove_signals(loop: asyncio.AbstractEventLoop) -> None:

@@ -22,7 +22,7 @@ from proctor.evals.runner import Runner, RunOptions
 from proctor.evals.spec import TaskSpec
 from proctor.evals.types import Sample, Score, Scorer, SolveContext, Solver, SolveResult
 from proctor.models.config import ModelConfig
-from proctor.profiling.events import Event
+from proctor.profiling.events import Event, stamp_attempt
 
 log = logging.getLogger("proctor.ray")
 
@@ -34,6 +34,8 @@ class WorkItem:
     sample: Sample
     needs_generation: bool
     stored: SolveResult | None = None
+    attempt: int | None = None
+    """The driver's ledger count of this sample's dispatches, stamped on its events."""
 
 
 @dataclass(slots=True)
@@ -114,10 +116,14 @@ class SampleActor:
         """Open the model router (health checks included); the answer is this actor's pid."""
         from proctor.models.router import ModelRouter
 
-        router = ModelRouter(self._models, on_event=self._events.append, environ=self._environ, base_dir=self._spec_dir)
+        router = ModelRouter(self._models, on_event=self._emit, environ=self._environ, base_dir=self._spec_dir)
         await router.start()
-        self._ctx = SolveContext(models=router, emit=self._events.append, run_dir=self._run_dir)
+        self._ctx = SolveContext(models=router, emit=self._emit, run_dir=self._run_dir)
         return os.getpid()
+
+    def _emit(self, event: Event) -> None:
+        """Keep an event for the next reply, stamped with its sample's attempt (as ``EventLog`` does)."""
+        self._events.append(stamp_attempt(event))
 
     async def solve(self, items: list[WorkItem]) -> BatchReply:
         """Solve and score a batch concurrently; every item gets its result, none is left out."""
@@ -129,7 +135,14 @@ class SampleActor:
         assert self._ctx is not None, "start() first"
         recorder = StepRecorder(item)
         ok = await self._runner.process_sample(
-            item.sample, item.needs_generation, time.time(), recorder, self._solver, self._scorer, self._ctx
+            item.sample,
+            item.needs_generation,
+            time.time(),
+            recorder,
+            self._solver,
+            self._scorer,
+            self._ctx,
+            attempt=item.attempt,
         )
         abort = None if ok else str(self._runner._abort)
         return ItemResult(item.sample.id, recorder.steps, abort)

@@ -164,6 +164,10 @@ class RayRunner(Runner):
             if self._session is not None:
                 self._session.close()
 
+    def _leave_at_once(self) -> None:
+        if self._session is not None:
+            self._session.abandon()
+
     @contextlib.asynccontextmanager
     async def _launched(self, models: dict[str, ModelConfig]) -> AsyncIterator[dict[str, ModelConfig]]:
         """The models as resolved (``launch:`` servers started by the driver) go to the actors."""
@@ -228,10 +232,9 @@ class RayRunner(Runner):
             now = time.time()
             items = []
             for sample, needs_generation in batch:
-                ledger.mark_running(sample.id, now)
-                items.append(
-                    WorkItem(sample, needs_generation, None if needs_generation else ledger.generation(sample.id))
-                )
+                attempt = ledger.mark_running(sample.id, now, generate=needs_generation)
+                stored = None if needs_generation else ledger.generation(sample.id)
+                items.append(WorkItem(sample, needs_generation, stored, attempt))
             try:
                 reply = await self._pool.solve(index, items)
             except ActorLost:

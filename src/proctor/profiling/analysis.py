@@ -172,14 +172,35 @@ def errors_and_retries(events: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def last_attempts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``events`` without those of a sample's earlier attempts (events carry ``attempt`` since the
+    engine numbers dispatches; a log written before that has none, and is kept whole)."""
+    latest: dict[str, int] = {}
+    for e in events:
+        attempt, sid = e.get("attempt"), e.get("sample_id")
+        if isinstance(attempt, int) and sid is not None:
+            latest[str(sid)] = max(attempt, latest.get(str(sid), 0))
+    if not latest:
+        return events
+    return [
+        e
+        for e in events
+        if e.get("sample_id") is None
+        or str(e["sample_id"]) not in latest
+        or e.get("attempt") == latest[str(e["sample_id"])]
+    ]
+
+
 def samples(events: list[dict[str, Any]], opts: Options) -> dict[str, Any]:
     """Per sample: turns, tool calls, wall time and the limit it hit; the slowest samples.
 
     The agent's ``sample`` event (one per finished sample; the last one wins after a resume) gives
     turns, wall time and outcome. A sample without one (not an agent, or still running) is
     described from its calls: model calls as turns, and the span from its first call's start to
-    its last call's end as wall time.
+    its last call's end as wall time. A sample dispatched more than once is described by its last
+    attempt alone (the one whose result the ledger holds), not by its calls summed over sessions.
     """
+    events = last_attempts(events)
     derived: dict[str, dict[str, Any]] = {}
     for e in events:
         sid = e.get("sample_id")

@@ -5,6 +5,9 @@ calls. Lines are buffered in memory and written whenever the run's ticker calls 
 progress refresh: every 0.25 s with the rich display, 1 s otherwise; 0.5 s for lm-eval runs) and
 at close, so the hot path is a list append; a crash loses at most the last interval, and a reader
 skips a torn last line.
+A sample dispatched more than once (``--retry-errors``, a resume after an interrupted attempt)
+has the events of every attempt; each names its ``attempt``, and the analysis describes a sample
+by its last one, the attempt whose result the ledger holds.
 
 The records are typed here (``ModelEvent``, ``ToolEvent``, ``SampleEvent``): the model layer and
 the agent build them, ``EventLog`` is their one serializer, ``proctor.profiling.analysis`` reads
@@ -18,8 +21,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 
 class ModelEvent(TypedDict):
@@ -82,6 +86,26 @@ Event = ModelEvent | ToolEvent | SampleEvent
 EventSink = Callable[[Event], None]
 """Receives one event per model call, tool call or agent sample; must not block."""
 
+current_attempt: ContextVar[int | None] = ContextVar("proctor_attempt", default=None)
+"""The attempt (the ledger's dispatch count) of the sample whose calls run in this context.
+
+The engine sets it around each sample (``Runner.process_sample``); ``stamp_attempt`` writes it
+into the events those calls emit. A context variable, because the events are built deep in the
+model layer and the tools, which know the sample's id but not how often it was dispatched.
+"""
+
+
+def stamp_attempt(event: Event) -> Event:
+    """``event`` with the current sample's attempt, if any (an event that has one keeps it).
+
+    ``attempt`` is a key of the line, not of the typed records: their emitters never set it, so
+    the types stay exactly what each emitter builds, and only the log's writers add it.
+    """
+    attempt = current_attempt.get()
+    if attempt is not None and "attempt" not in event:
+        cast(dict[str, Any], event)["attempt"] = attempt
+    return event
+
 
 class EventLog:
     """Buffered JSONL appender; ``write`` is safe to call from the event loop at any rate."""
@@ -96,6 +120,7 @@ class EventLog:
         self.count = 0
 
     def write(self, event: Event) -> None:
+        stamp_attempt(event)
         self.count += 1
         if event["kind"] == "model" and event.get("duration") is not None:
             self.model_durations.append(event["duration"])
