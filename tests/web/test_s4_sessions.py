@@ -15,10 +15,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pg_kit
 import pytest
+import test_browser
 import yaml
 from helpers import create_token, start_server, stop_process, store_args
 from sqlalchemy import func, select
@@ -26,6 +28,7 @@ from sqlalchemy import func, select
 from proctor.server.store import JobStore, hash_token
 from proctor.web.session import COOKIE_NAME
 
+browser, page = test_browser.browser, test_browser.page  # the real chromium's fixtures (Playwright)
 JOBSCRIPT = str(Path(__file__).parents[1] / "server" / "jobscript.py")
 
 
@@ -89,15 +92,15 @@ def log_in(url: str, token: str) -> str:
 
 
 @contextmanager
-def browser(url: str, cookie: str) -> Iterator[httpx.Client]:
+def cookie_client(url: str, cookie: str) -> Iterator[httpx.Client]:
     """A client that sends ``cookie`` to ``url`` (any server of the fleet), as a browser would."""
     with httpx.Client(base_url=url, cookies={COOKIE_NAME: cookie}, follow_redirects=False, timeout=30) as client:
         yield client
 
 
-def csrf_of(page: httpx.Response) -> str:
-    assert page.status_code == 200, page.text
-    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+def csrf_of(answer: httpx.Response) -> str:
+    assert answer.status_code == 200, answer.text
+    match = re.search(r'name="csrf" value="([^"]+)"', answer.text)
     assert match, "the page has no CSRF field"
     return match.group(1)
 
@@ -110,13 +113,13 @@ def logged_in_as(client: httpx.Client) -> int:
 def test_a_login_and_its_forms_survive_a_server_restart(servers: Servers) -> None:
     first = servers.start()
     cookie = log_in(first, servers.tokens["alice"])
-    with browser(first, cookie) as tab:
+    with cookie_client(first, cookie) as tab:
         assert logged_in_as(tab) == 200
         csrf = csrf_of(tab.get("/"))
     servers.stop(0)
 
     again = servers.start()  # the same data directory and store
-    with browser(again, cookie) as tab:
+    with cookie_client(again, cookie) as tab:
         assert logged_in_as(tab) == 200  # not bounced to the login form
         page = tab.get("/")
         assert page.status_code == 200 and "Log out" in page.text
@@ -141,7 +144,7 @@ def test_a_fleet_knows_every_servers_sessions_and_their_forms(servers: Servers) 
             time.sleep(0.1)
         assert api.get(f"/v1/jobs/{job}").json()["state"] == "succeeded"
 
-    with browser(a, cookie) as on_a, browser(b, cookie) as on_b:
+    with cookie_client(a, cookie) as on_a, cookie_client(b, cookie) as on_b:
         assert logged_in_as(on_b) == 200  # made on A, known on B
         assert {j["id"] for j in on_b.get("/jobs.json").json()["jobs"]} == {job}
         csrf = csrf_of(on_a.get(f"/jobs/{job}"))
@@ -160,18 +163,18 @@ def test_a_revoked_token_ends_its_sessions_on_every_server(servers: Servers, sto
     bob = log_in(urls[0], servers.tokens["bob"])
     alice = log_in(urls[-1], servers.tokens["alice"])
     for url in urls:
-        with browser(url, bob) as tab:
+        with cookie_client(url, bob) as tab:
             assert logged_in_as(tab) == 200
     servers.revoke("bob")
     for url in urls:  # at once, whatever the servers' token cache (10 s by default)
-        with browser(url, bob) as tab:
+        with cookie_client(url, bob) as tab:
             assert logged_in_as(tab) == 401
-        with browser(url, alice) as tab:
+        with cookie_client(url, alice) as tab:
             assert logged_in_as(tab) == 200  # another token's sessions go on
     # the same name with a new token does not bring the old sessions back
     create_token(servers.data, "bob")
     for url in urls:
-        with browser(url, bob) as tab:
+        with cookie_client(url, bob) as tab:
             assert logged_in_as(tab) == 401
 
 
@@ -180,7 +183,7 @@ def test_the_store_file_holds_no_token_no_cookie_and_no_csrf_token(servers: Serv
     url = servers.start()
     token = servers.tokens["alice"]
     cookie = log_in(url, token)
-    with browser(url, cookie) as tab:
+    with cookie_client(url, cookie) as tab:
         csrf = csrf_of(tab.get("/"))
     servers.stop(0)
     with contextlib.closing(sqlite3.connect(servers.data / "proctor.sqlite")) as db:
@@ -229,3 +232,27 @@ def test_the_table_keeps_at_most_max_sessions(tmp_path: Path, monkeypatch: pytes
         assert [sessions.get(c) is not None for c in made] == [False] * 5 + [True] * 4
     finally:
         store.close()
+
+
+@pytest.mark.store("postgres")
+def test_in_a_real_browser_a_login_outlives_a_restart_and_reaches_the_whole_fleet(servers: Servers, page: Any) -> None:
+    """Chromium keeps one cookie for 127.0.0.1 whatever the port, as it would behind one load balancer."""
+    a, b = servers.start(), servers.start()
+    page.goto(f"{a}/")
+    assert "/login" in page.url
+    page.fill("#token", servers.tokens["alice"])
+    page.click("#login")
+    page.wait_for_url(f"{a}/")
+
+    page.goto(f"{b}/")  # the other server of the fleet
+    assert page.url == f"{b}/" and page.is_visible("#logout")
+
+    servers.stop(0)
+    again = servers.start()
+    page.goto(f"{again}/")  # the restarted server
+    assert page.url == f"{again}/" and page.is_visible("#logout")
+    page.click("#logout")
+    page.wait_for_url(f"{again}/login", timeout=test_browser.WAIT_MS)
+
+    page.goto(f"{b}/")  # logged out on one server: out on every one
+    assert "/login" in page.url
