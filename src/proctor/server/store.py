@@ -108,6 +108,19 @@ submissions_table = Table(
     Column("at", Float, nullable=False, index=True),
 )
 
+web_sessions_table = Table(
+    "web_sessions",
+    metadata,
+    # The dashboard's browser sessions (server/web_sessions.py): shared by a fleet, kept over a
+    # restart. Keyed by the sha256 of the cookie's random id, so a row read from the store is no cookie.
+    Column("key", String(64), primary_key=True),
+    Column("owner", String(160), nullable=False, index=True),
+    Column("token_digest", String(64), index=True),
+    # token_digest: the login token's digest (as in tokens.digest); NULL in open mode.
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
 
 def _add_missing_columns(engine: Engine) -> None:
     """Give a store made by an older proctor the nullable columns added since.

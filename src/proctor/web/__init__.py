@@ -17,13 +17,14 @@ if TYPE_CHECKING:
 
 def mount_on_server(app: FastAPI, *, auth: Any, store: Any, manager: Any, queue_share: Any, data_dir: Path) -> None:
     """Add the dashboard to the job server's app (the API's routes are untouched)."""
+    from proctor.server.web_sessions import StoredSessions
     from proctor.web.gate import ServerGate
     from proctor.web.routes import web_router
     from proctor.web.server_source import ServerSource
-    from proctor.web.session import Sessions
 
     source = ServerSource(store, manager, queue_share)
-    app.include_router(web_router(source, ServerGate(auth, Sessions()), data_dir / "web-cache"))
+    sessions = StoredSessions(store)  # in the job store: kept over a restart, shared by a fleet
+    app.include_router(web_router(source, ServerGate(auth, sessions), data_dir / "web-cache"))
 
 
 def local_app(run_dirs: list[Path]) -> FastAPI:

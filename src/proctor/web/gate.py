@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from fastapi import Request
 
 from proctor.errors import AuthenticationError
-from proctor.web.session import COOKIE_NAME, Session, Sessions
+from proctor.web.session import COOKIE_NAME, Session
 
 
 @dataclass
@@ -54,10 +54,27 @@ class LocalGate:
         return None
 
 
-class ServerGate:
-    """``proctor serve``: a session cookie (made from a token by the login form), else a bearer token."""
+class SessionKeeper(Protocol):
+    """Where ``ServerGate`` keeps sessions: ``proctor.server.web_sessions.StoredSessions``."""
 
-    def __init__(self, auth: Any, sessions: Sessions) -> None:
+    @property
+    def max_age(self) -> int: ...
+
+    def create(self, owner: str, *, token_digest: str | None, admin: bool = False) -> tuple[str, Session]: ...
+
+    def get(self, cookie: str | None) -> Session | None: ...
+
+    def end(self, cookie: str | None) -> None: ...
+
+
+class ServerGate:
+    """``proctor serve``: a session cookie (made from a token by the login form), else a bearer token.
+
+    Sessions live in the job store, so a restart keeps them and every server of a fleet knows
+    them; a session names its token by digest and lives only while that token does.
+    """
+
+    def __init__(self, auth: Any, sessions: SessionKeeper) -> None:
         self.auth = auth
         self.sessions = sessions
         self.login_needed = not auth.open_mode
@@ -67,10 +84,8 @@ class ServerGate:
         from proctor.server.auth import Principal, bearer_token
 
         session = self.sessions.get(request.cookies.get(COOKIE_NAME))
-        if session is not None and session.token is not None:
-            principal = self.auth.from_token(session.token)
-            if principal is not None:
-                return Viewer(principal, principal.name, session)
+        if session is not None and session.token_bound:
+            return Viewer(Principal(session.owner, session.admin), session.owner, session)
         token = bearer_token(request)
         if token is not None:
             principal = self.auth.from_token(token)
@@ -82,15 +97,18 @@ class ServerGate:
             principal = Principal(f"ip:{host}")
             if session is not None:
                 return Viewer(principal, principal.name, session)
-            cookie, session = self.sessions.create(None)
+            cookie, session = self.sessions.create(principal.name, token_digest=None)
             return Viewer(principal, principal.name, session, new_cookie=cookie)
         raise AuthenticationError("log in with your token to see this page")
 
     def login(self, token: str) -> str | None:
         """The new session's cookie value for a valid token, else None."""
-        if not token or self.auth.from_token(token) is None:
+        from proctor.server.store import hash_token
+
+        principal = self.auth.from_token(token) if token else None
+        if principal is None:
             return None
-        cookie, _ = self.sessions.create(token)
+        cookie, _ = self.sessions.create(principal.name, token_digest=hash_token(token), admin=principal.admin)
         return cookie
 
     def logout(self, request: Request) -> None:
