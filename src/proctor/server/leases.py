@@ -165,8 +165,8 @@ class Leases:
 
     def take(self, job: JobRow, **values: Any) -> bool:
         """Compare-and-set: move ``job`` away from its old owner, only if it still is as we saw it
-        (same owner, same state, lease still expired or the owner known dead, no stop requested
-        since unless one was then). One taker wins."""
+        (same owner, same state, lease still expired or the owner known dead; and if it had no
+        stop request then, still none: such a job is cancelled, not re-queued). One taker wins."""
         now = time.time()
         owner = jobs_table.c.instance == job.instance if job.instance else jobs_table.c.instance.is_(None)
         lapsed = or_(jobs_table.c.lease_until.is_(None), jobs_table.c.lease_until < now)

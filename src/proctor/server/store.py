@@ -95,7 +95,7 @@ jobs_table = Table(
     Column("lease_until", Float),
     # lease_until: when that instance's claim lapses unless renewed (see server/leases.py).
     Column("stop_requested_at", Float),
-    Column("stop_requested_by", String(400)),
+    Column("stop_requested_by", Text),
     # stop_requested_*: a cancel asked of a server that does not run the job (who, through which
     # instance); the instance that runs it, or takes it over, stops it (see server/leases.py).
 )
