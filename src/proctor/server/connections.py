@@ -31,12 +31,13 @@ download and reads nothing keeps its connection busy (and so never shed) for as 
 from __future__ import annotations
 
 import asyncio
-import json
 import resource
 import time
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from proctor.server.frontdoor import error_response
 
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
@@ -176,16 +177,11 @@ def guarded_protocol(
 
 
 def _head_too_large(limit: int) -> bytes:
-    """A 431 in the server's error shape (``frontdoor.error_response``), written on the socket:
-    the head never reached the app, so the app cannot answer."""
-    body = json.dumps(
-        {"ok": False, "error": f"the request head is larger than this server accepts ({limit:,} bytes)", "status": 431}
-    ).encode()
-    head = (
-        "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+    """A 431 in the server's error shape, as bytes for the socket: the head never reached the app,
+    so the app cannot answer."""
+    answer = error_response(431, f"the request head is larger than this server accepts ({limit:,} bytes)", close=True)
+    head = "".join(f"{name.decode('latin-1')}: {value.decode('latin-1')}\r\n" for name, value in answer.raw_headers)
+    return f"HTTP/1.1 431 Request Header Fields Too Large\r\n{head}\r\n".encode("latin-1") + bytes(answer.body)
 
 
 def _open_count(connections: set[Any]) -> int:
