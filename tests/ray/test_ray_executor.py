@@ -107,7 +107,10 @@ def test_ray_run_equals_a_local_run(tmp_path: Path, ray_cluster: RayCluster) -> 
 
 def test_an_actor_killed_mid_run_loses_and_repeats_nothing_recorded(tmp_path: Path, ray_cluster: RayCluster) -> None:
     n = 300
-    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.05)) as llm:
+    # Half a second per call, and the kill only once more calls are in flight than one actor's
+    # lanes (8) hold: then both actors have some at the model, whichever is killed, however
+    # slowly a loaded host runs them (with 0.05 s the killed actor was sometimes between calls).
+    with FakeLLMThread(FakeLLMConfig(reply="arith", latency=0.5)) as llm:
         spec = write_spec(tmp_path, llm.base_url, n=n, concurrency=16)
         out = tmp_path / "run"
         proc = start(
@@ -115,7 +118,9 @@ def test_an_actor_killed_mid_run_loses_and_repeats_nothing_recorded(tmp_path: Pa
             "--progress", "none", env={"PROCTOR_PROGRESS": "json"},
         )  # fmt: skip
         try:
-            wait_for(lambda: llm.stats()["requests"] >= 60 or proc.poll() is not None)
+            wait_for(
+                lambda: (llm.stats()["requests"] >= 60 and llm.stats()["in_flight"] > 8) or proc.poll() is not None
+            )
             pids = actor_pids(ray_cluster)
             assert len(pids) == 2, pids
             os.kill(pids[0], signal.SIGKILL)
