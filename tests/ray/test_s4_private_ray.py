@@ -215,3 +215,24 @@ def test_a_second_sigint_still_stops_the_private_ray_and_removes_its_files(tmp_p
                 p.kill()
             except psutil.Error:
                 continue
+
+
+def test_a_private_ray_ignores_the_cluster_a_ray_start_on_the_host_recorded(tmp_path: Path, short_tmp: Path) -> None:
+    # `ray start` (docs/ray.md) records its cluster in $RAY_TMPDIR/ray/ray_current_cluster; a run
+    # without --ray-address must still start its own private Ray, not join (or fail on) that one.
+    env, home, tmp = fresh_user(tmp_path, short_tmp)
+    recorded = tmp / "other" / "ray"
+    recorded.mkdir(parents=True)
+    (recorded / "ray_current_cluster").write_text("127.0.0.1:1")
+    env["RAY_TMPDIR"] = str(tmp / "other")
+    write_data(tmp_path, 6)
+    with FakeLLMThread(FakeLLMConfig(reply="arith")) as llm:
+        (tmp_path / "spec.yaml").write_text(json.dumps(ray_spec(llm.base_url)))
+        proc = start_run(tmp_path / "spec.yaml", tmp_path / "run", env)
+        try:
+            stdout, stderr = proc.communicate(timeout=600)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 0, stdout + stderr
+    assert json.loads((tmp_path / "run" / "eval_stats.json").read_text())["counts"]["scored"] == 6

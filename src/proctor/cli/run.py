@@ -170,8 +170,16 @@ def run(
         retry_errors=retry_errors, force_new=force_new, grace=grace, progress=progress, report_interval=report_interval
     )
     if is_lm_eval_spec(data):
+        if executor not in (None, "local") or ray_address is not None or workers is not None:
+            raise InputError(
+                "an lm_eval: spec runs on the local executor only (--executor, --ray-address and --workers "
+                "are for task specs)",
+                hint="drop those options: lm-eval's requests already go out concurrently from one process",
+            )
         raise typer.Exit(
-            _run_lm_eval(data, spec, out=out, model=model, limit=limit, concurrency=concurrency, options=options)
+            _run_lm_eval(
+                data, spec, out=out, model=model, limit=limit, concurrency=concurrency, options=options, dry_run=dry_run
+            )
         )
     task = apply_overrides(parse_spec(data, source=str(spec)), model, concurrency)
     task = apply_private_endpoints(task, os.environ)
@@ -213,6 +221,7 @@ def _run_lm_eval(
     limit: int | None,
     concurrency: int | None,
     options: dict[str, Any],
+    dry_run: bool = False,
 ) -> int:
     """A spec with ``lm_eval:``: lm-eval's tasks through proctor's model layer (proctor.harness)."""
     from proctor.evals.runner import RunOptions, resume_command
@@ -224,6 +233,8 @@ def _run_lm_eval(
     task = apply_private_endpoints(task, os.environ)
     if limit:
         task = task.model_copy(update={"lm_eval": task.lm_eval.model_copy(update={"limit": limit})})
+    if dry_run:
+        return _dry_run(task, spec.parent.resolve())
     run_dir = (out or Path("runs") / task.name).resolve()
     console = make_console()
     result = run_lm_eval(
@@ -279,7 +290,8 @@ def _dry_run(task: Any, spec_dir: Path) -> int:
             )
     console = make_console()
     console.print(table)
-    _dry_run_services(task, spec_dir, console)
+    if getattr(task, "solver", None) is not None:  # an lm_eval: spec has no solver, so no services
+        _dry_run_services(task, spec_dir, console)
     if problem:
         console.print(f"[red]{problem}[/red]")
         return 2
