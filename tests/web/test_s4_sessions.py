@@ -54,8 +54,8 @@ class Servers:
         self.tokens = {"alice": create_token(self.data, "alice"), "bob": create_token(self.data, "bob")}
         self.procs: list[subprocess.Popen[str]] = []
 
-    def start(self) -> str:
-        proc, url = start_server(self.data, self.log, "--config", str(self.config))
+    def start(self, *extra: str) -> str:
+        proc, url = start_server(self.data, self.log, "--config", str(self.config), *extra)
         self.procs.append(proc)
         return url
 
@@ -110,6 +110,20 @@ def logged_in_as(client: httpx.Client) -> int:
     return client.get("/jobs.json").status_code
 
 
+def finished_job(url: str, headers: dict[str, str]) -> str:
+    """A command job submitted through the API and run to its end (bounded wait): its id."""
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as api:
+        submitted = api.post("/v1/jobs", json={"kind": "command", "template": "script", "params": {"mode": "lines"}})
+        assert submitted.status_code in (200, 201), submitted.text
+        job = str(submitted.json()["job"]["id"])
+        for _ in range(1200):  # at most ~2 min
+            if api.get(f"/v1/jobs/{job}").json()["state"] in {"succeeded", "failed", "cancelled", "timed_out"}:
+                break
+            time.sleep(0.1)
+        assert api.get(f"/v1/jobs/{job}").json()["state"] == "succeeded"
+    return job
+
+
 def test_a_login_and_its_forms_survive_a_server_restart(servers: Servers) -> None:
     first = servers.start()
     cookie = log_in(first, servers.tokens["alice"])
@@ -129,20 +143,27 @@ def test_a_login_and_its_forms_survive_a_server_restart(servers: Servers) -> Non
         assert tab.get("/").headers["location"] == "/login?next=/"
 
 
+def test_open_mode_forms_survive_a_restart(servers: Servers) -> None:
+    """No login in ``--open`` mode, but the session that carries a form's CSRF token is in the store too."""
+    first = servers.start("--open")
+    job = finished_job(first, {})
+    with httpx.Client(base_url=first, follow_redirects=False, timeout=30) as anyone:
+        csrf = csrf_of(anyone.get(f"/jobs/{job}"))
+        cookie = str(anyone.cookies[COOKIE_NAME])
+    servers.stop(0)
+    again = servers.start("--open")
+    with cookie_client(again, cookie) as tab:
+        assert tab.post(f"/jobs/{job}/delete", data={"csrf": "forged"}).status_code == 403
+        assert "set-cookie" not in tab.get("/").headers  # the same session, not a new one
+        assert tab.post(f"/jobs/{job}/delete", data={"csrf": csrf}).status_code == 303
+        assert tab.get(f"/jobs/{job}.json").status_code == 404
+
+
 @pytest.mark.store("postgres")
 def test_a_fleet_knows_every_servers_sessions_and_their_forms(servers: Servers) -> None:
     a, b = servers.start(), servers.start()
     cookie = log_in(a, servers.tokens["alice"])
-    bearer = {"Authorization": f"Bearer {servers.tokens['alice']}"}
-    with httpx.Client(base_url=a, headers=bearer, timeout=30) as api:
-        submitted = api.post("/v1/jobs", json={"kind": "command", "template": "script", "params": {"mode": "lines"}})
-        assert submitted.status_code in (200, 201), submitted.text
-        job = submitted.json()["job"]["id"]
-        for _ in range(1200):  # bounded: at most ~2 min
-            if api.get(f"/v1/jobs/{job}").json()["state"] in {"succeeded", "failed", "cancelled", "timed_out"}:
-                break
-            time.sleep(0.1)
-        assert api.get(f"/v1/jobs/{job}").json()["state"] == "succeeded"
+    job = finished_job(a, {"Authorization": f"Bearer {servers.tokens['alice']}"})
 
     with cookie_client(a, cookie) as on_a, cookie_client(b, cookie) as on_b:
         assert logged_in_as(on_b) == 200  # made on A, known on B
