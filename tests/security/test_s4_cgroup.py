@@ -142,7 +142,7 @@ def test_the_job_runs_in_its_cgroups_with_its_ceilings_and_they_go_with_it(secur
 
 
 def test_with_cgroups_off_the_old_rlimits_only_behaviour(secure_server: Any) -> None:
-    srv = start(secure_server, job_memory_mb=256, cgroups="off")
+    srv = start(secure_server, memory_mb=256, job_memory_mb=256, cgroups="off")
     mallory = srv.client("mallory")
     hog = mallory.post("/v1/jobs", json=probe_job("memfd", "512")).json()["job"]["id"]
     job = wait_for(mallory, hog, {"succeeded", "failed"}, seconds=180)

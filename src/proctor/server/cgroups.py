@@ -117,11 +117,8 @@ class JobCgroups:
                 continue
             for parent in entries:
                 pid = parent.name.removeprefix(PREFIX)
-                if parent.name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)) and parent.is_dir():
-                    for job in [p for p in parent.iterdir() if p.is_dir()][:10_000]:
-                        _remove(job, tries=3)
-                    with contextlib.suppress(OSError):
-                        parent.rmdir()
+                if parent.name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
+                    _remove_parent(parent)  # several servers may sweep at once: any step may find it gone
 
 
 def wrapper(procs: list[Path]) -> list[str]:
@@ -228,6 +225,17 @@ def _remove(path: Path, *, tries: int) -> None:
                 log.warning("could not remove job cgroup %s: %s", path, exc.strerror)
                 return
             time.sleep(0.02)
+
+
+def _remove_parent(parent: Path) -> None:
+    try:
+        jobs = [p for p in parent.iterdir() if p.is_dir()][:10_000]
+    except OSError:
+        return
+    for job in jobs:
+        _remove(job, tries=3)
+    with contextlib.suppress(OSError):
+        parent.rmdir()
 
 
 def _alive(pid: int) -> bool:
