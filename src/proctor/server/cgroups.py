@@ -172,10 +172,16 @@ def _probe() -> tuple[JobCgroups | None, str]:
         found = JobCgroups(1, memory, pids)
     elif "" in own and "memory" in _read(CGROUP_ROOT / "cgroup.controllers").split():
         base = _under(CGROUP_ROOT, own[""])
-        _enable_v2(base / tag)
-        found = JobCgroups(2, Controller(base / tag, ("memory.max", "memory.swap.max")), None)
-        if "pids" in _read(base / tag / "cgroup.subtree_control").split():
-            found = JobCgroups(2, found.memory, Controller(base / tag, ("pids.max",)))
+        delegated = _enable_v2(base, base / tag)
+        if "memory" not in delegated:
+            with contextlib.suppress(OSError):
+                (base / tag).rmdir()
+            return None, (
+                f"the server's cgroup {base} does not delegate the memory controller "
+                "(cgroup v2: run the server in a cgroup of its own with the controller delegated)"
+            )
+        memory = Controller(base / tag, ("memory.max", "memory.swap.max"))
+        found = JobCgroups(2, memory, Controller(base / tag, ("pids.max",)) if "pids" in delegated else None)
     else:
         return None, "the host has no memory cgroup controller"
     try:
@@ -187,13 +193,17 @@ def _probe() -> tuple[JobCgroups | None, str]:
     return found, ""
 
 
-def _enable_v2(parent: Path) -> None:
-    """v2: a job cgroup gets memory/pids files only if its parent delegates the controllers."""
+def _enable_v2(own: Path, parent: Path) -> list[str]:
+    """v2: a job cgroup has memory/pids files only if both the server's cgroup and ``parent``
+    delegate the controllers (``cgroup.subtree_control``). Returns those ``parent`` delegates."""
     with contextlib.suppress(OSError):
         parent.mkdir(exist_ok=True)
-        for name in ("+memory", "+pids"):
-            with contextlib.suppress(OSError):
-                (parent / "cgroup.subtree_control").write_text(name)
+    for dir_ in (own, parent):
+        for name in ("memory", "pids"):
+            if name not in _read(dir_ / "cgroup.subtree_control").split():
+                with contextlib.suppress(OSError):  # refused while own holds processes: then not delegated
+                    (dir_ / "cgroup.subtree_control").write_text(f"+{name}")
+    return _read(parent / "cgroup.subtree_control").split()
 
 
 def _own_paths() -> dict[str, str]:
