@@ -118,7 +118,8 @@ def test_a_submission_may_lower_the_job_ceiling_never_raise_it(secure_server: An
 
 
 def test_the_job_runs_in_its_cgroups_with_its_ceilings_and_they_go_with_it(secure_server: Any) -> None:
-    srv = start(secure_server, job_memory_mb=300, processes=64)
+    srv = start(secure_server, job_memory_mb=300, processes=64, cgroups="required")
+    assert "jobs run in cgroups v1 (memory and pids)" in (srv.data / "server.log").read_text()
     mallory = srv.client("mallory")
     held = mallory.post("/v1/jobs", json=probe_job("limits", "30", limits={"processes": 40})).json()["job"]["id"]
     found = json.loads(wait_line(srv, held, "LIMITS "))
