@@ -212,7 +212,7 @@ class Supervisor:
                 await jobmod.kill_tree(run.proc.pid, grace=grace, proc=run.proc)
 
     def _leave(self, run: Running) -> None:
-        """The job's processes are gone: free its slot and its uid."""
+        """The job's processes are gone: free its slot, its cgroups (and any straggler in them) and its uid."""
         self.running.pop(run.job_id, None)
         if self.cgroups is not None:
             self.cgroups.remove(run.job_id)
