@@ -6,6 +6,11 @@
                                          (``sleep MARKER``), then sleep
     probe.py alloc MEGABYTES             allocate that much memory, 64 MB at a time
     probe.py sleep SECONDS               sleep
+    probe.py memfd MEGABYTES             write that much into a memfd (memory no RLIMIT_AS sees),
+                                         printing ``memfd N MB`` per 64 MB and ``MEMFD ALL`` at the end
+    probe.py forkalloc CHILDREN MEGABYTES  fork CHILDREN processes that each fill MEGABYTES of memory
+                                         and hold it; ``FORKALLOC ALL`` once every child held it
+    probe.py cgroup SECONDS              print ``CGROUP {json}`` (``/proc/self/cgroup``), then sleep
     probe.py steal JOB PORT              look for any job's key or facade token in /proc/*/environ and
                                          call JOB's private model with each (and with none); print
                                          ``STEAL {json}`` with the statuses
@@ -87,6 +92,24 @@ def fill_tmp(megabytes: int) -> dict:
     }
 
 
+def forkalloc(children: int, megabytes: int) -> int:
+    pids = []
+    for i in range(children):
+        pid = os.fork()
+        if pid == 0:
+            held = [b"\x01" * (1024 * 1024) for _ in range(megabytes)]  # filled, so resident
+            print(f"child {i} holds {len(held)} MB", flush=True)
+            time.sleep(5)
+            os._exit(0)
+        pids.append(pid)
+    codes = [os.waitpid(pid, 0)[1] for pid in pids]
+    if all(code == 0 for code in codes):
+        print("FORKALLOC ALL", flush=True)
+        return 0
+    print(f"children ended with {codes}", flush=True)
+    return 1
+
+
 def main() -> int:
     mode = sys.argv[1]
     if mode == "look":
@@ -156,6 +179,19 @@ def main() -> int:
     elif mode == "filltmp":
         print("FILLTMP " + json.dumps(fill_tmp(int(sys.argv[2]))), flush=True)
     elif mode == "sleep":
+        time.sleep(float(sys.argv[2]))
+    elif mode == "memfd":
+        fd = os.memfd_create("probe")
+        chunk = b"\x01" * (1024 * 1024)
+        for i in range(int(sys.argv[2])):
+            os.write(fd, chunk)
+            if (i + 1) % 64 == 0:
+                print(f"memfd {i + 1} MB", flush=True)
+        print("MEMFD ALL", flush=True)
+    elif mode == "forkalloc":
+        return forkalloc(int(sys.argv[2]), int(sys.argv[3]))
+    elif mode == "cgroup":
+        print("CGROUP " + json.dumps(Path("/proc/self/cgroup").read_text().splitlines()), flush=True)
         time.sleep(float(sys.argv[2]))
     return 0
 

@@ -38,7 +38,7 @@ from proctor.executors.on_server import check_executor, ray_argv, ray_env
 from proctor.models.private import ENV as PRIVATE_ENV
 from proctor.models.private import PrivateEndpoints
 from proctor.sandbox import Limits, Sandbox
-from proctor.server import lmeval_policy, policy
+from proctor.server import cgroups, lmeval_policy, policy
 from proctor.server.schemas import ModelEndpoint, SubmitRequest
 from proctor.server.scrub import scrub_secrets as scrub_secrets  # moved to scrub.py; re-exported
 from proctor.server.settings import BASE_URL_PATTERN, MODEL_PATTERN, CommandTemplate, ServerSettings, TemplateParam
@@ -166,7 +166,7 @@ def _check_limits(req: SubmitRequest, settings: ServerSettings) -> dict[str, int
     """The job's own lower ceilings (stored with the job); a value above the server's is a 400."""
     given = req.limits.model_dump(exclude_none=True) if req.limits is not None else {}
     for key, value in given.items():
-        ceiling = getattr(settings.sandbox, key)
+        ceiling = settings.sandbox.ceiling(key)
         if value > ceiling:
             raise InputError(f"limits.{key}: at most {ceiling} on this server")
     return dict(given)
@@ -182,6 +182,13 @@ def job_limits(request: dict[str, Any], settings: ServerSettings) -> Limits:
         file_size_mb=min(box.file_size_mb, asked.get("file_size_mb", box.file_size_mb)),
         open_files=min(box.open_files, asked.get("open_files", box.open_files)),
     )
+
+
+def job_memory_mb(request: dict[str, Any], settings: ServerSettings) -> int:
+    """The job's whole-memory ceiling (its memory cgroup), lowered by what the job asked for."""
+    ceiling = settings.sandbox.ceiling("job_memory_mb")
+    asked: int = (request.get("limits") or {}).get("job_memory_mb", ceiling)
+    return min(ceiling, asked)
 
 
 def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings, *, uid: int | None) -> Sandbox:
@@ -479,8 +486,11 @@ async def spawn(
     log_path: Path,
     sandbox: Sandbox | None = None,
     limits: Limits | None = None,
+    cgroup_procs: list[Path] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start the job in its own session (in ``sandbox`` when given), output appended to ``log_path``.
+
+    ``cgroup_procs``: the job's first process writes its pid there before it execs anything else.
 
     With a sandbox, ``env`` is the whole environment inside it: bwrap is started with it and hands
     it on (never in bwrap's arguments, which every user of the host can read).
@@ -489,6 +499,8 @@ async def spawn(
         argv = sandbox.argv(argv)
     if limits is not None:
         argv = [*limits.argv(), *argv]
+    if cgroup_procs:
+        argv = [*cgroups.wrapper(cgroup_procs), *argv]
     with open(log_path, "ab", buffering=0) as log_file:  # noqa: ASYNC230 - only opens an fd for the child; no I/O here
         return await asyncio.create_subprocess_exec(
             *argv,

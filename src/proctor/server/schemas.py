@@ -50,6 +50,7 @@ class JobLimits(StrictModel):
     """Lower ceilings for this job's sandbox; each must be at most the server's (``sandbox.*``)."""
 
     memory_mb: int | None = Field(default=None, ge=64)
+    job_memory_mb: int | None = Field(default=None, ge=64)
     processes: int | None = Field(default=None, ge=8)
     file_size_mb: int | None = Field(default=None, ge=1)
     open_files: int | None = Field(default=None, ge=64)

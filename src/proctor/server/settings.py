@@ -11,7 +11,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator
@@ -94,7 +94,13 @@ class SandboxSettings(StrictModel):
     memory_mb: int = Field(default=8192, ge=64)
     """Address-space rlimit of every process of a job (RLIMIT_AS)."""
     processes: int = Field(default=512, ge=8)
-    """RLIMIT_NPROC: processes and threads of the job's uid."""
+    """RLIMIT_NPROC: processes and threads of the job's uid; also the job's pids cgroup ceiling."""
+    job_memory_mb: int | None = Field(default=None, ge=64)
+    """Memory of the whole job (every process, memfd and shm pages included), held by a memory
+    cgroup (see ``cgroups``); ``None``: the same as ``memory_mb``."""
+    cgroups: Literal["auto", "required", "off"] = "auto"
+    """Per-job cgroups: ``auto`` uses them when the host allows (otherwise one warning at start and
+    rlimits only), ``required`` refuses to start without them, ``off`` never uses them."""
     file_size_mb: int = Field(default=8192, ge=1)
     """RLIMIT_FSIZE: the largest file a job may write."""
     open_files: int = Field(default=4096, ge=64)
@@ -117,6 +123,12 @@ class SandboxSettings(StrictModel):
     """Ceiling of a python tool's ``timeout`` (seconds)."""
     tool_memory_mb: int = Field(default=4096, ge=16)
     """Ceiling of a python tool's ``memory_mb`` (a spec's ``null``, unlimited, is refused)."""
+
+    def ceiling(self, key: str) -> int:
+        """The server's ceiling for a submission's ``limits.KEY``."""
+        if key == "job_memory_mb":
+            return self.job_memory_mb or self.memory_mb
+        return int(getattr(self, key))
 
 
 class ServerSettings(StrictModel):

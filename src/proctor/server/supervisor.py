@@ -26,6 +26,7 @@ from proctor.errors import (
     ProctorError,
 )
 from proctor.evals.progress import PROGRESS_PREFIX
+from proctor.server import cgroups
 from proctor.server import jobs as jobmod
 from proctor.server.jobs import JobSecrets
 from proctor.server.leases import Leases
@@ -128,6 +129,7 @@ class Supervisor:
         box = settings.sandbox
         self.uids = UidPool(box.uid, box.uids, box.uid_lock_dir)
         self._progress_saved: dict[str, float] = {}
+        self.cgroups = cgroups.detect(box.cgroups) if box.enabled else None
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id
@@ -152,7 +154,7 @@ class Supervisor:
             argv = jobmod.build_argv(job.request, job.id, job_dir, self.settings)
             env = jobmod.build_env(job.request, job.id, job_dir, secrets, self.settings, private_urls=private_urls)
             log_path = job_dir / "job.log"
-            box, limits = None, None
+            box, limits, procs = None, None, None
             if self.settings.sandbox.enabled:
                 uid = None
                 if sandbox_mod.running_as_root():
@@ -161,7 +163,12 @@ class Supervisor:
                     await asyncio.to_thread(jobmod.give_out_dir, job_dir, uid)
                 box = jobmod.job_sandbox(job.request, job_dir, self.settings, uid=uid)
                 limits = jobmod.job_limits(job.request, self.settings)
-            run.proc = await jobmod.spawn(argv, cwd=job_dir, env=env, log_path=log_path, sandbox=box, limits=limits)
+                if self.cgroups is not None:
+                    memory_mb = jobmod.job_memory_mb(job.request, self.settings)
+                    procs = self.cgroups.create(job.id, memory_mb=memory_mb, processes=limits.processes or 0)
+            run.proc = await jobmod.spawn(
+                argv, cwd=job_dir, env=env, log_path=log_path, sandbox=box, limits=limits, cgroup_procs=procs
+            )
         except (OSError, ProctorError) as exc:
             await self.finish(job, run, "failed", None, f"could not start: {exc}")
             run.started.set()
@@ -189,6 +196,8 @@ class Supervisor:
         tasks = [r.task for r in self.running.values() if r.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.cgroups is not None:
+            self.cgroups.close()
 
     async def fence(self, job_ids: set[str]) -> None:
         """Stop the jobs this server may no longer run (its lease on them lapsed or was taken):
@@ -205,8 +214,10 @@ class Supervisor:
                 await jobmod.kill_tree(run.proc.pid, grace=grace, proc=run.proc)
 
     def _leave(self, run: Running) -> None:
-        """The job's processes are gone: free its slot and its uid."""
+        """The job's processes are gone: free its slot, its cgroups (and any straggler in them) and its uid."""
         self.running.pop(run.job_id, None)
+        if self.cgroups is not None:
+            self.cgroups.remove(run.job_id)
         if run.uid is not None:
             run.uid.release()
             run.uid = None
@@ -256,6 +267,8 @@ class Supervisor:
         state, end_note = outcome(
             job.kind, code if code is not None else -9, last_log_line(self.job_dir(job.id) / "job.log")
         )
+        if state == "failed" and self.cgroups is not None and self.cgroups.oom_killed(job.id):
+            end_note = f"killed by the memory ceiling ({jobmod.job_memory_mb(job.request, self.settings)} MiB)"
         await self.finish(job, run, state, code, end_note)
 
     async def finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:
