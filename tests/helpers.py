@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ concurrency: {concurrency}
         encoding="utf-8",
     )
     return spec
+
+
+def wait_for(
+    condition: Callable[[], bool], what: str = "the condition", timeout: float = 240.0, interval: float = 0.02
+) -> None:
+    """Poll ``condition`` until it holds, failing the test after ``timeout`` seconds.
+
+    Bounded but generous: CI runs two test workers on two shared cores, and a wait returns as soon
+    as its condition holds, so only a real hang pays the whole bound.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not in time ({timeout:g} s): {what}")
+        time.sleep(interval)
 
 
 def run_proctor(

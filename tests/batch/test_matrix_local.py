@@ -8,22 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import run_proctor, write_spec
+from helpers import run_proctor, wait_for, write_spec
 
 from proctor.testing import FakeLLMConfig, FakeLLMThread
-
-
-def wait_for(condition, timeout: float = 180.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def free_url() -> str:

@@ -11,27 +11,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import httpx
 import pytest
-from helpers import create_token, start_server, stop_process, write_spec
+from helpers import create_token, start_server, stop_process, wait_for, write_spec
 
 from proctor.testing import FakeLLMConfig, FakeLLMThread
 
 WAIT = 120.0
 """Generous: other suites load the machine while this one runs."""
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not in time: {what}")
-        time.sleep(0.05)
 
 
 def free_port() -> int:

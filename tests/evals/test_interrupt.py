@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import read_jsonl, run_proctor, write_spec
+from helpers import read_jsonl, run_proctor, wait_for, write_spec
 
 from proctor.testing import FakeLLMConfig, FakeLLMProcess, FakeLLMThread
 
@@ -26,14 +26,6 @@ def start(spec: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_for(condition, timeout: float = 180.0, interval: float = 0.01) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def scored_ids(ledger: Path, states: tuple[str, ...] = ("scored",)) -> set[str]:

@@ -14,11 +14,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from helpers import read_jsonl, run_proctor, write_jsonl
+from helpers import read_jsonl, run_proctor, wait_for, write_jsonl
 
 from proctor.profiling.analysis import analyze
 from proctor.testing import FakeLLMConfig, FakeLLMThread
@@ -66,14 +65,6 @@ def q1_failed_once(tmp_path: Path) -> Iterator[tuple[FakeLLMThread, FakeLLMThrea
         first = run_proctor("run", spec, "--out", out, "--progress", "none")
         assert first.returncode == 1, first.stdout + first.stderr  # q1 failed on the expert, q2 scored
         yield subject, expert, spec, out
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def by_id(path: Path) -> dict[str, dict[str, object]]:

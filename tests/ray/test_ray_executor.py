@@ -11,13 +11,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from helpers import read_jsonl, run_proctor, write_spec
+from helpers import read_jsonl, run_proctor, wait_for, write_spec
 from ray_kit import RayCluster, listening
 
 from proctor.evals.runner import resume_command
@@ -34,14 +33,6 @@ def start(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.Po
         text=True,
         env={**os.environ, **(env or {})},
     )
-
-
-def wait_for(condition: Any, timeout: float = 120.0, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def ledger_rows(out: Path) -> dict[str, tuple[str, int]]:

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from helpers import write_jsonl
+from helpers import wait_for, write_jsonl
 from ray_kit import listening, ray_spec
 
 from proctor.testing import FakeLLMConfig, FakeLLMThread
@@ -31,14 +31,6 @@ from proctor.testing import FakeLLMConfig, FakeLLMThread
 pytestmark = [pytest.mark.ray, pytest.mark.xdist_group("ray")]
 
 RAY_VARIABLES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_TMPDIR")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.1)
 
 
 @pytest.fixture
