@@ -172,23 +172,17 @@ def _check_limits(req: SubmitRequest, settings: ServerSettings) -> dict[str, int
     return dict(given)
 
 
-def job_limits(request: dict[str, Any], settings: ServerSettings) -> Limits:
-    """The server's ceilings, lowered by what the job asked for at submission."""
-    box = settings.sandbox
-    asked = request.get("limits") or {}
-    return Limits(
-        memory_mb=min(box.memory_mb, asked.get("memory_mb", box.memory_mb)),
-        processes=min(box.processes, asked.get("processes", box.processes)),
-        file_size_mb=min(box.file_size_mb, asked.get("file_size_mb", box.file_size_mb)),
-        open_files=min(box.open_files, asked.get("open_files", box.open_files)),
-    )
-
-
-def job_memory_mb(request: dict[str, Any], settings: ServerSettings) -> int:
-    """The job's whole-memory ceiling (its memory cgroup), lowered by what the job asked for."""
-    ceiling = settings.sandbox.ceiling("job_memory_mb")
-    asked: int = (request.get("limits") or {}).get("job_memory_mb", ceiling)
+def job_ceiling(request: dict[str, Any], settings: ServerSettings, key: str) -> int:
+    """The server's ceiling for ``limits.KEY``, lowered by what the job asked for at submission."""
+    ceiling = settings.sandbox.ceiling(key)
+    asked: int = (request.get("limits") or {}).get(key, ceiling)
     return min(ceiling, asked)
+
+
+def job_limits(request: dict[str, Any], settings: ServerSettings) -> Limits:
+    """The job's rlimits: the server's ceilings, lowered by what the job asked for at submission."""
+    keys = ("memory_mb", "processes", "file_size_mb", "open_files")
+    return Limits(**{key: job_ceiling(request, settings, key) for key in keys})
 
 
 def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings, *, uid: int | None) -> Sandbox:
@@ -201,7 +195,6 @@ def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings
     template = settings.templates.get(request.get("template") or "") if request["kind"] == "command" else None
     if template is not None:
         readable += [Path(part) for part in template.argv if part.startswith("/") and os.path.exists(part)]
-    tmp_mb = min(settings.sandbox.tmp_mb, (request.get("limits") or {}).get("tmp_mb", settings.sandbox.tmp_mb))
     return Sandbox(
         cwd=job_dir,
         readable=tuple(readable),
@@ -209,7 +202,7 @@ def job_sandbox(request: dict[str, Any], job_dir: Path, settings: ServerSettings
         network=True,
         uid=uid,
         die_with_parent=False,
-        tmp_mb=tmp_mb,
+        tmp_mb=job_ceiling(request, settings, "tmp_mb"),
     )
 
 

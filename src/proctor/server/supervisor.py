@@ -164,7 +164,7 @@ class Supervisor:
                 box = jobmod.job_sandbox(job.request, job_dir, self.settings, uid=uid)
                 limits = jobmod.job_limits(job.request, self.settings)
                 if self.cgroups is not None:
-                    memory_mb = jobmod.job_memory_mb(job.request, self.settings)
+                    memory_mb = jobmod.job_ceiling(job.request, self.settings, "job_memory_mb")
                     procs = self.cgroups.create(job.id, memory_mb=memory_mb, processes=limits.processes or 0)
             run.proc = await jobmod.spawn(
                 argv, cwd=job_dir, env=env, log_path=log_path, sandbox=box, limits=limits, cgroup_procs=procs
@@ -213,11 +213,11 @@ class Supervisor:
                 grace = min(self.settings.kill_grace, self.leases.seconds / 4)
                 await jobmod.kill_tree(run.proc.pid, grace=grace, proc=run.proc)
 
-    def _leave(self, run: Running) -> None:
+    async def _leave(self, run: Running) -> None:
         """The job's processes are gone: free its slot, its cgroups (and any straggler in them) and its uid."""
         self.running.pop(run.job_id, None)
-        if self.cgroups is not None:
-            self.cgroups.remove(run.job_id)
+        if self.cgroups is not None:  # removal kills stragglers and retries: off the event loop
+            await asyncio.to_thread(self.cgroups.remove, run.job_id)
         if run.uid is not None:
             run.uid.release()
             run.uid = None
@@ -243,7 +243,7 @@ class Supervisor:
         if run.stop_reason in ("shutdown", "lease_lost"):
             if run.tail is not None:
                 await run.tail.stop()
-            self._leave(run)
+            await self._leave(run)
             if run.stop_reason == "lease_lost":
                 self.on_end(job.id)  # the job is another server's now: its secrets go, the slot is free
             return
@@ -268,7 +268,8 @@ class Supervisor:
             job.kind, code if code is not None else -9, last_log_line(self.job_dir(job.id) / "job.log")
         )
         if state == "failed" and self.cgroups is not None and self.cgroups.oom_killed(job.id):
-            end_note = f"killed by the memory ceiling ({jobmod.job_memory_mb(job.request, self.settings)} MiB)"
+            ceiling = jobmod.job_ceiling(job.request, self.settings, "job_memory_mb")
+            end_note = f"killed by the memory ceiling ({ceiling} MiB)"
         await self.finish(job, run, state, code, end_note)
 
     async def finish(self, job: JobRow, run: Running, state: str, code: int | None, note: str | None) -> None:
@@ -280,7 +281,7 @@ class Supervisor:
             self.metrics.outcomes[state] += 1
         else:
             log.warning("job %s ended here after another server took it over: its end is not recorded", job.id)
-        self._leave(run)
+        await self._leave(run)
         self.on_end(job.id)
         log.info("job %s %s (exit code %s)", job.id, state, code)
         self.watch(job.id).notify()
